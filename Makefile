@@ -1,0 +1,24 @@
+# One obvious command per habit.
+PYTHON ?= python3
+EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+
+.PHONY: dev test lint bench tour
+
+# Build the Rust core in release mode into python/ferroloop (use with PYTHONPATH=python).
+dev:
+	cargo build --release
+	cp target/release/lib_core.so python/ferroloop/_core$(EXT_SUFFIX)
+
+test:
+	$(PYTHON) -m pytest -q tests
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	$(PYTHON) -m ruff check python tests benchmarks examples
+
+bench:
+	$(PYTHON) -m benchmarks
+
+tour:
+	$(PYTHON) examples/tour.py

@@ -1,0 +1,481 @@
+"""The ferroloop event loop: the Rust core plus asyncio's once-per-loop API.
+
+The native base class (`ferroloop._core.Loop`) owns everything that runs per
+callback: the ready queue, timers, the epoll poller, handles and the iteration
+itself. This module adds what runs once per loop or per call site: futures and
+tasks, the executor, async-generator bookkeeping, exception handling, signal
+handler registration and argument normalisation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import errno
+import signal
+import sys
+import threading
+import traceback
+import warnings
+import weakref
+from asyncio import coroutines, events, futures, tasks
+from asyncio.log import logger
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from . import _core, dns
+from .fileobj import fileobj_to_fd
+
+_T = TypeVar("_T")
+
+ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+TaskFactory = Callable[..., "asyncio.Future[Any]"]
+
+
+def _signal_noop(signum: int, frame: object) -> None:
+    """Python-level handler for signals the loop dispatches itself."""
+
+
+class EventLoop(_core.Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
+    """An asyncio event loop whose core runs in Rust.
+
+    Use it like any asyncio loop: `asyncio.Runner(loop_factory=ferroloop.new_event_loop)`,
+    `ferroloop.run(main())`, or `ferroloop.install()` for the policy-based API.
+    """
+
+    def __init__(self) -> None:
+        self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_shutdown_called = False
+        self._exception_handler: ExceptionHandler | None = None
+        self._task_factory: TaskFactory | None = None
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth: int | None = None
+        self._signal_handlers: dict[int, tuple[Callable[..., object], tuple[Any, ...]]] = {}
+        self.slow_callback_duration = 0.1
+        self.set_debug(coroutines._is_debug_mode())
+
+    def __repr__(self) -> str:
+        return (
+            f"<{self.__class__.__name__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # -- running and stopping ------------------------------------------------
+
+    def run_until_complete(self, future: Any) -> Any:
+        """Run until `future` (a future, task or coroutine) is done; return its result."""
+        self._check_closed()
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+        if events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            # An exception raised by a task we created is reported to the caller;
+            # do not also log "exception was never retrieved".
+            future._log_destroy_pending = False
+        future.add_done_callback(_stop_loop_when_done)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                future.exception()
+            raise
+        finally:
+            future.remove_done_callback(_stop_loop_when_done)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return future.result()
+
+    def close(self) -> None:
+        """Close the loop: drop pending callbacks, shut the default executor down."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self.get_debug():
+            logger.debug("Close %r", self)
+        if sys.is_finalizing():
+            if self._signal_handlers:
+                warnings.warn(
+                    f"Closing the loop {self!r} on interpreter shutdown "
+                    f"stage, skipping signal handlers removal",
+                    ResourceWarning,
+                    source=self,
+                )
+                self._signal_handlers.clear()
+        else:
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        self._close_core()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    def _check_closed(self) -> None:
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+
+    def set_debug(self, enabled: bool) -> None:
+        """Enable or disable debug mode (slow-callback warnings, origin tracking)."""
+        self._set_debug_flag(bool(enabled))
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, bool(enabled))
+
+    def _set_coroutine_origin_tracking(self, enabled: bool) -> None:
+        if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
+            return
+        if enabled:
+            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(coroutines._DEBUG_STACK_DEPTH)
+        else:
+            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth or 0)
+        self._coroutine_origin_tracking_enabled = enabled
+
+    # -- futures and tasks ---------------------------------------------------
+
+    def create_future(self) -> asyncio.Future[Any]:
+        """A new `asyncio.Future` bound to this loop."""
+        return futures.Future(loop=self)
+
+    def create_task(
+        self,
+        coro: Coroutine[Any, Any, _T],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Task[_T]:
+        """Schedule `coro` as an `asyncio.Task` (or through the task factory)."""
+        self._check_closed()
+        if self._task_factory is not None:
+            return self._create_task_with_factory(coro, name, context, kwargs)
+        task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+        if task._source_traceback:
+            del task._source_traceback[-1]
+        return task
+
+    def _create_task_with_factory(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        name: str | None,
+        context: contextvars.Context | None,
+        kwargs: dict[str, Any],
+    ) -> asyncio.Task[Any]:
+        factory = self._task_factory
+        assert factory is not None
+        if sys.version_info >= (3, 13):
+            if context is not None:
+                kwargs["context"] = context
+            return factory(self, coro, name=name, **kwargs)
+        if context is not None:
+            kwargs["context"] = context
+        task = factory(self, coro, **kwargs)
+        if name is not None:
+            try:
+                task.set_name(name)
+            except AttributeError:
+                pass
+        return task
+
+    def set_task_factory(self, factory: TaskFactory | None) -> None:
+        """Set the factory `create_task` uses; None restores the default."""
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self) -> TaskFactory | None:
+        return self._task_factory
+
+    # -- async generators ----------------------------------------------------
+
+    def _asyncgen_finalizer_hook(self, agen: Any) -> None:
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    def _asyncgen_firstiter_hook(self, agen: Any) -> None:
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after "
+                f"loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+            )
+        self._asyncgens.add(agen)
+
+    async def shutdown_asyncgens(self) -> None:
+        """Close every async generator still open on this loop."""
+        self._asyncgens_shutdown_called = True
+        if not self._asyncgens:
+            return
+        closing = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await tasks.gather(*[agen.aclose() for agen in closing], return_exceptions=True)
+        for result, agen in zip(results, closing):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of "
+                        f"asynchronous generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+    # -- executor ------------------------------------------------------------
+
+    def run_in_executor(
+        self, executor: concurrent.futures.Executor | None, func: Callable[..., _T], *args: Any
+    ) -> asyncio.Future[_T]:
+        """Run `func(*args)` in `executor` (default: a thread pool) and await its result."""
+        self._check_closed()
+        if coroutines.iscoroutine(func) or coroutines.iscoroutinefunction(func):
+            raise TypeError("coroutines cannot be used with run_in_executor()")
+        if executor is None:
+            executor = self._default_executor
+            if self._executor_shutdown_called:
+                raise RuntimeError("Executor shutdown has been called")
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
+        return futures.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        """Use `executor` for `run_in_executor(None, ...)`."""
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError("executor must be ThreadPoolExecutor")
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self, timeout: float | None = None) -> None:
+        """Wait for the default executor's threads to finish, then shut it down."""
+        self._executor_shutdown_called = True
+        if self._default_executor is None:
+            return
+        done = self.create_future()
+        thread = threading.Thread(target=self._join_default_executor, args=(done,))
+        thread.start()
+        try:
+            if timeout is None:
+                await done
+            else:
+                await tasks.wait_for(asyncio.shield(done), timeout)
+        except TimeoutError:
+            warnings.warn(
+                "The executor did not finishing joining "
+                f"its threads within {timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._default_executor.shutdown(wait=False)
+        else:
+            thread.join()
+
+    def _join_default_executor(self, done: asyncio.Future[None]) -> None:
+        try:
+            executor = self._default_executor
+            if executor is not None:
+                executor.shutdown(wait=True)
+            if not self.is_closed():
+                self.call_soon_threadsafe(_set_result_unless_done, done, None)
+        except Exception as exc:
+            if not self.is_closed() and not done.cancelled():
+                self.call_soon_threadsafe(done.set_exception, exc)
+
+    # -- name resolution -----------------------------------------------------
+
+    async def getaddrinfo(
+        self,
+        host: Any,
+        port: Any,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[tuple[Any, ...]]:
+        """Resolve like `socket.getaddrinfo`, without blocking the loop."""
+        return await dns.getaddrinfo(
+            self, host, port, family=family, type=type, proto=proto, flags=flags
+        )
+
+    async def getnameinfo(self, sockaddr: tuple[Any, ...], flags: int = 0) -> tuple[str, str]:
+        """Resolve like `socket.getnameinfo`, without blocking the loop."""
+        return await dns.getnameinfo(self, sockaddr, flags)
+
+    # -- file descriptors ----------------------------------------------------
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        """Call `callback(*args)` whenever `fd` is readable (level-triggered)."""
+        self._add_reader(fileobj_to_fd(fd), callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        """Stop watching `fd` for reading; True if it was watched."""
+        return self._remove_reader(fileobj_to_fd(fd))
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        """Call `callback(*args)` whenever `fd` is writable (level-triggered)."""
+        self._add_writer(fileobj_to_fd(fd), callback, *args)
+
+    def remove_writer(self, fd: Any) -> bool:
+        """Stop watching `fd` for writing; True if it was watched."""
+        return self._remove_writer(fileobj_to_fd(fd))
+
+    # -- signals -------------------------------------------------------------
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+        """Run `callback(*args)` in the loop whenever signal `sig` arrives (main thread only)."""
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        _check_signal(sig)
+        self._check_closed()
+        try:
+            signal.set_wakeup_fd(self._signal_wakeup_fd())
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc)) from None
+        self._set_signal_handler(sig, callback, args)
+        self._signal_handlers[sig] = (callback, args)
+        try:
+            signal.signal(sig, _signal_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            self._set_signal_handler(sig, None, None)
+            if not self._signal_handlers:
+                _clear_wakeup_fd()
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig} cannot be caught") from None
+            raise
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        """Restore the default handling of `sig`; True if a handler was removed."""
+        _check_signal(sig)
+        if self._signal_handlers.pop(sig, None) is None:
+            return False
+        self._set_signal_handler(sig, None, None)
+        default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, default)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig} cannot be caught") from None
+            raise
+        if not self._signal_handlers:
+            _clear_wakeup_fd()
+        return True
+
+    # -- errors --------------------------------------------------------------
+
+    def get_exception_handler(self) -> ExceptionHandler | None:
+        return self._exception_handler
+
+    def set_exception_handler(self, handler: ExceptionHandler | None) -> None:
+        """Route errors the loop cannot raise to `handler(loop, context)`."""
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        """Log `context` (message, exception and the objects involved) at ERROR level."""
+        message = context.get("message") or "Unhandled exception in event loop"
+        exception = context.get("exception")
+        exc_info: Any = (
+            (type(exception), exception, exception.__traceback__)
+            if exception is not None
+            else False
+        )
+        lines = [message]
+        for key in sorted(context):
+            if key in ("message", "exception"):
+                continue
+            lines.append(f"{key}: {_describe_context_value(key, context[key])}")
+        logger.error("\n".join(lines), exc_info=exc_info)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        """Hand `context` to the installed exception handler, or log it."""
+        if self._exception_handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error("Exception in default exception handler", exc_info=True)
+            return
+        try:
+            self._exception_handler(self, context)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            try:
+                self.default_exception_handler(
+                    {
+                        "message": "Unhandled error in exception handler",
+                        "exception": exc,
+                        "context": context,
+                    }
+                )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error(
+                    "Exception in default exception handler while handling an "
+                    "unexpected error in custom exception handler",
+                    exc_info=True,
+                )
+
+
+def _describe_context_value(key: str, value: Any) -> str:
+    if key == "source_traceback":
+        frames = "".join(traceback.format_list(value))
+        return "Object created at (most recent call last):\n" + frames.rstrip()
+    if key == "handle_traceback":
+        frames = "".join(traceback.format_list(value))
+        return "Handle created at (most recent call last):\n" + frames.rstrip()
+    return repr(value)
+
+
+def _stop_loop_when_done(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        exc = future.exception()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # The exception already ended run_forever(); stopping now would
+            # make the next run return at once.
+            return
+    future.get_loop().stop()
+
+
+def _set_result_unless_done(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _check_signal(sig: object) -> None:
+    if not isinstance(sig, int):
+        raise TypeError(f"sig must be an int, not {sig!r}")
+    if sig not in signal.valid_signals():
+        raise ValueError(f"invalid signal number {sig}")
+
+
+def _clear_wakeup_fd() -> None:
+    try:
+        signal.set_wakeup_fd(-1)
+    except (ValueError, OSError) as exc:
+        logger.info("set_wakeup_fd(-1) failed: %s", exc)
+
+
+def new_event_loop() -> EventLoop:
+    """Create a new ferroloop event loop."""
+    return EventLoop()
+

@@ -1,0 +1,821 @@
+//! The event loop core: the ready queue, the timer heap, the poller and the
+//! iteration that ties them together (`run_once`).
+//!
+//! One iteration, in asyncio's order:
+//! 1. drop cancelled timers from the heap (compacting it when they dominate);
+//! 2. decide how long to sleep: not at all if callbacks are ready or a stop
+//!    was requested, else until the earliest timer, else until woken;
+//! 3. wait in epoll with the GIL released, then queue the callbacks of the
+//!    descriptors (and signals) that became ready;
+//! 4. queue the timers that are due (never before their deadline);
+//! 5. run exactly the callbacks queued so far, in FIFO order; callbacks they
+//!    schedule run in the next iteration.
+//!
+//! All mutable state sits behind one mutex that is never held while Python
+//! code runs (including object destructors): a callback may re-enter the loop
+//! freely, and `call_soon_threadsafe` from another thread only needs the lock
+//! for a push.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyTraverseError;
+
+use crate::errors::os_error;
+use crate::fd_watchers::{Direction, FdWatchers};
+use crate::handles::{report_callback_error, Callback, Handle, TimerHandle, TimerStats};
+use crate::poller::{Poller, Readiness};
+use crate::python_api;
+use crate::signals::SignalChannel;
+use crate::timers::TimerHeap;
+
+/// asyncio never sleeps longer than a day in one wait, so a clock jump or an
+/// absurd timer cannot park the loop forever.
+const MAXIMUM_SLEEP_MS: f64 = 24.0 * 3600.0 * 1000.0;
+
+/// Something the loop will run in the current or next iteration.
+pub enum Job {
+    Call(Py<Handle>),
+    Timer(Py<TimerHandle>),
+}
+
+impl Job {
+    fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Job::Call(handle) => visit.call(handle),
+            Job::Timer(timer) => visit.call(timer),
+        }
+    }
+}
+
+struct LoopState {
+    ready: VecDeque<Job>,
+    timers: TimerHeap,
+    watchers: FdWatchers,
+    signal_handlers: std::collections::HashMap<i32, Py<Handle>>,
+    signal_channel: Option<SignalChannel>,
+}
+
+/// Objects taken out of the state under the lock, dropped after it is released.
+#[derive(Default)]
+struct Garbage {
+    handles: Vec<Py<Handle>>,
+    timers: Vec<Py<TimerHandle>>,
+    jobs: Vec<Job>,
+}
+
+/// The native half of `ferroloop.EventLoop`. The Python subclass adds the
+/// once-per-loop and once-per-connection API on top of it.
+#[pyclass(frozen, subclass, dict, weakref, module = "ferroloop._core", name = "Loop")]
+pub struct Loop {
+    state: Mutex<LoopState>,
+    /// The batch being run by the current iteration; its buffer is reused.
+    batch: Mutex<VecDeque<Job>>,
+    poller: Mutex<Option<Arc<Poller>>>,
+    timer_stats: Arc<TimerStats>,
+    closed: AtomicBool,
+    stopping: AtomicBool,
+    debug: AtomicBool,
+    /// The running thread's id, or 0 when the loop is not running.
+    thread_id: AtomicU64,
+}
+
+fn current_thread_id() -> u64 {
+    // SAFETY: pthread_self has no preconditions. It is also what
+    // threading.get_ident() returns on Linux.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+/// `time.monotonic()`'s clock, at full resolution.
+pub fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+impl Loop {
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        Ok(())
+    }
+
+    fn is_debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    /// In debug mode, asyncio refuses thread-unsafe calls from other threads.
+    fn check_thread(&self) -> PyResult<()> {
+        if !self.is_debug() {
+            return Ok(());
+        }
+        let owner = self.thread_id.load(Ordering::Relaxed);
+        if owner != 0 && owner != current_thread_id() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    fn poller(&self) -> PyResult<Arc<Poller>> {
+        self.poller
+            .lock()
+            .clone()
+            .ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))
+    }
+
+    fn source_traceback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        if self.is_debug() {
+            python_api::extract_stack(py).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn new_callback(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Callback> {
+        check_callback(py, method, callback, self.is_debug())?;
+        Callback::new(py, callback.clone().unbind(), args.clone().unbind(), context)
+    }
+
+    fn schedule(&self, job: Job) {
+        self.state.lock().ready.push_back(job);
+    }
+
+    fn schedule_timer(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: Callback,
+    ) -> PyResult<Py<TimerHandle>> {
+        let source = self.source_traceback(py)?;
+        let timer = Py::new(
+            py,
+            TimerHandle::new(callback, when, self.timer_stats.clone(), source),
+        )?;
+        self.state.lock().timers.push(when, timer.clone_ref(py));
+        Ok(timer)
+    }
+
+    fn set_watch(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        direction: Direction,
+        handle: Option<Py<Handle>>,
+    ) -> PyResult<bool> {
+        let poller = self.poller()?;
+        let (change, result) = {
+            let mut state = self.state.lock();
+            let change = state.watchers.set(fd, direction, handle);
+            let result = poller.set_interest(fd, change.before, change.after);
+            if result.is_err() {
+                // Put back what was there, so a failed add leaves no trace.
+                let restored = state.watchers.set(fd, direction, change.replaced);
+                (restored, result)
+            } else {
+                (change, result)
+            }
+        };
+        result.map_err(|errno| os_error(py, errno))?;
+        match change.replaced {
+            Some(old) => {
+                old.get().cancel_now();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Steps 1-4 of an iteration: sleep as long as allowed, then queue
+    /// everything that became ready.
+    fn collect_ready(&self, py: Python<'_>) -> PyResult<()> {
+        let poller = self.poller()?;
+        let mut garbage = Garbage::default();
+        poller.prepare_to_sleep();
+        let timeout_ms = {
+            let mut state = self.state.lock();
+            state.timers.discard_cancelled(&mut garbage.timers);
+            if !state.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
+                0
+            } else {
+                match state.timers.next_deadline() {
+                    Some(deadline) => sleep_ms_until(deadline),
+                    None => -1,
+                }
+            }
+        };
+        drop(garbage);
+
+        let mut events = Vec::new();
+        let waited = if timeout_ms == 0 {
+            poller.wait(0, &mut events)
+        } else {
+            py.detach(|| poller.wait(timeout_ms, &mut events))
+        };
+        waited.map_err(|errno| os_error(py, errno))?;
+        // Run Python-level signal handlers (Ctrl-C raises KeyboardInterrupt here).
+        py.check_signals()?;
+
+        let mut garbage = Garbage::default();
+        {
+            let mut state = self.state.lock();
+            if !events.is_empty() {
+                queue_io(py, &mut state, &poller, &events, &mut garbage);
+            }
+            let mut due = Vec::new();
+            state.timers.pop_due(monotonic(), &mut due);
+            for timer in due {
+                if timer.get().is_cancelled() {
+                    garbage.timers.push(timer);
+                } else {
+                    state.ready.push_back(Job::Timer(timer));
+                }
+            }
+        }
+        drop(garbage);
+        Ok(())
+    }
+
+    /// Step 5: run the callbacks queued before this point.
+    fn run_ready(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
+        let mut batch = std::mem::take(&mut *self.batch.lock());
+        std::mem::swap(&mut batch, &mut self.state.lock().ready);
+        let debug = self.is_debug();
+        let mut outcome = Ok(());
+        while let Some(job) = batch.pop_front() {
+            let result = if debug {
+                run_job_timed(slf, &job)
+            } else {
+                run_job(slf, &job)
+            };
+            drop(job);
+            if let Err(err) = result {
+                // Whatever did not run yet stays queued, ahead of newer callbacks.
+                let mut state = self.state.lock();
+                while let Some(job) = batch.pop_back() {
+                    state.ready.push_front(job);
+                }
+                outcome = Err(err);
+                break;
+            }
+        }
+        *self.batch.lock() = batch;
+        outcome
+    }
+
+    fn run_once(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
+        self.collect_ready(slf.py())?;
+        self.run_ready(slf)
+    }
+
+    fn clear_all(&self) -> Garbage {
+        let mut garbage = Garbage::default();
+        let mut state = self.state.lock();
+        garbage.jobs.extend(state.ready.drain(..));
+        state.timers.drain(&mut garbage.timers);
+        state.watchers.drain(&mut garbage.handles);
+        garbage
+            .handles
+            .extend(state.signal_handlers.drain().map(|(_, handle)| handle));
+        state.signal_channel = None;
+        garbage
+    }
+}
+
+/// Milliseconds to sleep so that we wake at or after `deadline`, never before.
+fn sleep_ms_until(deadline: f64) -> i32 {
+    let remaining_ms = (deadline - monotonic()) * 1000.0;
+    if remaining_ms <= 0.0 {
+        0
+    } else {
+        remaining_ms.min(MAXIMUM_SLEEP_MS).ceil() as i32
+    }
+}
+
+fn queue_io(
+    py: Python<'_>,
+    state: &mut LoopState,
+    poller: &Poller,
+    events: &[Readiness],
+    garbage: &mut Garbage,
+) {
+    let signal_fd = state.signal_channel.as_ref().map(SignalChannel::read_fd);
+    for event in events {
+        if Some(event.fd) == signal_fd {
+            queue_signal_handlers(py, state);
+            continue;
+        }
+        let Some(watch) = state.watchers.get(event.fd) else {
+            continue;
+        };
+        let mut stale = Vec::new();
+        for (direction, slot, ready) in [
+            (Direction::Read, &watch.reader, event.readable),
+            (Direction::Write, &watch.writer, event.writable),
+        ] {
+            let Some(handle) = slot.as_ref().filter(|_| ready) else {
+                continue;
+            };
+            if handle.get().is_cancelled() {
+                stale.push(direction);
+            } else {
+                state.ready.push_back(Job::Call(handle.clone_ref(py)));
+            }
+        }
+        // A cancelled watcher is removed, as asyncio's _process_events does.
+        for direction in stale {
+            let change = state.watchers.set(event.fd, direction, None);
+            garbage.handles.extend(change.replaced);
+            // Failing to update epoll here only costs a spurious wake-up.
+            let _ = poller.set_interest(event.fd, change.before, change.after);
+        }
+    }
+}
+
+fn queue_signal_handlers(py: Python<'_>, state: &mut LoopState) {
+    let mut signals = Vec::new();
+    if let Some(channel) = state.signal_channel.as_ref() {
+        channel.drain(&mut signals);
+    }
+    for signal in signals {
+        if let Some(handle) = state.signal_handlers.get(&signal) {
+            if !handle.get().is_cancelled() {
+                state.ready.push_back(Job::Call(handle.clone_ref(py)));
+            }
+        }
+    }
+}
+
+fn run_job(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
+    let py = slf.py();
+    match job {
+        Job::Call(handle) => {
+            let handle = handle.bind(py);
+            let inner = handle.get();
+            if inner.is_cancelled() {
+                return Ok(());
+            }
+            match inner.callback.invoke(py) {
+                Ok(()) => Ok(()),
+                Err(err) => report_callback_error(slf.as_any(), handle.as_any(), err),
+            }
+        }
+        Job::Timer(timer) => {
+            let timer = timer.bind(py);
+            let inner = timer.get();
+            if inner.is_cancelled() {
+                return Ok(());
+            }
+            match inner.callback.invoke(py) {
+                Ok(()) => Ok(()),
+                Err(err) => report_callback_error(slf.as_any(), timer.as_any(), err),
+            }
+        }
+    }
+}
+
+/// Debug mode: run the job and warn when it took longer than
+/// `loop.slow_callback_duration`, as asyncio does.
+fn run_job_timed(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
+    let py = slf.py();
+    let started = monotonic();
+    let result = run_job(slf, job);
+    let elapsed = monotonic() - started;
+    let threshold: f64 = slf
+        .getattr(pyo3::intern!(py, "slow_callback_duration"))
+        .and_then(|value| value.extract())
+        .unwrap_or(0.1);
+    if elapsed >= threshold {
+        let handle = match job {
+            Job::Call(handle) => handle.bind(py).as_any().clone(),
+            Job::Timer(timer) => timer.bind(py).as_any().clone(),
+        };
+        let logger = py.import("asyncio.log")?.getattr("logger")?;
+        logger.call_method1(
+            "warning",
+            (
+                "Executing %s took %.3f seconds",
+                python_api::format_handle(py, &handle)?,
+                elapsed,
+            ),
+        )?;
+    }
+    result
+}
+
+/// asyncio's argument checks for scheduling calls. Non-callables are refused
+/// always (asyncio does so only in debug mode and otherwise fails later, inside
+/// the loop); coroutine functions are detected in debug mode, as asyncio does.
+fn check_callback(
+    py: Python<'_>,
+    method: &str,
+    callback: &Bound<'_, PyAny>,
+    debug: bool,
+) -> PyResult<()> {
+    let is_coroutine = python_api::is_coroutine(py, callback)?
+        || (debug && python_api::is_coroutine_function(py, callback)?);
+    if is_coroutine {
+        return Err(PyTypeError::new_err(format!(
+            "coroutines cannot be used with {method}()"
+        )));
+    }
+    if !callback.is_callable() {
+        return Err(PyTypeError::new_err(format!(
+            "a callable object was expected by {method}(), got {}",
+            callback.repr()?
+        )));
+    }
+    Ok(())
+}
+
+fn extract_time(value: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
+    if value.is_none() {
+        return Err(PyTypeError::new_err(format!("{what} must not be None")));
+    }
+    let number: f64 = value.extract()?;
+    if number.is_nan() {
+        return Err(PyValueError::new_err(format!("{what} must not be NaN")));
+    }
+    Ok(number)
+}
+
+#[pymethods]
+impl Loop {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let poller = Poller::new().map_err(|errno| Python::attach(|py| os_error(py, errno)))?;
+        let timer_stats = Arc::new(TimerStats::default());
+        Ok(Self {
+            state: Mutex::new(LoopState {
+                ready: VecDeque::new(),
+                timers: TimerHeap::new(timer_stats.clone()),
+                watchers: FdWatchers::default(),
+                signal_handlers: Default::default(),
+                signal_channel: None,
+            }),
+            batch: Mutex::new(VecDeque::new()),
+            poller: Mutex::new(Some(Arc::new(poller))),
+            timer_stats,
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+        })
+    }
+
+    /// The loop's clock: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_closed()?;
+        self.check_thread()?;
+        let callback = self.new_callback(py, "call_soon", callback, args, context)?;
+        let handle = Py::new(py, Handle::new(callback, self.source_traceback(py)?))?;
+        self.schedule(Job::Call(handle.clone_ref(py)));
+        Ok(handle)
+    }
+
+    /// Like `call_soon`, from any thread; wakes the loop if it sleeps.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_closed()?;
+        let callback = self.new_callback(py, "call_soon_threadsafe", callback, args, context)?;
+        let handle = Py::new(py, Handle::new(callback, self.source_traceback(py)?))?;
+        self.schedule(Job::Call(handle.clone_ref(py)));
+        if let Some(poller) = self.poller.lock().as_ref() {
+            poller.wake();
+        }
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        &self,
+        py: Python<'_>,
+        delay: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let delay = extract_time(delay, "delay")?;
+        self.check_closed()?;
+        self.check_thread()?;
+        let callback = self.new_callback(py, "call_later", callback, args, context)?;
+        self.schedule_timer(py, monotonic() + delay, callback)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        &self,
+        py: Python<'_>,
+        when: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let when = extract_time(when, "when")?;
+        self.check_closed()?;
+        self.check_thread()?;
+        let callback = self.new_callback(py, "call_at", callback, args, context)?;
+        self.schedule_timer(py, when, callback)
+    }
+
+    /// Run until `stop()` is called.
+    fn run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.thread_id.load(Ordering::Relaxed) != 0 {
+            return Err(PyRuntimeError::new_err("This event loop is already running"));
+        }
+        if !python_api::running_loop(py)?.is_none() {
+            return Err(PyRuntimeError::new_err(
+                "Cannot run the event loop while another loop is running",
+            ));
+        }
+        slf.call_method1("_set_coroutine_origin_tracking", (this.is_debug(),))?;
+        let sys = python_api::sys(py)?;
+        let old_hooks = sys.call_method0("get_asyncgen_hooks")?;
+        this.thread_id.store(current_thread_id(), Ordering::Relaxed);
+        let outcome = (|| {
+            let hooks = PyDict::new(py);
+            hooks.set_item("firstiter", slf.getattr("_asyncgen_firstiter_hook")?)?;
+            hooks.set_item("finalizer", slf.getattr("_asyncgen_finalizer_hook")?)?;
+            sys.call_method("set_asyncgen_hooks", (), Some(&hooks))?;
+            python_api::set_running_loop(py, slf.as_any())?;
+            loop {
+                this.run_once(slf)?;
+                if this.stopping.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+            }
+        })();
+        this.stopping.store(false, Ordering::Relaxed);
+        this.thread_id.store(0, Ordering::Relaxed);
+        let restored = python_api::set_running_loop(py, &py.None().into_bound(py))
+            .and_then(|_| slf.call_method1("_set_coroutine_origin_tracking", (false,)))
+            .and_then(|_| sys.call_method1("set_asyncgen_hooks", old_hooks.cast::<PyTuple>()?));
+        outcome.and(restored.map(|_| ()))
+    }
+
+    /// One iteration of the loop (asyncio's `_run_once`).
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().run_once(slf)
+    }
+
+    /// Stop after the callbacks of the current iteration have run.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        // A stop() from another thread must not wait for the next event.
+        if let Some(poller) = self.poller.lock().as_ref() {
+            poller.wake();
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn _stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn _thread_id(&self) -> Option<u64> {
+        match self.thread_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    fn get_debug(&self) -> bool {
+        self.is_debug()
+    }
+
+    fn _set_debug_flag(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Close the loop: pending callbacks and timers are dropped, watchers
+    /// removed, and the poller's descriptors closed.
+    fn _close_core(&self) -> PyResult<bool> {
+        if self.is_running() {
+            return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
+        }
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let garbage = self.clear_all();
+        let poller = self.poller.lock().take();
+        drop(poller);
+        drop(garbage);
+        Ok(true)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        self.add_watch(py, fd, Direction::Read, "add_reader", callback, args)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        self.add_watch(py, fd, Direction::Write, "add_writer", callback, args)
+    }
+
+    fn _remove_reader(&self, py: Python<'_>, fd: RawFd) -> PyResult<bool> {
+        if self.is_closed() {
+            return Ok(false);
+        }
+        self.set_watch(py, fd, Direction::Read, None)
+    }
+
+    fn _remove_writer(&self, py: Python<'_>, fd: RawFd) -> PyResult<bool> {
+        if self.is_closed() {
+            return Ok(false);
+        }
+        self.set_watch(py, fd, Direction::Write, None)
+    }
+
+    fn _is_reading(&self, fd: RawFd) -> bool {
+        self.state.lock().watchers.is_watched(fd, Direction::Read)
+    }
+
+    fn _is_writing(&self, fd: RawFd) -> bool {
+        self.state.lock().watchers.is_watched(fd, Direction::Write)
+    }
+
+    /// The descriptor Python's signal machinery should write signal numbers to.
+    fn _signal_wakeup_fd(&self, py: Python<'_>) -> PyResult<RawFd> {
+        self.check_closed()?;
+        let poller = self.poller()?;
+        let mut state = self.state.lock();
+        if let Some(channel) = state.signal_channel.as_ref() {
+            return Ok(channel.write_fd());
+        }
+        let channel = SignalChannel::new().map_err(|errno| os_error(py, errno))?;
+        poller
+            .set_interest(
+                channel.read_fd(),
+                Default::default(),
+                crate::poller::Interest {
+                    read: true,
+                    write: false,
+                },
+            )
+            .map_err(|errno| os_error(py, errno))?;
+        let fd = channel.write_fd();
+        state.signal_channel = Some(channel);
+        Ok(fd)
+    }
+
+    /// Installs (or, with `None`, removes) the callback run when `signal` arrives.
+    #[pyo3(signature = (signal, callback, args))]
+    fn _set_signal_handler(
+        &self,
+        py: Python<'_>,
+        signal: i32,
+        callback: Option<&Bound<'_, PyAny>>,
+        args: Option<&Bound<'_, PyTuple>>,
+    ) -> PyResult<bool> {
+        let handle = match (callback, args) {
+            (Some(callback), Some(args)) => {
+                let callback = self.new_callback(py, "add_signal_handler", callback, args, None)?;
+                Some(Py::new(py, Handle::new(callback, None))?)
+            }
+            _ => None,
+        };
+        let previous = {
+            let mut state = self.state.lock();
+            match handle {
+                Some(handle) => state.signal_handlers.insert(signal, handle),
+                None => state.signal_handlers.remove(&signal),
+            }
+        };
+        match previous {
+            Some(old) => {
+                old.get().cancel_now();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn _has_signal_handlers(&self) -> bool {
+        !self.state.lock().signal_handlers.is_empty()
+    }
+
+    /// Number of callbacks ready to run and of timers in the heap (introspection).
+    fn _queue_sizes(&self) -> (usize, usize) {
+        let state = self.state.lock();
+        (state.ready.len(), state.timers.len())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Never block in the collector: if the state is busy, report nothing.
+        let Some(state) = self.state.try_lock() else {
+            return Ok(());
+        };
+        for job in state.ready.iter() {
+            job.visit(&visit)?;
+        }
+        let mut result = Ok(());
+        state.timers.visit(|timer| {
+            if result.is_ok() {
+                result = visit.call(timer);
+            }
+        });
+        result?;
+        let mut result = Ok(());
+        state.watchers.visit(|handle| {
+            if result.is_ok() {
+                result = visit.call(handle);
+            }
+        });
+        result?;
+        for handle in state.signal_handlers.values() {
+            visit.call(handle)?;
+        }
+        if let Some(batch) = self.batch.try_lock() {
+            for job in batch.iter() {
+                job.visit(&visit)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let garbage = self.clear_all();
+        drop(garbage);
+    }
+}
+
+impl Loop {
+    fn add_watch(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        direction: Direction,
+        method: &str,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_closed()?;
+        let callback = self.new_callback(py, method, callback, args, None)?;
+        let handle = Py::new(py, Handle::new(callback, self.source_traceback(py)?))?;
+        self.set_watch(py, fd, direction, Some(handle.clone_ref(py)))?;
+        Ok(handle)
+    }
+}

@@ -1,0 +1,24 @@
+//! ferroloop's native core: the event loop's hot path in Rust.
+//!
+//! The Python package `ferroloop` subclasses [`event_loop::Loop`] and adds
+//! the parts of asyncio's API that run once per loop or per connection.
+
+mod errors;
+mod event_loop;
+mod fd_watchers;
+mod handles;
+mod poller;
+mod python_api;
+mod signals;
+mod timers;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::Loop>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

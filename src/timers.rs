@@ -1,0 +1,144 @@
+//! The timer heap: timers ordered by deadline, ties broken by insertion order.
+//!
+//! Cancelled timers are not searched for on cancel (that would be O(n));
+//! they stay in the heap until they reach its top, or until they make up more
+//! than half of it, when the heap is rebuilt without them. A loop that
+//! schedules and cancels a million timers therefore holds at most about twice
+//! its live timers.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+
+use crate::handles::{TimerHandle, TimerStats};
+
+/// Below this many timers, compaction is never worth the rebuild.
+const MIN_HEAP_FOR_COMPACTION: usize = 100;
+
+struct Entry {
+    when: f64,
+    seq: u64,
+    timer: Py<TimerHandle>,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest timer.
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        other
+            .when
+            .total_cmp(&self.when)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+pub struct TimerHeap {
+    heap: BinaryHeap<Entry>,
+    next_seq: u64,
+    stats: Arc<TimerStats>,
+}
+
+impl TimerHeap {
+    pub fn new(stats: Arc<TimerStats>) -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+            stats,
+        }
+    }
+
+    pub fn push(&mut self, when: f64, timer: Py<TimerHandle>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.heap.push(Entry { when, seq, timer });
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// The earliest deadline, if any timer is scheduled.
+    pub fn next_deadline(&self) -> Option<f64> {
+        self.heap.peek().map(|entry| entry.when)
+    }
+
+    /// Pops every timer due at or before `now`, cancelled ones included (the
+    /// caller skips those). Returned timers are no longer scheduled.
+    pub fn pop_due(&mut self, now: f64, due: &mut Vec<Py<TimerHandle>>) {
+        while self.heap.peek().is_some_and(|entry| entry.when <= now) {
+            let entry = self.heap.pop().expect("peeked entry exists");
+            self.forget(&entry.timer);
+            due.push(entry.timer);
+        }
+    }
+
+    /// Drops cancelled timers from the top of the heap, and rebuilds the heap
+    /// when cancelled timers are the majority. Removed timers are moved into
+    /// `garbage` so the caller can drop them once no lock is held (dropping a
+    /// Python object may run arbitrary code).
+    pub fn discard_cancelled(&mut self, garbage: &mut Vec<Py<TimerHandle>>) {
+        let cancelled = self.stats.cancelled_in_heap.load(Ordering::Relaxed);
+        if self.heap.len() > MIN_HEAP_FOR_COMPACTION && cancelled * 2 > self.heap.len() {
+            let entries = std::mem::take(&mut self.heap).into_vec();
+            let mut live = Vec::with_capacity(entries.len() - cancelled.min(entries.len()));
+            for entry in entries {
+                if entry.timer.get().is_cancelled() {
+                    self.forget(&entry.timer);
+                    garbage.push(entry.timer);
+                } else {
+                    live.push(entry);
+                }
+            }
+            self.heap = BinaryHeap::from(live);
+            return;
+        }
+        while self
+            .heap
+            .peek()
+            .is_some_and(|entry| entry.timer.get().is_cancelled())
+        {
+            let entry = self.heap.pop().expect("peeked entry exists");
+            self.forget(&entry.timer);
+            garbage.push(entry.timer);
+        }
+    }
+
+    /// Empties the heap (loop closing), handing the timers to the caller.
+    pub fn drain(&mut self, garbage: &mut Vec<Py<TimerHandle>>) {
+        for entry in std::mem::take(&mut self.heap) {
+            self.forget(&entry.timer);
+            garbage.push(entry.timer);
+        }
+    }
+
+    pub fn visit(&self, mut f: impl FnMut(&Py<TimerHandle>)) {
+        for entry in self.heap.iter() {
+            f(&entry.timer);
+        }
+    }
+
+    /// Bookkeeping for a timer leaving the heap.
+    fn forget(&self, timer: &Py<TimerHandle>) {
+        let timer = timer.get();
+        if timer.is_cancelled() {
+            self.stats.cancelled_in_heap.fetch_sub(1, Ordering::Relaxed);
+        }
+        timer.mark_unscheduled();
+    }
+}
