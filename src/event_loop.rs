@@ -29,9 +29,9 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::errors::os_error;
-use crate::fd_watchers::{Direction, FdWatchers};
+use crate::fd_watchers::{Direction, Dispatch, FdWatchers, NativeWatch};
 use crate::handles::{report_callback_error, Callback, Handle, TimerHandle, TimerStats};
-use crate::poller::{Poller, Readiness};
+use crate::poller::{Interest, Poller, Readiness};
 use crate::python_api;
 use crate::signals::SignalChannel;
 use crate::timers::TimerHeap;
@@ -44,6 +44,12 @@ const MAXIMUM_SLEEP_MS: f64 = 24.0 * 3600.0 * 1000.0;
 pub enum Job {
     Call(Py<Handle>),
     Timer(Py<TimerHandle>),
+    /// Readiness for a native watcher, dispatched without a Python call.
+    Native {
+        target: Py<PyAny>,
+        dispatch: Dispatch,
+        readiness: Readiness,
+    },
 }
 
 impl Job {
@@ -51,6 +57,7 @@ impl Job {
         match self {
             Job::Call(handle) => visit.call(handle),
             Job::Timer(timer) => visit.call(timer),
+            Job::Native { target, .. } => visit.call(target),
         }
     }
 }
@@ -69,6 +76,7 @@ struct Garbage {
     handles: Vec<Py<Handle>>,
     timers: Vec<Py<TimerHandle>>,
     jobs: Vec<Job>,
+    natives: Vec<Py<PyAny>>,
 }
 
 /// The native half of `ferroloop.EventLoop`. The Python subclass adds the
@@ -293,7 +301,7 @@ impl Loop {
         let mut state = self.state.lock();
         garbage.jobs.extend(state.ready.drain(..));
         state.timers.drain(&mut garbage.timers);
-        state.watchers.drain(&mut garbage.handles);
+        state.watchers.drain(&mut garbage.handles, &mut garbage.natives);
         garbage
             .handles
             .extend(state.signal_handlers.drain().map(|(_, handle)| handle));
@@ -324,6 +332,23 @@ fn queue_io(
         if Some(event.fd) == signal_fd {
             queue_signal_handlers(py, state);
             continue;
+        }
+        let Some(watch) = state.watchers.get(event.fd) else {
+            continue;
+        };
+        if let Some(native) = watch.native.as_ref() {
+            let readiness = Readiness {
+                fd: event.fd,
+                readable: event.readable && native.interest.read,
+                writable: event.writable && native.interest.write,
+            };
+            if readiness.readable || readiness.writable {
+                state.ready.push_back(Job::Native {
+                    target: native.target.clone_ref(py),
+                    dispatch: native.dispatch,
+                    readiness,
+                });
+            }
         }
         let Some(watch) = state.watchers.get(event.fd) else {
             continue;
@@ -391,6 +416,16 @@ fn run_job(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
                 Err(err) => report_callback_error(slf.as_any(), timer.as_any(), err),
             }
         }
+        Job::Native {
+            target,
+            dispatch,
+            readiness,
+        } => match dispatch(target.bind(py), slf, *readiness) {
+            Ok(()) => Ok(()),
+            // Native objects report their own errors; anything escaping them
+            // is a bug worth logging, never a reason to stop the loop.
+            Err(err) => report_callback_error(slf.as_any(), target.bind(py), err),
+        },
     }
 }
 
@@ -409,6 +444,7 @@ fn run_job_timed(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
         let handle = match job {
             Job::Call(handle) => handle.bind(py).as_any().clone(),
             Job::Timer(timer) => timer.bind(py).as_any().clone(),
+            Job::Native { target, .. } => target.bind(py).clone(),
         };
         let logger = py.import("asyncio.log")?.getattr("logger")?;
         logger.call_method1(
@@ -779,12 +815,21 @@ impl Loop {
         });
         result?;
         let mut result = Ok(());
-        state.watchers.visit(|handle| {
-            if result.is_ok() {
-                result = visit.call(handle);
-            }
-        });
+        let mut native_result = Ok(());
+        state.watchers.visit(
+            |handle| {
+                if result.is_ok() {
+                    result = visit.call(handle);
+                }
+            },
+            |target| {
+                if native_result.is_ok() {
+                    native_result = visit.call(target);
+                }
+            },
+        );
         result?;
+        native_result?;
         for handle in state.signal_handlers.values() {
             visit.call(handle)?;
         }
@@ -813,9 +858,104 @@ impl Loop {
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
+        self.ensure_no_native_owner(py, fd)?;
         let callback = self.new_callback(py, method, callback, args, None)?;
         let handle = Py::new(py, Handle::new(callback, self.source_traceback(py)?))?;
         self.set_watch(py, fd, direction, Some(handle.clone_ref(py)))?;
         Ok(handle)
+    }
+
+    /// asyncio refuses add_reader/add_writer on a descriptor a transport owns.
+    fn ensure_no_native_owner(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+        let owner = self
+            .state
+            .lock()
+            .watchers
+            .native_owner(fd)
+            .map(|target| target.clone_ref(py));
+        match owner {
+            Some(owner) => Err(PyRuntimeError::new_err(format!(
+                "File descriptor {fd} is used by transport {}",
+                owner.bind(py).repr()?
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    // -- the API native objects (transports, servers, sock_* calls) use ------
+
+    /// Watches `fd` for `interest`, calling `dispatch(target, loop, readiness)`.
+    /// Replaces any native watcher `fd` had.
+    pub fn native_watch(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        target: Py<PyAny>,
+        dispatch: Dispatch,
+        interest: Interest,
+    ) -> PyResult<()> {
+        let poller = self.poller()?;
+        let (result, previous) = {
+            let mut state = self.state.lock();
+            let native = NativeWatch {
+                target,
+                dispatch,
+                interest,
+            };
+            let (before, after, previous) = state.watchers.set_native(fd, Some(native));
+            let result = poller.set_interest(fd, before, after);
+            if result.is_err() {
+                let (_, _, ours) = state.watchers.set_native(fd, None);
+                drop(state);
+                drop(ours);
+            }
+            (result, previous)
+        };
+        drop(previous);
+        result.map_err(|errno| os_error(py, errno))
+    }
+
+    /// Changes what a native watcher of `fd` waits for (cheap when unchanged).
+    pub fn native_interest(&self, py: Python<'_>, fd: RawFd, interest: Interest) -> PyResult<()> {
+        let poller = self.poller()?;
+        let mut state = self.state.lock();
+        if let Some((before, after)) = state.watchers.set_native_interest(fd, interest) {
+            if before != after {
+                poller
+                    .set_interest(fd, before, after)
+                    .map_err(|errno| os_error(py, errno))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops watching `fd` natively (the descriptor may already be closed).
+    pub fn native_unwatch(&self, fd: RawFd) {
+        let previous = {
+            let mut state = self.state.lock();
+            let (before, after, previous) = state.watchers.set_native(fd, None);
+            if let Some(poller) = self.poller.lock().as_ref() {
+                let _ = poller.set_interest(fd, before, after);
+            }
+            previous
+        };
+        drop(previous);
+    }
+
+    /// Schedules `func(*args)` like `call_soon`, from Rust.
+    pub fn soon(&self, py: Python<'_>, func: Py<PyAny>, args: Py<PyTuple>) -> PyResult<()> {
+        self.check_closed()?;
+        let callback = Callback::new(py, func, args, None)?;
+        let handle = Py::new(py, Handle::new(callback, None))?;
+        self.schedule(Job::Call(handle));
+        Ok(())
+    }
+
+    pub fn get_debug_flag(&self) -> bool {
+        self.is_debug()
+    }
+
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 }

@@ -6,21 +6,39 @@ use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
 
+use crate::event_loop::Loop;
 use crate::handles::Handle;
-use crate::poller::Interest;
+use crate::poller::{Interest, Readiness};
+
+/// How a native object (a transport, a server, a pending `sock_*` call) is
+/// told that its descriptor is ready: a plain function, called with the
+/// object, the loop and the readiness, with no Python-level dispatch.
+pub type Dispatch = for<'py> fn(&Bound<'py, PyAny>, &Bound<'py, Loop>, Readiness) -> PyResult<()>;
+
+pub struct NativeWatch {
+    pub target: Py<PyAny>,
+    pub dispatch: Dispatch,
+    pub interest: Interest,
+}
 
 #[derive(Default)]
 pub struct Watch {
     pub reader: Option<Py<Handle>>,
     pub writer: Option<Py<Handle>>,
+    pub native: Option<NativeWatch>,
 }
 
 impl Watch {
     pub fn interest(&self) -> Interest {
+        let native = self.native.as_ref().map(|n| n.interest).unwrap_or_default();
         Interest {
-            read: self.reader.is_some(),
-            write: self.writer.is_some(),
+            read: self.reader.is_some() || native.read,
+            write: self.writer.is_some() || native.write,
         }
+    }
+
+    fn is_unused(&self) -> bool {
+        self.reader.is_none() && self.writer.is_none() && self.native.is_none()
     }
 }
 
@@ -53,7 +71,7 @@ impl FdWatchers {
         };
         let replaced = std::mem::replace(slot, handle);
         let after = watch.interest();
-        if after.is_empty() {
+        if watch.is_unused() {
             self.watches.remove(&fd);
         }
         Change {
@@ -61,6 +79,36 @@ impl FdWatchers {
             after,
             replaced,
         }
+    }
+
+    /// Installs, updates (same or new target) or, with `None`, removes the
+    /// native watcher of `fd`. Returns the interest before and after, and the
+    /// previous target for the caller to drop outside any lock.
+    pub fn set_native(
+        &mut self,
+        fd: RawFd,
+        native: Option<NativeWatch>,
+    ) -> (Interest, Interest, Option<Py<PyAny>>) {
+        let watch = self.watches.entry(fd).or_default();
+        let before = watch.interest();
+        let previous = std::mem::replace(&mut watch.native, native).map(|n| n.target);
+        let after = watch.interest();
+        if watch.is_unused() {
+            self.watches.remove(&fd);
+        }
+        (before, after, previous)
+    }
+
+    /// Changes only the interest of an existing native watcher.
+    pub fn set_native_interest(&mut self, fd: RawFd, interest: Interest) -> Option<(Interest, Interest)> {
+        let watch = self.watches.get_mut(&fd)?;
+        let before = watch.interest();
+        watch.native.as_mut()?.interest = interest;
+        Some((before, watch.interest()))
+    }
+
+    pub fn native_owner(&self, fd: RawFd) -> Option<&Py<PyAny>> {
+        self.watches.get(&fd)?.native.as_ref().map(|n| &n.target)
     }
 
     pub fn get(&self, fd: RawFd) -> Option<&Watch> {
@@ -74,17 +122,25 @@ impl FdWatchers {
         })
     }
 
-    pub fn drain(&mut self, garbage: &mut Vec<Py<Handle>>) {
+    pub fn drain(&mut self, garbage: &mut Vec<Py<Handle>>, natives: &mut Vec<Py<PyAny>>) {
         for (_, watch) in self.watches.drain() {
             garbage.extend(watch.reader);
             garbage.extend(watch.writer);
+            natives.extend(watch.native.map(|n| n.target));
         }
     }
 
-    pub fn visit(&self, mut f: impl FnMut(&Py<Handle>)) {
+    pub fn visit(
+        &self,
+        mut handles: impl FnMut(&Py<Handle>),
+        mut natives: impl FnMut(&Py<PyAny>),
+    ) {
         for watch in self.watches.values() {
-            watch.reader.iter().for_each(&mut f);
-            watch.writer.iter().for_each(&mut f);
+            watch.reader.iter().for_each(&mut handles);
+            watch.writer.iter().for_each(&mut handles);
+            if let Some(native) = watch.native.as_ref() {
+                natives(&native.target);
+            }
         }
     }
 }

@@ -3,13 +3,16 @@
 //! The Python package `ferroloop` subclasses [`event_loop::Loop`] and adds
 //! the parts of asyncio's API that run once per loop or per connection.
 
+mod buffers;
 mod errors;
 mod event_loop;
 mod fd_watchers;
 mod handles;
 mod poller;
 mod python_api;
+mod server;
 mod signals;
+mod stream;
 mod timers;
 
 use pyo3::prelude::*;
@@ -19,6 +22,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Loop>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<stream::StreamTransport>()?;
+    m.add_class::<server::Listener>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,0 +1,943 @@
+//! Stream transports over connected sockets (TCP and Unix).
+//!
+//! The whole path of a received byte is here: the poller reports the socket
+//! readable, the loop calls [`dispatch`], which `recv`s into a reusable
+//! per-thread buffer and hands one `bytes` object to the protocol's
+//! `data_received` (or fills the protocol's own buffer for a
+//! `BufferedProtocol`). Writes are attempted at once and buffered only on
+//! `EAGAIN`; the buffer is flushed when epoll reports the socket writable, and
+//! the protocol is paused and resumed at the high and low water marks.
+//!
+//! The protocol sees a thin Python `asyncio.Transport` subclass (the
+//! "wrapper", see `ferroloop/transports.py`) whose hot methods are this
+//! object's methods bound directly, so a `transport.write()` from Python goes
+//! straight here.
+//!
+//! Closing follows asyncio: `close()` stops reading, flushes what was
+//! written, then calls `connection_lost(None)` exactly once; `abort()` drops
+//! the buffer; errors call `connection_lost(exc)`.
+
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::PyTraverseError;
+
+use crate::buffers::{with_bytes, with_bytes_mut};
+use crate::errors::os_error;
+use crate::event_loop::Loop;
+use crate::poller::{Interest, Readiness};
+
+/// asyncio reads at most this much per `recv`.
+const READ_SIZE: usize = 256 * 1024;
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES.
+const CONNLOST_WRITE_WARNING_THRESHOLD: u32 = 5;
+/// A drained write buffer larger than this gives its memory back.
+const KEEP_WRITE_CAPACITY: usize = 1024 * 1024;
+
+thread_local! {
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
+}
+
+/// Who closes the socket when the transport is done with it.
+enum SocketOwner {
+    /// A Python socket object the user handed us (`sock=`): closed through Python.
+    Python(Py<PyAny>),
+    /// A descriptor we accepted or created: closed by dropping it.
+    Native(OwnedFd),
+    Closed,
+}
+
+struct StreamState {
+    wrapper: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    data_received: Option<Py<PyAny>>,
+    buffered: bool,
+    owner: SocketOwner,
+    /// A `socket.socket` over a duplicate of our descriptor, made on demand
+    /// for `get_extra_info('socket')` when the user gave us none.
+    socket_view: Option<Py<PyAny>>,
+    write_buffer: Vec<u8>,
+    write_offset: usize,
+    high_water: usize,
+    low_water: usize,
+    protocol_paused: bool,
+    reading_started: bool,
+    reading_paused: bool,
+    eof_received: bool,
+    closing: bool,
+    eof_requested: bool,
+    conn_lost: u32,
+}
+
+impl StreamState {
+    fn buffered_len(&self) -> usize {
+        self.write_buffer.len() - self.write_offset
+    }
+
+    fn interest(&self) -> Interest {
+        Interest {
+            read: self.reading_started
+                && !self.reading_paused
+                && !self.closing
+                && !self.eof_received
+                && self.conn_lost == 0,
+            write: self.buffered_len() > 0 && self.conn_lost == 0,
+        }
+    }
+
+    fn append(&mut self, data: &[u8]) {
+        if self.buffered_len() == 0 {
+            self.write_buffer.clear();
+            self.write_offset = 0;
+        }
+        self.write_buffer.extend_from_slice(data);
+    }
+
+    fn consume(&mut self, count: usize) {
+        self.write_offset += count;
+        if self.write_offset == self.write_buffer.len() {
+            self.clear_buffer();
+        } else if self.write_offset > self.write_buffer.len() / 2 {
+            self.write_buffer.drain(..self.write_offset);
+            self.write_offset = 0;
+        }
+    }
+
+    fn clear_buffer(&mut self) {
+        self.write_buffer.clear();
+        self.write_offset = 0;
+        if self.write_buffer.capacity() > KEEP_WRITE_CAPACITY {
+            self.write_buffer = Vec::new();
+        }
+    }
+}
+
+#[pyclass(frozen, weakref, module = "ferroloop._core")]
+pub struct StreamTransport {
+    fd: RawFd,
+    loop_: Py<Loop>,
+    state: Mutex<StreamState>,
+}
+
+/// What a write decided under the lock, to be acted on after releasing it.
+enum WriteOutcome {
+    Done,
+    PauseProtocol,
+    Failed(Errno),
+    WarnConnLost,
+}
+
+fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, Errno> {
+    loop {
+        // SAFETY: `data` is a valid slice for the duration of the call.
+        let sent = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(0),
+            errno => return Err(errno),
+        }
+    }
+}
+
+/// `recv` into `buffer`; `Ok(None)` means "nothing to read right now".
+fn recv_some(fd: RawFd, buffer: &mut [u8]) -> Result<Option<usize>, Errno> {
+    loop {
+        // SAFETY: `buffer` is a valid, writable slice for the duration of the call.
+        let received =
+            unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT) };
+        if received >= 0 {
+            return Ok(Some(received as usize));
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(None),
+            errno => return Err(errno),
+        }
+    }
+}
+
+impl StreamTransport {
+    fn loop_ref<'py>(&self, py: Python<'py>) -> &Bound<'py, Loop> {
+        self.loop_.bind(py)
+    }
+
+    /// Tells the poller what we now wait for.
+    fn update_interest(&self, py: Python<'_>) -> PyResult<()> {
+        let interest = self.state.lock().interest();
+        if self.loop_.get().closed() {
+            return Ok(());
+        }
+        self.loop_.get().native_interest(py, self.fd, interest)
+    }
+
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.lock().protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    fn wrapper(&self, py: Python<'_>) -> Py<PyAny> {
+        match self.state.lock().wrapper.as_ref() {
+            Some(wrapper) => wrapper.clone_ref(py),
+            None => py.None(),
+        }
+    }
+
+    fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {
+        if readiness.writable {
+            Self::write_ready(slf)?;
+        }
+        if readiness.readable {
+            Self::read_ready(slf)?;
+        }
+        Ok(())
+    }
+
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (data_received, protocol, buffered) = {
+            let state = this.state.lock();
+            if !state.interest().read {
+                return Ok(());
+            }
+            (
+                state.data_received.as_ref().map(|m| m.clone_ref(py)),
+                state.protocol.as_ref().map(|p| p.clone_ref(py)),
+                state.buffered,
+            )
+        };
+        let Some(protocol) = protocol else {
+            return Ok(());
+        };
+        if buffered {
+            return Self::read_into_protocol_buffer(slf, protocol.bind(py));
+        }
+        let received = READ_BUFFER.with(|cell| {
+            let mut buffer = cell.borrow_mut();
+            recv_some(this.fd, &mut buffer).map(|count| {
+                count.map(|count| (count, PyBytes::new(py, &buffer[..count])))
+            })
+        });
+        match received {
+            Ok(None) => Ok(()),
+            Ok(Some((0, _))) => Self::eof(slf, protocol.bind(py)),
+            Ok(Some((_, data))) => {
+                let result = match data_received {
+                    Some(method) => method.bind(py).call1((data,)),
+                    None => protocol.bind(py).call_method1("data_received", (data,)),
+                };
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(err) => Self::fatal_error(
+                        slf,
+                        err,
+                        "Fatal error: protocol.data_received() call failed.",
+                    ),
+                }
+            }
+            Err(errno) => Self::fatal_error(
+                slf,
+                os_error(py, errno),
+                "Fatal read error on socket transport",
+            ),
+        }
+    }
+
+    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let buffer = match protocol.call_method1(pyo3::intern!(py, "get_buffer"), (-1,)) {
+            Ok(buffer) => buffer,
+            Err(err) => {
+                return Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed.")
+            }
+        };
+        let received = with_bytes_mut(&buffer, "get_buffer() result", |slice| {
+            if slice.is_empty() {
+                return Err(None);
+            }
+            recv_some(this.fd, slice).map_err(Some)
+        });
+        let received = match received {
+            Ok(result) => result,
+            Err(err) => {
+                return Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed.")
+            }
+        };
+        match received {
+            Ok(None) => Ok(()),
+            Ok(Some(0)) => Self::eof(slf, protocol),
+            Ok(Some(count)) => {
+                match protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (count,)) {
+                    Ok(_) => Ok(()),
+                    Err(err) => Self::fatal_error(
+                        slf,
+                        err,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    ),
+                }
+            }
+            Err(None) => Self::fatal_error(
+                slf,
+                PyRuntimeError::new_err("get_buffer() returned an empty buffer"),
+                "Fatal error: protocol.get_buffer() call failed.",
+            ),
+            Err(Some(errno)) => Self::fatal_error(
+                slf,
+                os_error(py, errno),
+                "Fatal read error on socket transport",
+            ),
+        }
+    }
+
+    /// The peer closed its side: ask the protocol whether to keep the
+    /// transport open for writing (half-close), else close it.
+    fn eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.state.lock().eof_received = true;
+        this.update_interest(py)?;
+        let keep_open = match protocol.call_method0(pyo3::intern!(py, "eof_received")) {
+            Ok(result) => result.is_truthy()?,
+            Err(err) => {
+                return Self::fatal_error(slf, err, "Fatal error: protocol.eof_received() call failed.")
+            }
+        };
+        if !keep_open {
+            Self::close(slf)?;
+        }
+        Ok(())
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        enum After {
+            Nothing,
+            Drained {
+                resume: bool,
+                lose: bool,
+                shutdown: bool,
+            },
+            Failed(Errno),
+        }
+        let after = {
+            let mut state = this.state.lock();
+            if state.conn_lost > 0 || state.buffered_len() == 0 {
+                After::Nothing
+            } else {
+                let pending = &state.write_buffer[state.write_offset..];
+                match send_some(this.fd, pending) {
+                    Ok(sent) => {
+                        state.consume(sent);
+                        let resume = state.protocol_paused && state.buffered_len() <= state.low_water;
+                        if resume {
+                            state.protocol_paused = false;
+                        }
+                        if state.buffered_len() == 0 {
+                            After::Drained {
+                                resume,
+                                lose: state.closing,
+                                shutdown: !state.closing && state.eof_requested,
+                            }
+                        } else if resume {
+                            After::Drained {
+                                resume,
+                                lose: false,
+                                shutdown: false,
+                            }
+                        } else {
+                            After::Nothing
+                        }
+                    }
+                    Err(errno) => {
+                        state.clear_buffer();
+                        After::Failed(errno)
+                    }
+                }
+            }
+        };
+        match after {
+            After::Nothing => Ok(()),
+            After::Failed(errno) => {
+                this.update_interest(py)?;
+                Self::fatal_error(
+                    slf,
+                    os_error(py, errno),
+                    "Fatal write error on socket transport",
+                )
+            }
+            After::Drained {
+                resume,
+                lose,
+                shutdown,
+            } => {
+                this.update_interest(py)?;
+                if resume {
+                    Self::call_protocol_flow(slf, "resume_writing")?;
+                }
+                if lose {
+                    Self::connection_lost(slf, None)?;
+                } else if shutdown {
+                    // SAFETY: shutting down our own descriptor.
+                    unsafe { libc::shutdown(this.fd, libc::SHUT_WR) };
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Buffers (or sends) `data`; the caller acts on the outcome with no lock held.
+    fn write_bytes(&self, data: &[u8]) -> PyResult<WriteOutcome> {
+        let mut state = self.state.lock();
+        if state.eof_requested {
+            return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+        }
+        if state.conn_lost > 0 {
+            state.conn_lost += 1;
+            return Ok(if state.conn_lost > CONNLOST_WRITE_WARNING_THRESHOLD {
+                WriteOutcome::WarnConnLost
+            } else {
+                WriteOutcome::Done
+            });
+        }
+        if data.is_empty() {
+            return Ok(WriteOutcome::Done);
+        }
+        let mut rest = data;
+        if state.buffered_len() == 0 {
+            match send_some(self.fd, data) {
+                Ok(sent) if sent == data.len() => return Ok(WriteOutcome::Done),
+                Ok(sent) => rest = &data[sent..],
+                Err(errno) => return Ok(WriteOutcome::Failed(errno)),
+            }
+        }
+        state.append(rest);
+        Ok(self.after_buffering(&mut state))
+    }
+
+    fn after_buffering(&self, state: &mut StreamState) -> WriteOutcome {
+        if !state.protocol_paused && state.buffered_len() > state.high_water {
+            state.protocol_paused = true;
+            return WriteOutcome::PauseProtocol;
+        }
+        WriteOutcome::Done
+    }
+
+    fn finish_write(slf: &Bound<'_, Self>, outcome: WriteOutcome) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        match outcome {
+            WriteOutcome::Done => {
+                // Only a (re)started buffer changes what we wait for.
+                let needs_writer = {
+                    let state = this.state.lock();
+                    state.buffered_len() > 0 && state.conn_lost == 0
+                };
+                if needs_writer {
+                    this.update_interest(py)?;
+                }
+                Ok(())
+            }
+            WriteOutcome::PauseProtocol => {
+                this.update_interest(py)?;
+                Self::call_protocol_flow(slf, "pause_writing")
+            }
+            WriteOutcome::Failed(errno) => Self::fatal_error(
+                slf,
+                os_error(py, errno),
+                "Fatal write error on socket transport",
+            ),
+            WriteOutcome::WarnConnLost => {
+                let logger = py.import("asyncio.log")?.getattr("logger")?;
+                logger.call_method1("warning", ("socket.send() raised exception.",))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// `pause_writing`/`resume_writing`; a failure is reported, not raised.
+    fn call_protocol_flow(slf: &Bound<'_, Self>, method: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        if let Err(err) = protocol.bind(py).call_method0(method) {
+            if is_fatal(py, &err) {
+                return Err(err);
+            }
+            let context = pyo3::types::PyDict::new(py);
+            context.set_item("message", format!("protocol.{method}() failed"))?;
+            context.set_item("exception", err.value(py))?;
+            context.set_item("transport", this.wrapper(py))?;
+            context.set_item("protocol", protocol)?;
+            this.loop_ref(py)
+                .call_method1("call_exception_handler", (context,))?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`: report (OS errors only in debug mode), then
+    /// force-close the transport.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if is_fatal(py, &err) {
+            return Err(err);
+        }
+        let loop_ = this.loop_ref(py);
+        if err.is_instance_of::<pyo3::exceptions::PyOSError>(py) {
+            if loop_.get().get_debug_flag() {
+                let logger = py.import("asyncio.log")?.getattr("logger")?;
+                let kwargs = pyo3::types::PyDict::new(py);
+                kwargs.set_item("exc_info", err.value(py))?;
+                logger.call_method(
+                    "debug",
+                    ("%r: %s", this.wrapper(py), message),
+                    Some(&kwargs),
+                )?;
+            }
+        } else {
+            let context = pyo3::types::PyDict::new(py);
+            context.set_item("message", message)?;
+            context.set_item("exception", err.value(py))?;
+            context.set_item("transport", this.wrapper(py))?;
+            context.set_item("protocol", this.protocol(py))?;
+            loop_.call_method1("call_exception_handler", (context,))?;
+        }
+        Self::force_close(slf, Some(err.value(py).clone().into_any().unbind()))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut state = this.state.lock();
+            if state.conn_lost > 0 {
+                return Ok(());
+            }
+            state.clear_buffer();
+            state.closing = true;
+            state.conn_lost += 1;
+        }
+        this.update_interest(py)?;
+        this.schedule_connection_lost(slf, exc)
+    }
+
+    fn schedule_connection_lost(&self, slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let callback = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
+        let exc = exc.unwrap_or_else(|| py.None());
+        let args = PyTuple::new(py, [exc])?;
+        if self.loop_.get().closed() {
+            // Nothing will run scheduled callbacks any more: release the socket now.
+            return Self::release_socket(slf);
+        }
+        self.loop_.get().soon(py, callback.unbind(), args.unbind())
+    }
+
+    /// Calls `connection_lost(exc)` once, then closes the socket and lets go of
+    /// the protocol, the wrapper and the server.
+    fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = this.state.lock().protocol.take();
+        let result = match protocol {
+            Some(protocol) => protocol
+                .bind(py)
+                .call_method1(pyo3::intern!(py, "connection_lost"), (exc,))
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        let released = Self::release_socket(slf);
+        result.and(released)
+    }
+
+    fn release_socket(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.loop_.get().native_unwatch(this.fd);
+        let (owner, view, wrapper, data_received) = {
+            let mut state = this.state.lock();
+            state.clear_buffer();
+            (
+                std::mem::replace(&mut state.owner, SocketOwner::Closed),
+                state.socket_view.take(),
+                state.wrapper.take(),
+                state.data_received.take(),
+            )
+        };
+        drop(data_received);
+        let mut result = Ok(());
+        if let Some(view) = view {
+            result = view.bind(py).call_method0("close").map(|_| ());
+        }
+        match owner {
+            SocketOwner::Python(sock) => {
+                let closed = sock.bind(py).call_method0("close").map(|_| ());
+                result = result.and(closed);
+            }
+            SocketOwner::Native(fd) => drop(fd),
+            SocketOwner::Closed => {}
+        }
+        if let Some(wrapper) = wrapper {
+            let detached = wrapper.bind(py).call_method0("_detach_from_server").map(|_| ());
+            result = result.and(detached);
+        }
+        result
+    }
+}
+
+fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+        || err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+}
+
+/// The loop's entry point for readiness of a stream transport's socket.
+pub fn dispatch(target: &Bound<'_, PyAny>, _loop: &Bound<'_, Loop>, readiness: Readiness) -> PyResult<()> {
+    let transport = target.cast::<StreamTransport>()?;
+    StreamTransport::on_ready(transport, readiness)
+}
+
+#[pymethods]
+impl StreamTransport {
+    /// Wraps the connected, non-blocking socket `fd`. With `sock` (a Python
+    /// socket object) the transport closes `sock` at the end; without, it
+    /// owns `fd` itself.
+    #[new]
+    #[pyo3(signature = (event_loop, fd, sock, wrapper, protocol, buffered))]
+    fn py_new(
+        py: Python<'_>,
+        event_loop: Bound<'_, Loop>,
+        fd: RawFd,
+        sock: Option<Py<PyAny>>,
+        wrapper: Py<PyAny>,
+        protocol: Py<PyAny>,
+        buffered: bool,
+    ) -> PyResult<Self> {
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        }
+        let owner = match sock {
+            Some(sock) => SocketOwner::Python(sock),
+            // SAFETY: the caller transfers ownership of `fd` to us.
+            None => SocketOwner::Native(unsafe { OwnedFd::from_raw_fd(fd) }),
+        };
+        let data_received = if buffered {
+            None
+        } else {
+            protocol.bind(py).getattr("data_received").ok().map(Bound::unbind)
+        };
+        Ok(Self {
+            fd,
+            loop_: event_loop.unbind(),
+            state: Mutex::new(StreamState {
+                wrapper: Some(wrapper),
+                protocol: Some(protocol),
+                data_received,
+                buffered,
+                owner,
+                socket_view: None,
+                write_buffer: Vec::new(),
+                write_offset: 0,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                protocol_paused: false,
+                reading_started: false,
+                reading_paused: false,
+                eof_received: false,
+                closing: false,
+                eof_requested: false,
+                conn_lost: 0,
+            }),
+        })
+    }
+
+    /// Registers the socket with the loop (before `connection_made`), so that
+    /// `add_reader` on it is refused as asyncio does.
+    fn _attach(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.loop_.get().native_watch(
+            py,
+            this.fd,
+            slf.clone().into_any().unbind(),
+            dispatch,
+            Interest::default(),
+        )
+    }
+
+    /// Starts reading; scheduled right after `connection_made`.
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        {
+            let mut state = this.state.lock();
+            if state.conn_lost > 0 {
+                return Ok(());
+            }
+            state.reading_started = true;
+        }
+        this.update_interest(slf.py())
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let this = slf.get();
+        let outcome = with_bytes(data, "data", |bytes| this.write_bytes(bytes))??;
+        Self::finish_write(slf, outcome)
+    }
+
+    /// Writes a sequence of buffers with one `writev` where possible.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let items: Vec<Bound<'_, PyAny>> = match list_of_data.cast::<PyList>() {
+            Ok(list) => list.iter().collect(),
+            Err(_) => list_of_data.try_iter()?.collect::<PyResult<_>>()?,
+        };
+        let mut joined = Vec::new();
+        for item in &items {
+            with_bytes(item, "data", |bytes| joined.extend_from_slice(bytes))?;
+        }
+        let data = PyBytes::new(py, &joined);
+        Self::write(slf, data.as_any())
+    }
+
+    fn write_eof(&self) -> PyResult<()> {
+        let mut state = self.state.lock();
+        if state.closing || state.eof_requested {
+            return Ok(());
+        }
+        state.eof_requested = true;
+        if state.buffered_len() == 0 {
+            // SAFETY: shutting down our own descriptor.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Close after flushing buffered data; `connection_lost(None)` follows.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lose_now = {
+            let mut state = this.state.lock();
+            if state.closing {
+                return Ok(());
+            }
+            state.closing = true;
+            if state.buffered_len() == 0 {
+                state.conn_lost += 1;
+                true
+            } else {
+                false
+            }
+        };
+        this.update_interest(py)?;
+        if lose_now {
+            this.schedule_connection_lost(slf, None)?;
+        }
+        Ok(())
+    }
+
+    /// Close at once, discarding buffered data.
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::force_close(slf, exc.filter(|e| !e.is_none(slf.py())))
+    }
+
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let exc = if exc.is_none(py) { None } else { Some(exc) };
+        Self::connection_lost(slf, exc)
+    }
+
+    fn is_closing(&self) -> bool {
+        self.state.lock().closing
+    }
+
+    fn is_reading(&self) -> bool {
+        let state = self.state.lock();
+        !state.reading_paused && !state.closing
+    }
+
+    fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
+        {
+            let mut state = self.state.lock();
+            if state.reading_paused || state.closing {
+                return Ok(());
+            }
+            state.reading_paused = true;
+        }
+        self.update_interest(py)
+    }
+
+    fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
+        {
+            let mut state = self.state.lock();
+            if state.closing || !state.reading_paused {
+                return Ok(());
+            }
+            state.reading_paused = false;
+        }
+        self.update_interest(py)
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        self.state.lock().buffered_len()
+    }
+
+    fn get_write_buffer_limits(&self) -> (usize, usize) {
+        let state = self.state.lock();
+        (state.low_water, state.high_water)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let (high, low) = match (high, low) {
+            (None, None) => (DEFAULT_HIGH_WATER as i64, DEFAULT_HIGH_WATER as i64 / 4),
+            (None, Some(low)) => (4 * low, low),
+            (Some(high), None) => (high, high / 4),
+            (Some(high), Some(low)) => (high, low),
+        };
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        let this = slf.get();
+        let outcome = {
+            let mut state = this.state.lock();
+            state.high_water = high as usize;
+            state.low_water = low as usize;
+            this.after_buffering(&mut state)
+        };
+        Self::finish_write(slf, outcome)
+    }
+
+    #[pyo3(signature = (protocol, buffered))]
+    fn _set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>, buffered: bool) {
+        let data_received = if buffered {
+            None
+        } else {
+            protocol.bind(py).getattr("data_received").ok().map(Bound::unbind)
+        };
+        let (old_protocol, old_method) = {
+            let mut state = self.state.lock();
+            state.buffered = buffered;
+            (
+                state.protocol.replace(protocol),
+                std::mem::replace(&mut state.data_received, data_received),
+            )
+        };
+        drop((old_protocol, old_method));
+    }
+
+    #[getter]
+    fn _protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    #[getter]
+    fn _fileno(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _conn_lost(&self) -> u32 {
+        self.state.lock().conn_lost
+    }
+
+    /// The Python socket object behind the transport (made on first use).
+    fn _socket(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        {
+            let state = self.state.lock();
+            match &state.owner {
+                SocketOwner::Python(sock) => return Ok(Some(sock.clone_ref(py))),
+                SocketOwner::Closed => return Ok(None),
+                SocketOwner::Native(_) => {
+                    if let Some(view) = state.socket_view.as_ref() {
+                        return Ok(Some(view.clone_ref(py)));
+                    }
+                }
+            }
+        }
+        let duplicate = nix::unistd::dup(
+            // SAFETY: the descriptor is ours and open (owner is Native).
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) },
+        )
+        .map_err(|errno| os_error(py, errno))?;
+        let raw = duplicate.as_raw_fd();
+        let socket = py.import("socket")?.getattr("socket")?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("fileno", raw)?;
+        let view = socket.call((), Some(&kwargs))?;
+        // The Python socket now owns the duplicate.
+        std::mem::forget(duplicate);
+        view.call_method1("setblocking", (false,))?;
+        let mut state = self.state.lock();
+        if let Some(existing) = state.socket_view.as_ref() {
+            let existing = existing.clone_ref(py);
+            drop(state);
+            view.call_method0("close")?;
+            return Ok(Some(existing));
+        }
+        state.socket_view = Some(view.clone().unbind());
+        Ok(Some(view.unbind()))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(state) = self.state.try_lock() else {
+            return Ok(());
+        };
+        visit.call(&self.loop_)?;
+        visit.call(&state.wrapper)?;
+        visit.call(&state.protocol)?;
+        visit.call(&state.data_received)?;
+        visit.call(&state.socket_view)?;
+        if let SocketOwner::Python(sock) = &state.owner {
+            visit.call(sock)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = {
+            let Some(mut state) = self.state.try_lock() else {
+                return;
+            };
+            (
+                state.wrapper.take(),
+                state.protocol.take(),
+                state.data_received.take(),
+            )
+        };
+        drop(taken);
+    }
+}
