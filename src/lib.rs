@@ -8,12 +8,16 @@ mod errors;
 mod event_loop;
 mod fd_watchers;
 mod handles;
+mod pipes;
 mod poller;
 mod python_api;
+mod process;
 mod server;
+mod sock_ops;
 mod signals;
 mod stream;
 mod timers;
+mod udp;
 
 use pyo3::prelude::*;
 
@@ -24,6 +28,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<stream::StreamTransport>()?;
     m.add_class::<server::Listener>()?;
+    sock_ops::register(m)?;
+    udp::register(m)?;
+    pipes::register(m)?;
+    process::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

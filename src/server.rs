@@ -26,6 +26,8 @@ pub struct Listener {
     on_accept: Py<PyAny>,
     on_exhausted: Py<PyAny>,
     backlog: usize,
+    /// TCP listeners: disable Nagle on accepted sockets, as asyncio does.
+    nodelay: bool,
     watching: AtomicBool,
 }
 
@@ -60,6 +62,21 @@ fn accept_one(fd: RawFd) -> Accepted {
     }
 }
 
+fn set_nodelay(fd: RawFd) {
+    let enable: libc::c_int = 1;
+    // SAFETY: a plain setsockopt on a descriptor we just accepted. Failure
+    // (not a TCP socket) is harmless and ignored, as asyncio ignores it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&enable as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn dispatch(target: &Bound<'_, PyAny>, _loop: &Bound<'_, Loop>, _readiness: Readiness) -> PyResult<()> {
     let listener = target.cast::<Listener>()?.get();
     let py = target.py();
@@ -69,6 +86,9 @@ fn dispatch(target: &Bound<'_, PyAny>, _loop: &Bound<'_, Loop>, _readiness: Read
         }
         match accept_one(listener.fd) {
             Accepted::Connection(fd) => {
+                if listener.nodelay {
+                    set_nodelay(fd);
+                }
                 listener.on_accept.bind(py).call1((fd,))?;
             }
             Accepted::Exhausted(errno) => {
@@ -92,6 +112,7 @@ impl Listener {
         on_accept: Py<PyAny>,
         on_exhausted: Py<PyAny>,
         backlog: usize,
+        nodelay: bool,
     ) -> Self {
         Self {
             fd,
@@ -99,6 +120,7 @@ impl Listener {
             on_accept,
             on_exhausted,
             backlog,
+            nodelay,
             watching: AtomicBool::new(false),
         }
     }

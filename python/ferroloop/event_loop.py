@@ -25,6 +25,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from . import _core, dns
+from .connections import ConnectionsMixin
+from .datagram import DatagramMixin
+from .pipes import PipesMixin
+from .process import SubprocessMixin
+from .sockets import SocketOpsMixin
 from .fileobj import fileobj_to_fd
 
 _T = TypeVar("_T")
@@ -37,7 +42,15 @@ def _signal_noop(signum: int, frame: object) -> None:
     """Python-level handler for signals the loop dispatches itself."""
 
 
-class EventLoop(_core.Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class EventLoop(  # type: ignore[misc]
+    _core.Loop,
+    SocketOpsMixin,
+    ConnectionsMixin,
+    DatagramMixin,
+    PipesMixin,
+    SubprocessMixin,
+    asyncio.AbstractEventLoop,
+):
     """An asyncio event loop whose core runs in Rust.
 
     Use it like any asyncio loop: `asyncio.Runner(loop_factory=ferroloop.new_event_loop)`,

@@ -1,0 +1,142 @@
+"""The `asyncio.Transport` objects protocols see.
+
+Each wraps a native `ferroloop._core.StreamTransport`, which does the actual
+I/O. The hot methods (`write`, `writelines`, `is_closing`, ...) are the native
+object's methods bound onto the wrapper instance, so calling them costs no
+Python frame; the rest (extra info, protocol switching, repr) lives here and
+runs rarely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import warnings
+from asyncio import futures, trsock
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _core
+
+if TYPE_CHECKING:
+    from .server import Server
+
+#: Native methods exposed on the wrapper instance without a Python frame.
+_DIRECT_METHODS = (
+    "write",
+    "writelines",
+    "write_eof",
+    "can_write_eof",
+    "abort",
+    "is_closing",
+    "is_reading",
+    "pause_reading",
+    "resume_reading",
+    "get_write_buffer_size",
+    "get_write_buffer_limits",
+    "set_write_buffer_limits",
+)
+
+
+def _is_buffered(protocol: object) -> bool:
+    return isinstance(protocol, asyncio.BufferedProtocol)
+
+
+class SocketTransport(asyncio.Transport):
+    """A stream transport over a connected TCP or Unix socket."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket | None,
+        fd: int,
+        protocol: asyncio.BaseProtocol,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: Server | None = None,
+        waiter: asyncio.Future[Any] | None = None,
+    ) -> None:
+        super().__init__(extra)
+        self._loop = loop
+        self._server = server
+        self._sock_family = sock.family if sock is not None else None
+        self._core = _core.StreamTransport(loop, fd, sock, self, protocol, _is_buffered(protocol))
+        for name in _DIRECT_METHODS:
+            setattr(self, name, getattr(self._core, name))
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            _set_nodelay(sock)
+        self._core._attach()
+        if server is not None:
+            server._attach(self)
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self) -> str:
+        core = self._core
+        state = "closed" if core._conn_lost else ("closing" if core.is_closing() else "open")
+        return (
+            f"<{self.__class__.__name__} fd={core._fileno} {state} "
+            f"reading={core.is_reading()} bufsize={core.get_write_buffer_size()}>"
+        )
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        core = self.__dict__.get("_core")
+        if core is not None and not core._conn_lost and not core.is_closing():
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core.abort()
+
+    def close(self) -> None:
+        """Close after flushing buffered data; the protocol's connection_lost(None) follows."""
+        self._core.close()
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._core._protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Switch the protocol that receives data (StreamWriter.start_tls does this)."""
+        self._core._set_protocol(protocol, _is_buffered(protocol))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Transport details: 'socket', 'sockname', 'peername', plus anything given at creation."""
+        if name in self._extra:
+            return self._extra[name]
+        sock = self._core._socket()
+        if sock is None:
+            return default
+        if name == "socket":
+            value: Any = trsock.TransportSocket(sock)
+        elif name == "sockname":
+            value = _query(sock.getsockname)
+        elif name == "peername":
+            value = _query(sock.getpeername)
+        else:
+            return default
+        if value is None:
+            return default
+        self._extra[name] = value
+        return value
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._core._force_close(exc)
+
+    def _detach_from_server(self) -> None:
+        server = self._server
+        if server is not None:
+            self._server = None
+            server._detach(self)
+
+
+def _query(getter: Callable[[], Any]) -> Any:
+    try:
+        return getter()
+    except OSError:
+        return None
+
+
+def _set_nodelay(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
