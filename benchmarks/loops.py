@@ -1,0 +1,86 @@
+"""Which event loop a benchmark process runs on.
+
+Every benchmark process takes ``--loop asyncio|uvloop|ferroloop`` and runs its
+coroutine through ``asyncio.Runner(loop_factory=...)``, so the three loops are
+set up exactly alike.
+"""
+
+import asyncio
+import resource
+
+LOOPS = ("asyncio", "uvloop", "ferroloop")
+
+
+def loop_factory(name):
+    """Return a zero-argument callable creating a new loop of kind ``name``."""
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    if name == "ferroloop":
+        import ferroloop
+
+        return ferroloop.new_event_loop
+    raise ValueError(f"unknown loop {name!r} (expected one of {', '.join(LOOPS)})")
+
+
+def loop_version(name):
+    if name == "asyncio":
+        import platform
+
+        return "CPython " + platform.python_version()
+    mod = __import__(name)
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def loop_type_name(loop):
+    t = type(loop)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def run(name, main):
+    """Run the coroutine function ``main`` on a fresh loop of kind ``name``."""
+    with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
+        return runner.run(main())
+
+
+def raise_nofile_limit():
+    """Raise the soft RLIMIT_NOFILE to the hard limit (10k-connection tests)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def check(name):
+    """Import ``name``, run a trivial coroutine on it, return a description.
+
+    Raises whatever the loop raises, so the driver can report it verbatim.
+    """
+
+    async def probe():
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, 42)
+        assert await fut == 42
+        await asyncio.sleep(0.001)
+        return loop_type_name(loop)
+
+    typ = run(name, probe)
+    if name != "asyncio" and typ.startswith("asyncio."):
+        raise RuntimeError(f"{name}'s factory returned a plain asyncio loop ({typ})")
+    return {"loop": name, "type": typ, "version": loop_version(name)}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(check(sys.argv[1])))
