@@ -402,7 +402,9 @@ fn run_job(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
             }
             match inner.callback.invoke(py) {
                 Ok(()) => Ok(()),
-                Err(err) => report_callback_error(slf.as_any(), handle.as_any(), err),
+                Err(err) => {
+                    report_callback_error(slf.as_any(), handle.as_any(), Some(&inner.callback), err)
+                }
             }
         }
         Job::Timer(timer) => {
@@ -413,7 +415,9 @@ fn run_job(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
             }
             match inner.callback.invoke(py) {
                 Ok(()) => Ok(()),
-                Err(err) => report_callback_error(slf.as_any(), timer.as_any(), err),
+                Err(err) => {
+                    report_callback_error(slf.as_any(), timer.as_any(), Some(&inner.callback), err)
+                }
             }
         }
         Job::Native {
@@ -424,7 +428,7 @@ fn run_job(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
             Ok(()) => Ok(()),
             // Native objects report their own errors; anything escaping them
             // is a bug worth logging, never a reason to stop the loop.
-            Err(err) => report_callback_error(slf.as_any(), target.bind(py), err),
+            Err(err) => report_callback_error(slf.as_any(), target.bind(py), None, err),
         },
     }
 }

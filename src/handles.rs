@@ -75,7 +75,7 @@ impl Callback {
         visit.call(&self.context)
     }
 
-    fn describe(&self, py: Python<'_>) -> PyResult<String> {
+    pub fn describe(&self, py: Python<'_>) -> PyResult<String> {
         format_callback_source(py, self.func.bind(py), self.args.bind(py))
     }
 }
@@ -141,7 +141,7 @@ impl Handle {
         let py = slf.py();
         match slf.get().callback.invoke(py) {
             Ok(()) => Ok(()),
-            Err(err) => report_callback_error(loop_, slf.as_any(), err),
+            Err(err) => report_callback_error(loop_, slf.as_any(), Some(&slf.get().callback), err),
         }
     }
 
@@ -242,7 +242,7 @@ impl TimerHandle {
         let py = slf.py();
         match slf.get().callback.invoke(py) {
             Ok(()) => Ok(()),
-            Err(err) => report_callback_error(loop_, slf.as_any(), err),
+            Err(err) => report_callback_error(loop_, slf.as_any(), Some(&slf.get().callback), err),
         }
     }
 
@@ -322,6 +322,7 @@ fn describe_handle(
 pub fn report_callback_error(
     loop_: &Bound<'_, PyAny>,
     handle: &Bound<'_, PyAny>,
+    callback: Option<&Callback>,
     err: PyErr,
 ) -> PyResult<()> {
     let py = loop_.py();
@@ -330,8 +331,12 @@ pub fn report_callback_error(
     {
         return Err(err);
     }
+    let description = match callback {
+        Some(callback) => callback.describe(py)?,
+        None => handle.repr()?.to_string(),
+    };
     let context = PyDict::new(py);
-    context.set_item("message", format!("Exception in callback {}", handle.repr()?))?;
+    context.set_item("message", format!("Exception in callback {description}"))?;
     context.set_item("exception", err.value(py))?;
     context.set_item("handle", handle)?;
     let source_traceback = handle.getattr(pyo3::intern!(py, "_source_traceback"))?;

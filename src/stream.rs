@@ -74,6 +74,9 @@ struct StreamState {
     closing: bool,
     eof_requested: bool,
     conn_lost: u32,
+    /// A future resolved once the write buffer is empty and the socket
+    /// writable (`sendfile` waits on it before writing around the buffer).
+    drain_waiter: Option<Py<PyAny>>,
 }
 
 impl StreamState {
@@ -88,7 +91,7 @@ impl StreamState {
                 && !self.closing
                 && !self.eof_received
                 && self.conn_lost == 0,
-            write: self.buffered_len() > 0 && self.conn_lost == 0,
+            write: (self.buffered_len() > 0 || self.drain_waiter.is_some()) && self.conn_lost == 0,
         }
     }
 
@@ -337,6 +340,18 @@ impl StreamTransport {
             },
             Failed(Errno),
         }
+        let waiter = {
+            let mut state = this.state.lock();
+            if state.conn_lost == 0 && state.buffered_len() == 0 {
+                state.drain_waiter.take()
+            } else {
+                None
+            }
+        };
+        if let Some(waiter) = waiter {
+            this.update_interest(py)?;
+            return resolve_waiter(waiter.bind(py), None);
+        }
         let after = {
             let mut state = this.state.lock();
             if state.conn_lost > 0 || state.buffered_len() == 0 {
@@ -541,6 +556,17 @@ impl StreamTransport {
         this.schedule_connection_lost(slf, exc)
     }
 
+    fn fail_drain_waiter(&self, py: Python<'_>) -> PyResult<()> {
+        let waiter = self.state.lock().drain_waiter.take();
+        match waiter {
+            Some(waiter) => {
+                let error = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+                resolve_waiter(waiter.bind(py), Some(error))
+            }
+            None => Ok(()),
+        }
+    }
+
     fn schedule_connection_lost(&self, slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let callback = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
@@ -558,6 +584,7 @@ impl StreamTransport {
     fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        this.fail_drain_waiter(py)?;
         let protocol = this.state.lock().protocol.take();
         let result = match protocol {
             Some(protocol) => protocol
@@ -603,6 +630,19 @@ impl StreamTransport {
         }
         result
     }
+}
+
+/// Completes a future unless it is already done (e.g. cancelled).
+fn resolve_waiter(waiter: &Bound<'_, PyAny>, error: Option<PyErr>) -> PyResult<()> {
+    let py = waiter.py();
+    if waiter.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+        return Ok(());
+    }
+    match error {
+        Some(error) => waiter.call_method1("set_exception", (error.value(py),))?,
+        None => waiter.call_method1("set_result", (py.None(),))?,
+    };
+    Ok(())
 }
 
 fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
@@ -666,6 +706,7 @@ impl StreamTransport {
                 closing: false,
                 eof_requested: false,
                 conn_lost: 0,
+                drain_waiter: None,
             }),
         })
     }
@@ -729,6 +770,22 @@ impl StreamTransport {
             unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
         }
         Ok(())
+    }
+
+    /// Resolves `waiter` once everything written so far has been sent and the
+    /// socket is writable (`sendfile` then writes around the buffer).
+    fn _wait_drained(&self, py: Python<'_>, waiter: Py<PyAny>) -> PyResult<()> {
+        let previous = {
+            let mut state = self.state.lock();
+            if state.conn_lost > 0 {
+                drop(state);
+                let error = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+                return resolve_waiter(waiter.bind(py), Some(error));
+            }
+            state.drain_waiter.replace(waiter)
+        };
+        drop(previous);
+        self.update_interest(py)
     }
 
     fn can_write_eof(&self) -> bool {
@@ -865,6 +922,11 @@ impl StreamTransport {
     }
 
     #[getter]
+    fn _protocol_paused(&self) -> bool {
+        self.state.lock().protocol_paused
+    }
+
+    #[getter]
     fn _fileno(&self) -> RawFd {
         self.fd
     }
@@ -921,6 +983,7 @@ impl StreamTransport {
         visit.call(&state.protocol)?;
         visit.call(&state.data_received)?;
         visit.call(&state.socket_view)?;
+        visit.call(&state.drain_waiter)?;
         if let SocketOwner::Python(sock) = &state.owner {
             visit.call(sock)?;
         }

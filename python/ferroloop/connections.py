@@ -1,8 +1,603 @@
 """Stream connections and servers: `create_connection`, `create_server`,
-`create_unix_connection`, `create_unix_server`, `connect_accepted_socket`, `sendfile`."""
+`create_unix_connection`, `create_unix_server`, `connect_accepted_socket`,
+`sendfile`.
+
+Everything here runs once per connection or per server: argument checks,
+name resolution, happy eyeballs, socket options. The connected socket is then
+handed to the native stream transport (see `transports.py`).
+"""
 
 from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import itertools
+import os
+import socket
+import stat
+import sys
+from asyncio import staggered
+from asyncio.log import logger
+from collections.abc import Callable
+from typing import Any
+
+from .server import Server, resolve_hosts
+from .transports import SocketTransport
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+AddrInfo = tuple[Any, ...]
+
+#: asyncio's default timeouts for TLS, used when the caller gives none.
+SSL_HANDSHAKE_TIMEOUT = 60.0
+SSL_SHUTDOWN_TIMEOUT = 30.0
+
+_HAS_IPV6 = hasattr(socket, "AF_INET6")
+
+
+def _check_tls_arguments(
+    ssl: Any,
+    server_hostname: str | None,
+    ssl_handshake_timeout: float | None,
+    ssl_shutdown_timeout: float | None,
+    *,
+    client: bool,
+    host: Any = None,
+) -> str | None:
+    """Validate the TLS keyword arguments as asyncio does; return the server name."""
+    if client:
+        if server_hostname is not None and not ssl:
+            raise ValueError("server_hostname is only meaningful with ssl")
+        if server_hostname is None and ssl:
+            if not host:
+                raise ValueError("You must set server_hostname when using ssl without a host")
+            server_hostname = host
+    elif isinstance(ssl, bool):
+        raise TypeError("ssl argument must be an SSLContext or None")
+    if ssl_handshake_timeout is not None and not ssl:
+        raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    if ssl_shutdown_timeout is not None and not ssl:
+        raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+    return server_hostname
+
+
+def _check_not_ssl_socket(sock: socket.socket | None) -> None:
+    import ssl as ssl_module
+
+    if sock is not None and isinstance(sock, ssl_module.SSLSocket):
+        raise TypeError("Socket cannot be of type SSLSocket")
+
+
+def _check_stream_socket(sock: socket.socket) -> None:
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+
+
+def _interleave_by_family(infos: list[AddrInfo], first_family_count: int) -> list[AddrInfo]:
+    """Order addresses for happy eyeballs: `first_family_count` of the first
+    family, then alternate between families (RFC 8305)."""
+    by_family: dict[int, collections.deque[AddrInfo]] = collections.OrderedDict()
+    for info in infos:
+        by_family.setdefault(info[0], collections.deque()).append(info)
+    queues = list(by_family.values())
+    ordered: list[AddrInfo] = []
+    if first_family_count > 1 and queues:
+        first = queues[0]
+        for _ in range(min(first_family_count - 1, len(first))):
+            ordered.append(first.popleft())
+    for batch in itertools.zip_longest(*queues):
+        ordered.extend(info for info in batch if info is not None)
+    return ordered
+
+
+def _raise_connect_errors(exceptions: list[OSError], all_errors: bool) -> None:
+    if all_errors:
+        raise ExceptionGroup("create_connection failed", exceptions)  # noqa: F821
+    if len(exceptions) == 1:
+        raise exceptions[0]
+    model = str(exceptions[0])
+    if all(str(exc) == model for exc in exceptions):
+        raise exceptions[0]
+    raise OSError("Multiple exceptions: {}".format(", ".join(str(exc) for exc in exceptions)))
 
 
 class ConnectionsMixin:
     """Methods of `ferroloop.EventLoop` implemented in this module."""
+
+    # -- resolution helpers ----------------------------------------------------
+
+    async def _resolve_stream(
+        self: Any, host: Any, port: Any, *, family: int = 0, proto: int = 0, flags: int = 0
+    ) -> list[AddrInfo]:
+        infos = await self.getaddrinfo(
+            host, port, family=family, type=socket.SOCK_STREAM, proto=proto, flags=flags
+        )
+        if not infos:
+            raise OSError("getaddrinfo() returned empty list")
+        return infos
+
+    async def _connect_one(
+        self: Any,
+        errors: list[list[OSError]],
+        info: AddrInfo,
+        local_infos: list[AddrInfo] | None,
+    ) -> socket.socket:
+        """Open a socket for `info`, bind it if asked, and connect it."""
+        mine: list[OSError] = []
+        errors.append(mine)
+        family, type_, proto, _, address = info
+        sock = None
+        try:
+            sock = socket.socket(family=family, type=type_, proto=proto)
+            sock.setblocking(False)
+            if local_infos is not None:
+                self._bind_local(sock, family, local_infos, mine)
+            await self.sock_connect(sock, address)
+            return sock
+        except OSError as exc:
+            mine.append(exc)
+            if sock is not None:
+                sock.close()
+            raise
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+
+    @staticmethod
+    def _bind_local(
+        sock: socket.socket, family: int, local_infos: list[AddrInfo], errors: list[OSError]
+    ) -> None:
+        for local_family, _, _, _, local_address in local_infos:
+            if local_family != family:
+                continue
+            try:
+                sock.bind(local_address)
+                return
+            except OSError as exc:
+                message = (
+                    f"error while attempting to bind on address {local_address!r}: "
+                    f"{exc.strerror.lower() if exc.strerror else exc}"
+                )
+                errors.append(OSError(exc.errno, message))
+        if errors:
+            raise errors.pop()
+        raise OSError(f"no matching local address with family={family} found")
+
+    # -- create_connection -------------------------------------------------------
+
+    async def create_connection(
+        self: Any,
+        protocol_factory: ProtocolFactory,
+        host: Any = None,
+        port: Any = None,
+        *,
+        ssl: Any = None,
+        family: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+        sock: socket.socket | None = None,
+        local_addr: Any = None,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        happy_eyeballs_delay: float | None = None,
+        interleave: int | None = None,
+        all_errors: bool = False,
+    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """Open a TCP connection (or wrap `sock`) and return (transport, protocol)."""
+        server_hostname = _check_tls_arguments(
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+            client=True,
+            host=host,
+        )
+        _check_not_ssl_socket(sock)
+        if happy_eyeballs_delay is not None and interleave is None:
+            interleave = 1
+        if host is not None or port is not None:
+            if sock is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            sock = await self._connect_to_host(
+                host,
+                port,
+                family=family,
+                proto=proto,
+                flags=flags,
+                local_addr=local_addr,
+                happy_eyeballs_delay=happy_eyeballs_delay,
+                interleave=interleave,
+                all_errors=all_errors,
+            )
+        else:
+            if sock is None:
+                raise ValueError("host and port was not specified and no sock specified")
+            _check_stream_socket(sock)
+        transport, protocol = await self._make_stream_transport(
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        if self.get_debug():
+            logger.debug(
+                "%r connected to %s:%r: (%r, %r)",
+                transport.get_extra_info("socket"),
+                host,
+                port,
+                transport,
+                protocol,
+            )
+        return transport, protocol
+
+    async def _connect_to_host(
+        self: Any,
+        host: Any,
+        port: Any,
+        *,
+        family: int,
+        proto: int,
+        flags: int,
+        local_addr: Any,
+        happy_eyeballs_delay: float | None,
+        interleave: int | None,
+        all_errors: bool,
+    ) -> socket.socket:
+        infos = await self._resolve_stream(host, port, family=family, proto=proto, flags=flags)
+        local_infos = None
+        if local_addr is not None:
+            local_infos = await self._resolve_stream(
+                *local_addr, family=family, proto=proto, flags=flags
+            )
+        if interleave:
+            infos = _interleave_by_family(infos, interleave)
+        errors: list[list[OSError]] = []
+        sock = None
+        if happy_eyeballs_delay is None:
+            for info in infos:
+                try:
+                    sock = await self._connect_one(errors, info, local_infos)
+                    break
+                except OSError:
+                    continue
+        else:
+            attempts = [
+                (lambda info=info: self._connect_one(errors, info, local_infos)) for info in infos
+            ]
+            sock = (await staggered.staggered_race(attempts, happy_eyeballs_delay, loop=self))[0]
+        if sock is None:
+            _raise_connect_errors([exc for group in errors for exc in group], all_errors)
+        assert sock is not None
+        return sock
+
+    async def _make_stream_transport(
+        self: Any,
+        sock: socket.socket,
+        protocol_factory: ProtocolFactory,
+        ssl: Any,
+        server_hostname: str | None,
+        *,
+        server_side: bool = False,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        sock.setblocking(False)
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        if ssl:
+            from .tls import wrap_tls
+
+            transport: Any = wrap_tls(
+                self,
+                sock,
+                protocol,
+                ssl,
+                waiter,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+        else:
+            transport = SocketTransport(self, sock, sock.fileno(), protocol, waiter=waiter)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        return transport, protocol
+
+    # -- servers -------------------------------------------------------------------
+
+    async def create_server(
+        self: Any,
+        protocol_factory: ProtocolFactory,
+        host: Any = None,
+        port: Any = None,
+        *,
+        family: int = socket.AF_UNSPEC,
+        flags: int = socket.AI_PASSIVE,
+        sock: socket.socket | None = None,
+        backlog: int = 100,
+        ssl: Any = None,
+        reuse_address: bool | None = None,
+        reuse_port: bool | None = None,
+        keep_alive: bool | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        start_serving: bool = True,
+    ) -> Server:
+        """Listen on `host`/`port` (or `sock`) and serve `protocol_factory` connections."""
+        _check_tls_arguments(
+            ssl, None, ssl_handshake_timeout, ssl_shutdown_timeout, client=False
+        )
+        _check_not_ssl_socket(sock)
+        if host is not None or port is not None:
+            if sock is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            sockets = await self._open_listening_sockets(
+                host, port, family, flags, reuse_address, reuse_port, keep_alive
+            )
+        else:
+            if sock is None:
+                raise ValueError("Neither host/port nor sock were specified")
+            _check_stream_socket(sock)
+            sockets = [sock]
+        for listening in sockets:
+            listening.setblocking(False)
+        server = Server(
+            self,
+            sockets,
+            protocol_factory,
+            ssl,
+            backlog,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
+        if start_serving:
+            server._start_serving()
+            await asyncio.sleep(0)
+        if self.get_debug():
+            logger.info("%r is serving", server)
+        return server
+
+    async def _open_listening_sockets(
+        self: Any,
+        host: Any,
+        port: Any,
+        family: int,
+        flags: int,
+        reuse_address: bool | None,
+        reuse_port: bool | None,
+        keep_alive: bool | None,
+    ) -> list[socket.socket]:
+        if reuse_address is None:
+            reuse_address = os.name == "posix" and sys.platform != "cygwin"
+        resolved = await asyncio.gather(
+            *[
+                self._resolve_listening(one_host, port, family, flags)
+                for one_host in resolve_hosts(host)
+            ]
+        )
+        infos = set(itertools.chain.from_iterable(resolved))
+        sockets: list[socket.socket] = []
+        completed = False
+        try:
+            for af, socktype, proto, _, address in infos:
+                try:
+                    sock = socket.socket(af, socktype, proto)
+                except OSError:
+                    if self.get_debug():
+                        logger.warning(
+                            "create_server() failed to create socket.socket(%r, %r, %r)",
+                            af,
+                            socktype,
+                            proto,
+                            exc_info=True,
+                        )
+                    continue
+                sockets.append(sock)
+                _configure_listening(sock, af, reuse_address, reuse_port, keep_alive)
+                try:
+                    sock.bind(address)
+                except OSError as err:
+                    reason = err.strerror.lower() if err.strerror else str(err)
+                    raise OSError(
+                        err.errno,
+                        f"error while attempting to bind on address {address!r}: {reason}",
+                    ) from None
+            completed = True
+        finally:
+            if not completed:
+                for sock in sockets:
+                    sock.close()
+        return sockets
+
+    async def _resolve_listening(
+        self: Any, host: Any, port: Any, family: int, flags: int
+    ) -> list[AddrInfo]:
+        infos = await self.getaddrinfo(
+            host, port, family=family, type=socket.SOCK_STREAM, flags=flags
+        )
+        if not infos:
+            raise OSError(f"getaddrinfo({host!r}) returned empty list")
+        return infos
+
+    # -- Unix sockets ----------------------------------------------------------------
+
+    async def create_unix_connection(
+        self: Any,
+        protocol_factory: ProtocolFactory,
+        path: Any = None,
+        *,
+        ssl: Any = None,
+        sock: socket.socket | None = None,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """Connect to the Unix socket at `path` (or wrap `sock`)."""
+        if ssl:
+            if server_hostname is None:
+                raise ValueError("you have to pass server_hostname when using ssl")
+        else:
+            if server_hostname is not None:
+                raise ValueError("server_hostname is only meaningful with ssl")
+            _check_tls_arguments(
+                ssl, None, ssl_handshake_timeout, ssl_shutdown_timeout, client=False
+            )
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+            try:
+                sock.setblocking(False)
+                await self.sock_connect(sock, path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError("no path and sock were specified")
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+            sock.setblocking(False)
+        return await self._make_stream_transport(
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+
+    async def create_unix_server(
+        self: Any,
+        protocol_factory: ProtocolFactory,
+        path: Any = None,
+        *,
+        sock: socket.socket | None = None,
+        backlog: int = 100,
+        ssl: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        start_serving: bool = True,
+        cleanup_socket: bool = True,
+    ) -> Server:
+        """Listen on the Unix socket `path` (a stale socket file there is replaced)."""
+        _check_tls_arguments(ssl, None, ssl_handshake_timeout, ssl_shutdown_timeout, client=False)
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            _remove_stale_unix_socket(path)
+            try:
+                sock.bind(path)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(errno.EADDRINUSE, f"Address {path!r} is already in use") from None
+                raise
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError("path was not specified, and no sock specified")
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+        sock.setblocking(False)
+        server = Server(
+            self,
+            [sock],
+            protocol_factory,
+            ssl,
+            backlog,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
+        if start_serving:
+            server._start_serving()
+            await asyncio.sleep(0)
+        return server
+
+    # -- existing sockets ---------------------------------------------------------------
+
+    async def connect_accepted_socket(
+        self: Any,
+        protocol_factory: ProtocolFactory,
+        sock: socket.socket,
+        *,
+        ssl: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """Wrap a socket accepted outside the loop in a transport."""
+        _check_stream_socket(sock)
+        _check_tls_arguments(ssl, None, ssl_handshake_timeout, ssl_shutdown_timeout, client=False)
+        _check_not_ssl_socket(sock)
+        transport, protocol = await self._make_stream_transport(
+            sock,
+            protocol_factory,
+            ssl,
+            None,
+            server_side=True,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        if self.get_debug():
+            logger.debug("%r handled: (%r, %r)", sock, transport, protocol)
+        return transport, protocol
+
+    # -- sendfile over a transport -------------------------------------------------------
+
+    async def sendfile(
+        self: Any,
+        transport: asyncio.WriteTransport,
+        file: Any,
+        offset: int = 0,
+        count: int | None = None,
+        *,
+        fallback: bool = True,
+    ) -> int:
+        """Send `file` over `transport`, zero-copy when the transport is a plain socket."""
+        from .sendfile import sendfile_over_transport
+
+        return await sendfile_over_transport(self, transport, file, offset, count, fallback)
+
+
+def _configure_listening(
+    sock: socket.socket,
+    family: int,
+    reuse_address: bool | None,
+    reuse_port: bool | None,
+    keep_alive: bool | None,
+) -> None:
+    if reuse_address:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
+    if reuse_port:
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise ValueError("reuse_port not supported by socket module")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if keep_alive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+    if _HAS_IPV6 and family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, True)
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    if path[0] in (0, "\x00"):
+        return
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        logger.error("Unable to check or remove stale UNIX socket %r: %r", path, err)

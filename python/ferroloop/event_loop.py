@@ -30,6 +30,7 @@ from .datagram import DatagramMixin
 from .pipes import PipesMixin
 from .process import SubprocessMixin
 from .sockets import SocketOpsMixin
+from .tls import TlsMixin
 from .fileobj import fileobj_to_fd
 
 _T = TypeVar("_T")
@@ -46,6 +47,7 @@ class EventLoop(  # type: ignore[misc]
     _core.Loop,
     SocketOpsMixin,
     ConnectionsMixin,
+    TlsMixin,
     DatagramMixin,
     PipesMixin,
     SubprocessMixin,

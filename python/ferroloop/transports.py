@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import warnings
-from asyncio import futures, trsock
+from asyncio import constants, futures, transports, trsock
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +42,16 @@ def _is_buffered(protocol: object) -> bool:
     return isinstance(protocol, asyncio.BufferedProtocol)
 
 
-class SocketTransport(asyncio.Transport):
-    """A stream transport over a connected TCP or Unix socket."""
+class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
+    """A stream transport over a connected TCP or Unix socket.
+
+    It is a `_FlowControlMixin`, like asyncio's socket transports, because
+    asyncio's own helpers (the sendfile fallback) require one; the flow
+    control itself is native.
+    """
+
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _start_tls_compatible = True
 
     def __init__(
         self,
@@ -56,8 +64,7 @@ class SocketTransport(asyncio.Transport):
         server: Server | None = None,
         waiter: asyncio.Future[Any] | None = None,
     ) -> None:
-        super().__init__(extra)
-        self._loop = loop
+        super().__init__(extra, loop)
         self._server = server
         self._sock_family = sock.family if sock is not None else None
         self._core = _core.StreamTransport(loop, fd, sock, self, protocol, _is_buffered(protocol))
@@ -86,6 +93,16 @@ class SocketTransport(asyncio.Transport):
         if core is not None and not core._conn_lost and not core.is_closing():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core.abort()
+
+    @property  # type: ignore[override]
+    def _protocol_paused(self) -> bool:
+        core = self.__dict__.get("_core")
+        return bool(core is not None and core._protocol_paused)
+
+    @_protocol_paused.setter
+    def _protocol_paused(self, value: bool) -> None:
+        # The native core owns this state; _FlowControlMixin.__init__ assigns it.
+        pass
 
     def close(self) -> None:
         """Close after flushing buffered data; the protocol's connection_lost(None) follows."""
