@@ -1,0 +1,214 @@
+"""Shared helpers for the networking tests: recording protocols, echo servers, fd counting.
+
+Everything here uses only the public asyncio API of whatever loop is running,
+so the same helper serves both the asyncio oracle and ferroloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+
+def _probe_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAS_IPV6 = _probe_ipv6()
+
+
+def count_fds() -> int:
+    """Number of open descriptors of this process."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+@contextlib.contextmanager
+def raised_nofile(wanted: int) -> Iterator[int]:
+    """Raise RLIMIT_NOFILE's soft limit towards `wanted` (within the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = soft
+    if soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    try:
+        yield target
+    finally:
+        if target != soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class RecordingProtocol(asyncio.Protocol):
+    """Records every callback in order; futures signal the interesting moments."""
+
+    def __init__(self, *, eof_keeps_open: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self.events: list[str] = []
+        self.data = bytearray()
+        self.transport: Any = None
+        self.made = loop.create_future()
+        self.eof = loop.create_future()
+        self.lost = loop.create_future()
+        self.lost_calls = 0
+        self.lost_exc: BaseException | None = None
+        self.pause_calls = 0
+        self.resume_calls = 0
+        self.eof_keeps_open = eof_keeps_open
+        self._data_waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.events.append("made")
+        self.transport = transport
+        self.made.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.events or self.events[-1] != "data":
+            self.events.append("data")
+        self.data += data
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self.events.append("eof")
+        if not self.eof.done():
+            self.eof.set_result(None)
+        self._wake()
+        return True if self.eof_keeps_open else None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.events.append("lost")
+        self.lost_calls += 1
+        self.lost_exc = exc
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.pause_calls += 1
+        self.events.append("pause_writing")
+
+    def resume_writing(self) -> None:
+        self.resume_calls += 1
+        self.events.append("resume_writing")
+
+    def _wake(self) -> None:
+        still = []
+        for size, fut in self._data_waiters:
+            if fut.done():
+                continue
+            if len(self.data) >= size or self.lost.done() or self.eof.done():
+                fut.set_result(None)
+            else:
+                still.append((size, fut))
+        self._data_waiters = still
+
+    async def wait_for_bytes(self, size: int, timeout: float = 10) -> bytes:
+        """Wait until at least `size` bytes arrived (or EOF/loss); return all data so far."""
+        if len(self.data) < size and not self.lost.done() and not self.eof.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._data_waiters.append((size, fut))
+            await asyncio.wait_for(fut, timeout)
+        return bytes(self.data)
+
+
+class EchoProtocol(asyncio.Protocol):
+    """Server side: echoes everything; closes (after flushing) on the peer's EOF."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def eof_received(self) -> None:
+        return None  # the transport closes itself once the echo is flushed
+
+
+class ServerSide:
+    """Collects the protocols a server created, to reach the server side of a connection."""
+
+    def __init__(self, factory: Any = RecordingProtocol) -> None:
+        self.factory = factory
+        self.protocols: list[Any] = []
+        self._next: asyncio.Future[Any] | None = None
+
+    def __call__(self) -> Any:
+        proto = self.factory()
+        self.protocols.append(proto)
+        if self._next is not None and not self._next.done():
+            self._next.set_result(proto)
+        return proto
+
+    async def first(self, timeout: float = 10) -> Any:
+        if self.protocols:
+            return self.protocols[0]
+        self._next = asyncio.get_running_loop().create_future()
+        return await asyncio.wait_for(self._next, timeout)
+
+
+async def tcp_pair(
+    server_factory: Any = None, client_factory: Any = None, host: str = "127.0.0.1"
+) -> tuple[asyncio.AbstractServer, ServerSide, Any, Any]:
+    """A listening server on `host` and one connection to it.
+
+    Returns (server, server_side, client_transport, client_protocol); the
+    server-side protocol is ``await server_side.first()`` (connection_made done).
+    """
+    loop = asyncio.get_running_loop()
+    side = ServerSide(server_factory or RecordingProtocol)
+    server = await loop.create_server(side, host, 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, protocol = await loop.create_connection(
+        client_factory or RecordingProtocol, host, port
+    )
+    proto = await side.first()
+    if isinstance(proto, RecordingProtocol):
+        await asyncio.wait_for(proto.made, 10)
+    return server, side, transport, protocol
+
+
+def listening_socket(host: str = "127.0.0.1", family: int = socket.AF_INET) -> socket.socket:
+    """A plain listening socket (blocking) on an ephemeral port."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(100)
+    return sock
+
+
+def closed_port(host: str = "127.0.0.1", family: int = socket.AF_INET) -> int:
+    """A port on which (almost certainly) nothing listens: bound, never listening."""
+    # Keep nothing bound: take an ephemeral port and release it right away.
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+async def close_server(server: asyncio.AbstractServer) -> None:
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), 10)
+
+
+def xfail_ferroloop(request: Any, loop_name: str, reason: str) -> None:
+    """Strict expected failure on the ferroloop parameter only (a known ferroloop bug)."""
+    import pytest  # noqa: PLC0415
+
+    if loop_name == "ferroloop":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"ferroloop bug: {reason}"))
+
+
+def run_oracle(coro_fn: Any) -> Any:
+    """Run `coro_fn()` on asyncio's own loop: the expected behaviour."""
+    from conftest import make_loop_factory, run  # noqa: PLC0415
+
+    return run(make_loop_factory("asyncio"), coro_fn)
