@@ -1,8 +1,1237 @@
-//! Native `sock_*` operations.
+//! Native `sock_*` operations: `loop.sock_recv()`, `sock_sendall()` and
+//! friends, with the system calls done here.
+//!
+//! Each call tries its system call at once. When it completes (the common
+//! case for sends, and for receives when data is waiting) the caller gets a
+//! future that is already done; nothing is registered with the poller. Only
+//! on `EAGAIN` is the operation parked in the socket's [`SockWaiter`], a
+//! native watcher that holds at most one pending read and one pending write
+//! for its descriptor (so a `sock_recv` and a `sock_sendall` on the same
+//! socket wait together, with combined interest). When epoll reports the
+//! descriptor ready, the waiter retries the call in Rust and completes the
+//! future; once nothing is pending it stops watching the descriptor, so
+//! `add_reader()` or a transport can use it afterwards.
+//!
+//! Cancellation: the waiter is registered as a done-callback of each pending
+//! future (and removed again before we complete the future ourselves), so a
+//! cancelled call is dropped and the descriptor unwatched in the next
+//! iteration; an operation whose future is already done is never retried,
+//! so a cancelled `sock_recv` cannot swallow data.
+//!
+//! [`SockOps`] is the per-loop registry (descriptor -> waiter) and the entry
+//! point the Python mixin (`ferroloop/sockets.py`) calls.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+use parking_lot::Mutex;
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{
+    PyBlockingIOError, PyBufferError, PyConnectionError, PyInterruptedError, PyTypeError,
+    PyValueError,
+};
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::{ffi, intern, PyTraverseError};
+use socket2::{SockAddr, SockAddrStorage};
+
+use crate::buffers::with_bytes_mut;
+use crate::errors::os_error;
+use crate::event_loop::Loop;
+use crate::poller::{Interest, Readiness};
+
+/// Receives of at most this many bytes go through a per-thread scratch
+/// buffer and are copied into an exactly-sized `bytes`.
+const SCRATCH_SIZE: usize = 256 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
+}
+
+static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static LOOP_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SSL_SOCKET_TYPE: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+static SENDFILE_NOT_AVAILABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `asyncio.Future(loop=loop)`, through vectorcall (no kwargs dict).
+fn new_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = loop_.py();
+    let future_type = FUTURE_TYPE.import(py, "asyncio", "Future")?;
+    let kwnames =
+        LOOP_KWNAMES.get_or_try_init(py, || PyTuple::new(py, ["loop"]).map(Bound::unbind))?;
+    let args = [loop_.as_ptr()];
+    // SAFETY: `args` holds one borrowed, live object, passed as the value of
+    // the single keyword in `kwnames`; no positional arguments (nargsf 0).
+    unsafe {
+        let result =
+            ffi::PyObject_Vectorcall(future_type.as_ptr(), args.as_ptr(), 0, kwnames.as_ptr());
+        Bound::from_owned_ptr_or_err(py, result)
+    }
+}
+
+fn set_result(fut: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
+    fut.call_method1(intern!(fut.py(), "set_result"), (value,))?;
+    Ok(())
+}
+
+fn set_exception(fut: &Bound<'_, PyAny>, err: PyErr) -> PyResult<()> {
+    let py = fut.py();
+    fut.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
+    Ok(())
+}
+
+fn is_would_block(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py)
+}
+
+/// asyncio's checks on the socket argument: no SSL sockets, non-blocking
+/// only. Returns the descriptor.
+fn check_socket(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let py = sock.py();
+    let socket_type = SOCKET_TYPE.import(py, "socket", "socket")?;
+    if !sock.get_type().is(socket_type) {
+        let ssl_socket = SSL_SOCKET_TYPE.get_or_init(py, || {
+            py.import("ssl")
+                .and_then(|m| m.getattr("SSLSocket"))
+                .ok()
+                .map(Bound::unbind)
+        });
+        if let Some(ssl_socket) = ssl_socket {
+            if sock.is_instance(ssl_socket.bind(py))? {
+                return Err(PyTypeError::new_err("Socket cannot be of type SSLSocket"));
+            }
+        }
+    }
+    let timeout: Option<f64> = sock.call_method0(intern!(py, "gettimeout"))?.extract()?;
+    if timeout != Some(0.0) {
+        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    }
+    sock.call_method0(intern!(py, "fileno"))?.extract()
+}
+
+// -- system calls -------------------------------------------------------
+
+/// `Ok(None)` means the call would block.
+fn recv_raw(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Errno> {
+    loop {
+        // SAFETY: `buf` is valid for writes of its length during the call.
+        let got = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if got >= 0 {
+            return Ok(Some(got as usize));
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(None),
+            errno => return Err(errno),
+        }
+    }
+}
+
+fn recvfrom_raw(fd: RawFd, buf: &mut [u8]) -> Result<Option<(usize, SockAddr)>, Errno> {
+    loop {
+        let mut storage = SockAddrStorage::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `buf`, `storage` and `len` are valid for writes during the call.
+        let got = unsafe {
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut storage as *mut SockAddrStorage).cast(),
+                &mut len,
+            )
+        };
+        if got >= 0 {
+            // SAFETY: the kernel filled `len` bytes of `storage`.
+            let addr = unsafe { SockAddr::new(storage, len) };
+            return Ok(Some((got as usize, addr)));
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(None),
+            errno => return Err(errno),
+        }
+    }
+}
+
+fn send_raw(fd: RawFd, data: &[u8], addr: Option<&SockAddr>) -> Result<Option<usize>, Errno> {
+    loop {
+        let (addr_ptr, addr_len) = match addr {
+            Some(addr) => (addr.as_ptr().cast::<libc::sockaddr>(), addr.len()),
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: `data` is valid for reads of its length; the address, if
+        // any, is a valid sockaddr of `addr_len` bytes.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL,
+                addr_ptr,
+                addr_len,
+            )
+        };
+        if sent >= 0 {
+            return Ok(Some(sent as usize));
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(None),
+            errno => return Err(errno),
+        }
+    }
+}
+
+fn socket_domain(fd: RawFd) -> Result<libc::c_int, Errno> {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `domain` and `len` are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(domain)
+    }
+}
+
+fn socket_error(fd: RawFd) -> Result<i32, Errno> {
+    let mut error: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `error` and `len` are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut error as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(error)
+    }
+}
+
+/// A socket address as the `socket` module returns it.
+fn address_to_py(py: Python<'_>, addr: &SockAddr) -> PyResult<Py<PyAny>> {
+    let storage_len = addr.len() as usize;
+    if storage_len == 0 {
+        return Ok(py.None());
+    }
+    match addr.as_socket() {
+        Some(SocketAddr::V4(v4)) => Ok((v4.ip().to_string(), v4.port())
+            .into_pyobject(py)?
+            .into_any()
+            .unbind()),
+        Some(SocketAddr::V6(v6)) => {
+            let host = if v6.scope_id() != 0 {
+                numeric_host(addr).unwrap_or_else(|| v6.ip().to_string())
+            } else {
+                v6.ip().to_string()
+            };
+            Ok((host, v6.port(), v6.flowinfo(), v6.scope_id())
+                .into_pyobject(py)?
+                .into_any()
+                .unbind())
+        }
+        None if addr.family() == libc::AF_UNIX as libc::sa_family_t => unix_address(py, addr),
+        None => {
+            // Other families: (family, raw address bytes), as the socket
+            // module does for families it does not know.
+            let offset = std::mem::size_of::<libc::sa_family_t>();
+            // SAFETY: the storage holds `storage_len` initialised bytes.
+            let raw =
+                unsafe { std::slice::from_raw_parts(addr.as_ptr().cast::<u8>(), storage_len) };
+            let data = PyBytes::new(py, raw.get(offset..).unwrap_or(&[]));
+            Ok((addr.family() as i32, data)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind())
+        }
+    }
+}
+
+/// `getnameinfo(NI_NUMERICHOST)`: IPv6 text with its `%scope` suffix.
+fn numeric_host(addr: &SockAddr) -> Option<String> {
+    let mut host = [0 as libc::c_char; 1025];
+    // SAFETY: `addr` is a valid sockaddr of `addr.len()` bytes; `host` is a
+    // writable buffer of the size given; no service buffer is requested.
+    let rc = unsafe {
+        libc::getnameinfo(
+            addr.as_ptr().cast(),
+            addr.len(),
+            host.as_mut_ptr(),
+            host.len() as libc::socklen_t,
+            std::ptr::null_mut(),
+            0,
+            libc::NI_NUMERICHOST,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: getnameinfo wrote a NUL-terminated string into `host`.
+    let text = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
+    text.to_str().ok().map(str::to_owned)
+}
+
+fn unix_address(py: Python<'_>, addr: &SockAddr) -> PyResult<Py<PyAny>> {
+    let offset = std::mem::size_of::<libc::sa_family_t>();
+    let len = addr.len() as usize;
+    // SAFETY: the storage holds `len` initialised bytes.
+    let raw = unsafe { std::slice::from_raw_parts(addr.as_ptr().cast::<u8>(), len) };
+    let path = raw.get(offset..).unwrap_or(&[]);
+    if path.first() == Some(&0) {
+        // Linux abstract namespace: bytes, NUL included.
+        return Ok(PyBytes::new(py, path).into_any().unbind());
+    }
+    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+    // SAFETY: a valid pointer/length pair; returns a new reference or NULL.
+    unsafe {
+        let text =
+            ffi::PyUnicode_DecodeFSDefaultAndSize(path.as_ptr().cast(), end as ffi::Py_ssize_t);
+        Ok(Bound::from_owned_ptr_or_err(py, text)?.unbind())
+    }
+}
+
+/// A numeric IPv4/IPv6 address tuple, converted without Python's resolver.
+/// `None` for anything else (host names, '', '<broadcast>', other families),
+/// which the socket module handles.
+fn parse_numeric_address(address: &Bound<'_, PyAny>, domain: libc::c_int) -> Option<SockAddr> {
+    let tuple = address.cast::<PyTuple>().ok()?;
+    let host = tuple.get_item(0).ok()?;
+    let host = host.cast::<PyString>().ok()?;
+    let host = host.to_str().ok()?;
+    let port: u16 = tuple.get_item(1).ok()?.extract().ok()?;
+    match (domain, tuple.len()) {
+        (libc::AF_INET, 2) => {
+            let ip: Ipv4Addr = host.parse().ok()?;
+            Some(SockAddr::from(SocketAddrV4::new(ip, port)))
+        }
+        (libc::AF_INET6, 2..=4) => {
+            let ip: Ipv6Addr = host.parse().ok()?;
+            let flowinfo: u32 = match tuple.get_item(2) {
+                Ok(value) => value.extract().ok()?,
+                Err(_) => 0,
+            };
+            let scope_id: u32 = match tuple.get_item(3) {
+                Ok(value) => value.extract().ok()?,
+                Err(_) => 0,
+            };
+            Some(SockAddr::from(SocketAddrV6::new(
+                ip, port, flowinfo, scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+// -- operations ---------------------------------------------------------
+
+/// The bytes a send works from: a `bytes` object, or an exported buffer
+/// (which, like asyncio's memoryview, keeps a bytearray from being resized).
+enum Data {
+    Bytes(Py<PyBytes>),
+    Buffer(PyUntypedBuffer),
+}
+
+impl Data {
+    fn new(data: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if let Ok(bytes) = data.cast::<PyBytes>() {
+            return Ok(Data::Bytes(bytes.clone().unbind()));
+        }
+        let buffer = PyUntypedBuffer::get(data).map_err(|_| {
+            PyTypeError::new_err(format!(
+                "a bytes-like object is required, not '{}'",
+                data.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        if !buffer.is_c_contiguous() {
+            return Err(PyBufferError::new_err("data must be a C-contiguous buffer"));
+        }
+        Ok(Data::Buffer(buffer))
+    }
+
+    fn with_slice<R>(&self, py: Python<'_>, f: impl FnOnce(&[u8]) -> R) -> R {
+        match self {
+            Data::Bytes(bytes) => f(bytes.bind(py).as_bytes()),
+            Data::Buffer(buffer) => {
+                // SAFETY: the buffer stays exported (valid, unmoved, not
+                // resizable) while `self` holds it; `f` runs no Python code.
+                let slice = unsafe {
+                    std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes())
+                };
+                f(slice)
+            }
+        }
+    }
+}
+
+enum SendTarget {
+    Native(SockAddr),
+    /// Addresses the socket module must interpret (host names, other
+    /// families): sent through `sock.sendto()`.
+    Python {
+        sock: Py<PyAny>,
+        data: Py<PyAny>,
+        address: Py<PyAny>,
+    },
+}
+
+struct SendFile {
+    in_fd: RawFd,
+    offset: i64,
+    /// 0: until end of file.
+    count: u64,
+    blocksize: u64,
+    total_sent: u64,
+    /// True once the operation had to wait (asyncio's "registered_fd").
+    waited: bool,
+}
+
+impl SendFile {
+    /// asyncio leaves the file position after what was sent.
+    fn update_file_position(&self) {
+        if self.total_sent > 0 {
+            // SAFETY: a plain lseek; failure is ignored as there is nothing
+            // better to report than the operation's own outcome.
+            unsafe { libc::lseek(self.in_fd, self.offset as libc::off_t, libc::SEEK_SET) };
+        }
+    }
+}
+
+enum Kind {
+    Recv { n: usize },
+    RecvInto { buf: Py<PyAny> },
+    RecvFrom { n: usize },
+    RecvFromInto { buf: Py<PyAny>, nbytes: usize },
+    Accept { sock: Py<PyAny> },
+    SendAll { data: Data, offset: usize },
+    SendTo { data: Data, target: SendTarget },
+    Connect { address: Py<PyAny> },
+    SendFile(SendFile),
+}
+
+impl Kind {
+    fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Kind::SendAll { .. } | Kind::SendTo { .. } | Kind::Connect { .. } | Kind::SendFile(_)
+        )
+    }
+
+    fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Kind::RecvInto { buf } | Kind::RecvFromInto { buf, .. } => visit.call(buf),
+            Kind::Accept { sock } => visit.call(sock),
+            Kind::Connect { address } => visit.call(address),
+            Kind::SendTo {
+                target:
+                    SendTarget::Python {
+                        sock,
+                        data,
+                        address,
+                    },
+                ..
+            } => {
+                visit.call(sock)?;
+                visit.call(data)?;
+                visit.call(address)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs when a pending operation is abandoned (cancelled or replaced).
+    fn abandon(&self) {
+        if let Kind::SendFile(sendfile) = self {
+            sendfile.update_file_position();
+        }
+    }
+}
+
+/// One attempt: `Ok(None)` means "would block, wait for readiness".
+fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyAny>>> {
+    match kind {
+        Kind::Recv { n } => recv_bytes(py, fd, *n),
+        Kind::RecvInto { buf } => {
+            let got = with_bytes_mut(buf.bind(py), "buffer", |slice| recv_raw(fd, slice))?;
+            match got.map_err(|errno| os_error(py, errno))? {
+                Some(count) => Ok(Some(count.into_pyobject(py)?.into_any().unbind())),
+                None => Ok(None),
+            }
+        }
+        Kind::RecvFrom { n } => {
+            let n = *n;
+            let got = if n <= SCRATCH_SIZE {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    recvfrom_raw(fd, &mut scratch[..n]).map(|got| {
+                        got.map(|(count, addr)| (PyBytes::new(py, &scratch[..count]), addr))
+                    })
+                })
+            } else {
+                let mut buffer = vec![0u8; n];
+                recvfrom_raw(fd, &mut buffer)
+                    .map(|got| got.map(|(count, addr)| (PyBytes::new(py, &buffer[..count]), addr)))
+            };
+            match got.map_err(|errno| os_error(py, errno))? {
+                Some((data, addr)) => {
+                    let addr = address_to_py(py, &addr)?;
+                    Ok(Some((data, addr).into_pyobject(py)?.into_any().unbind()))
+                }
+                None => Ok(None),
+            }
+        }
+        Kind::RecvFromInto { buf, nbytes } => {
+            let nbytes = *nbytes;
+            let got = with_bytes_mut(buf.bind(py), "buffer", |slice| {
+                let limit = if nbytes == 0 { slice.len() } else { nbytes };
+                match slice.get_mut(..limit) {
+                    Some(target) => Ok(recvfrom_raw(fd, target)),
+                    None => Err(PyValueError::new_err(
+                        "nbytes is greater than the length of the buffer",
+                    )),
+                }
+            })??;
+            match got.map_err(|errno| os_error(py, errno))? {
+                Some((count, addr)) => {
+                    let addr = address_to_py(py, &addr)?;
+                    Ok(Some((count, addr).into_pyobject(py)?.into_any().unbind()))
+                }
+                None => Ok(None),
+            }
+        }
+        Kind::Accept { sock } => accept(py, fd, sock.bind(py)),
+        Kind::SendAll { data, offset } => {
+            let sent = data.with_slice(py, |all| -> Result<bool, Errno> {
+                while *offset < all.len() {
+                    match send_raw(fd, &all[*offset..], None)? {
+                        Some(count) => *offset += count,
+                        None => return Ok(false),
+                    }
+                }
+                Ok(true)
+            });
+            match sent.map_err(|errno| os_error(py, errno))? {
+                true => Ok(Some(py.None())),
+                false => Ok(None),
+            }
+        }
+        Kind::SendTo { data, target } => match target {
+            SendTarget::Native(addr) => {
+                let sent = data.with_slice(py, |bytes| send_raw(fd, bytes, Some(addr)));
+                match sent.map_err(|errno| os_error(py, errno))? {
+                    Some(count) => Ok(Some(count.into_pyobject(py)?.into_any().unbind())),
+                    None => Ok(None),
+                }
+            }
+            SendTarget::Python {
+                sock,
+                data,
+                address,
+            } => match sock
+                .bind(py)
+                .call_method1(intern!(py, "sendto"), (data.bind(py), address.bind(py)))
+            {
+                Ok(count) => Ok(Some(count.unbind())),
+                Err(err) if is_would_block(py, &err) => Ok(None),
+                Err(err) => Err(err),
+            },
+        },
+        Kind::Connect { address } => match socket_error(fd).map_err(|errno| os_error(py, errno))? {
+            0 => Ok(Some(py.None())),
+            err if [libc::EINPROGRESS, libc::EAGAIN, libc::EALREADY, libc::EINTR]
+                .contains(&err) =>
+            {
+                Ok(None)
+            }
+            err => {
+                let message = format!("Connect call failed {}", address.bind(py).str()?);
+                Err(pyo3::exceptions::PyOSError::new_err((err, message)))
+            }
+        },
+        Kind::SendFile(sendfile) => sendfile_attempt(py, fd, sendfile),
+    }
+}
+
+fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
+    let got = if n <= SCRATCH_SIZE {
+        SCRATCH.with_borrow_mut(|scratch| {
+            recv_raw(fd, &mut scratch[..n])
+                .map(|got| got.map(|count| PyBytes::new(py, &scratch[..count])))
+        })
+    } else {
+        let mut buffer = vec![0u8; n];
+        recv_raw(fd, &mut buffer).map(|got| got.map(|count| PyBytes::new(py, &buffer[..count])))
+    };
+    Ok(got
+        .map_err(|errno| os_error(py, errno))?
+        .map(|bytes| bytes.into_any().unbind()))
+}
+
+fn accept(py: Python<'_>, fd: RawFd, sock: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    let (conn_fd, addr) = loop {
+        let mut storage = SockAddrStorage::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `storage` and `len` are valid out-pointers.
+        let accepted = unsafe {
+            libc::accept4(
+                fd,
+                (&mut storage as *mut SockAddrStorage).cast(),
+                &mut len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if accepted >= 0 {
+            // SAFETY: the kernel filled `len` bytes of `storage`.
+            break (accepted, unsafe { SockAddr::new(storage, len) });
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(None),
+            errno => return Err(os_error(py, errno)),
+        }
+    };
+    // From here on the descriptor is closed on any failure until a socket
+    // object owns it.
+    let built = (|| -> PyResult<Py<PyAny>> {
+        let family = sock.getattr(intern!(py, "family"))?;
+        let kind = sock.getattr(intern!(py, "type"))?;
+        let proto = sock.getattr(intern!(py, "proto"))?;
+        let socket_type = SOCKET_TYPE.import(py, "socket", "socket")?;
+        let conn = socket_type.call1((family, kind, proto, conn_fd))?;
+        Ok(conn.unbind())
+    })();
+    let conn = match built {
+        Ok(conn) => conn,
+        Err(err) => {
+            // SAFETY: we own `conn_fd` and nothing else refers to it.
+            unsafe { libc::close(conn_fd) };
+            return Err(err);
+        }
+    };
+    // The socket object owns the descriptor now; it closes it if this fails.
+    conn.bind(py)
+        .call_method1(intern!(py, "setblocking"), (false,))?;
+    let addr = address_to_py(py, &addr)?;
+    Ok(Some((conn, addr).into_pyobject(py)?.into_any().unbind()))
+}
+
+fn sendfile_not_available(py: Python<'_>, message: &str) -> PyResult<PyErr> {
+    let class =
+        SENDFILE_NOT_AVAILABLE.import(py, "asyncio.exceptions", "SendfileNotAvailableError")?;
+    Ok(PyErr::from_value(class.call1((message,))?))
+}
+
+fn sendfile_attempt(py: Python<'_>, fd: RawFd, op: &mut SendFile) -> PyResult<Option<Py<PyAny>>> {
+    let outcome: PyResult<Option<u64>> = loop {
+        let mut blocksize = op.blocksize;
+        if op.count > 0 {
+            if op.total_sent >= op.count {
+                break Ok(Some(op.total_sent));
+            }
+            blocksize = op.count - op.total_sent;
+        }
+        let mut offset = op.offset as libc::off_t;
+        // SAFETY: `offset` is a valid in/out pointer; the kernel validates the descriptors.
+        let sent = unsafe { libc::sendfile(fd, op.in_fd, &mut offset, blocksize as usize) };
+        if sent > 0 {
+            op.offset += sent as i64;
+            op.total_sent += sent as u64;
+            continue;
+        }
+        if sent == 0 {
+            break Ok(Some(op.total_sent));
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => {
+                op.waited = true;
+                return Ok(None);
+            }
+            errno if op.total_sent == 0 => {
+                let _ = errno;
+                break Err(sendfile_not_available(py, "os.sendfile call failed")?);
+            }
+            Errno::ENOTCONN if op.waited => {
+                let err = PyConnectionError::new_err(("socket is not connected", libc::ENOTCONN));
+                err.set_cause(py, Some(os_error(py, Errno::ENOTCONN)));
+                break Err(err);
+            }
+            errno => break Err(os_error(py, errno)),
+        }
+    };
+    op.update_file_position();
+    match outcome {
+        Ok(Some(total)) => Ok(Some(total.into_pyobject(py)?.into_any().unbind())),
+        Ok(None) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+struct Pending {
+    fut: Py<PyAny>,
+    kind: Kind,
+}
+
+#[derive(Default)]
+struct Slots {
+    reader: Option<Pending>,
+    writer: Option<Pending>,
+}
+
+impl Slots {
+    fn interest(&self) -> Interest {
+        Interest {
+            read: self.reader.is_some(),
+            write: self.writer.is_some(),
+        }
+    }
+}
+
+/// The native watcher of one descriptor with pending `sock_*` calls: at most
+/// one pending read and one pending write. Also the done-callback of its
+/// pending futures, to notice cancellation.
+#[pyclass(frozen, module = "ferroloop._core")]
+pub struct SockWaiter {
+    fd: RawFd,
+    ops: Py<SockOps>,
+    slots: Mutex<Slots>,
+}
+
+impl SockWaiter {
+    /// Re-arms or drops the watch after the slots changed.
+    fn sync(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let py = slf.py();
+        let interest = this.slots.lock().interest();
+        let ops = this.ops.get();
+        if interest.is_empty() {
+            let removed = {
+                let mut waiters = ops.waiters.lock();
+                match waiters.get(&this.fd) {
+                    Some(current) if current.is(slf) => waiters.remove(&this.fd),
+                    _ => None,
+                }
+            };
+            if removed.is_some() {
+                ops.loop_.get().native_unwatch(this.fd);
+            }
+            drop(removed);
+            Ok(())
+        } else {
+            ops.loop_.get().native_interest(py, this.fd, interest)
+        }
+    }
+
+    fn run_slot(slf: &Bound<'_, Self>, write: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let taken = {
+            let mut slots = this.slots.lock();
+            if write {
+                slots.writer.take()
+            } else {
+                slots.reader.take()
+            }
+        };
+        let Some(mut pending) = taken else {
+            return Ok(());
+        };
+        let fut = pending.fut.bind(py).clone();
+        if future_done(&fut)? {
+            // Cancelled: never retry (a cancelled recv must not eat data).
+            pending.kind.abandon();
+            return Ok(());
+        }
+        match attempt(&mut pending.kind, py, this.fd) {
+            Ok(None) => {
+                let mut slots = this.slots.lock();
+                let slot = if write {
+                    &mut slots.writer
+                } else {
+                    &mut slots.reader
+                };
+                if slot.is_none() {
+                    *slot = Some(pending);
+                    return Ok(());
+                }
+                // A newer call took the slot meanwhile: it wins, as with
+                // asyncio's add_reader replacing a reader.
+                drop(slots);
+                pending.kind.abandon();
+                Ok(())
+            }
+            Ok(Some(value)) => {
+                fut.call_method1(intern!(py, "remove_done_callback"), (slf,))?;
+                set_result(&fut, value)
+            }
+            Err(err) => {
+                fut.call_method1(intern!(py, "remove_done_callback"), (slf,))?;
+                set_exception(&fut, err)
+            }
+        }
+    }
+}
+
+fn future_done(fut: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fut.call_method0(intern!(fut.py(), "done"))?.is_truthy()
+}
+
+fn dispatch(
+    target: &Bound<'_, PyAny>,
+    _loop: &Bound<'_, Loop>,
+    readiness: Readiness,
+) -> PyResult<()> {
+    let waiter = target.cast::<SockWaiter>()?;
+    let mut outcome = Ok(());
+    if readiness.readable {
+        outcome = SockWaiter::run_slot(waiter, false);
+    }
+    if readiness.writable {
+        let written = SockWaiter::run_slot(waiter, true);
+        outcome = outcome.and(written);
+    }
+    let synced = SockWaiter::sync(waiter);
+    outcome.and(synced)
+}
+
+#[pymethods]
+impl SockWaiter {
+    /// Done-callback of the pending futures: a future that completes
+    /// without us (it was cancelled) releases its slot.
+    fn __call__(slf: &Bound<'_, Self>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        let abandoned = {
+            let mut slots = slf.get().slots.lock();
+            let mut abandoned = Vec::new();
+            if slots.reader.as_ref().is_some_and(|p| p.fut.is(fut)) {
+                abandoned.extend(slots.reader.take());
+            }
+            if slots.writer.as_ref().is_some_and(|p| p.fut.is(fut)) {
+                abandoned.extend(slots.writer.take());
+            }
+            abandoned
+        };
+        if abandoned.is_empty() {
+            return Ok(());
+        }
+        for pending in &abandoned {
+            pending.kind.abandon();
+        }
+        drop(abandoned);
+        Self::sync(slf)
+    }
+
+    fn __repr__(&self) -> String {
+        let slots = self.slots.lock();
+        format!(
+            "<SockWaiter fd={} reading={} writing={}>",
+            self.fd,
+            slots.reader.is_some(),
+            slots.writer.is_some()
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.ops)?;
+        let Some(slots) = self.slots.try_lock() else {
+            return Ok(());
+        };
+        for pending in slots.reader.iter().chain(slots.writer.iter()) {
+            visit.call(&pending.fut)?;
+            pending.kind.visit(&visit)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let slots = std::mem::take(&mut *self.slots.lock());
+        drop(slots);
+    }
+}
+
+/// The `sock_*` machinery of one loop: the registry of descriptors with
+/// pending calls, and the entry points of the Python mixin.
+#[pyclass(frozen, module = "ferroloop._core")]
+pub struct SockOps {
+    loop_: Py<Loop>,
+    waiters: Mutex<HashMap<RawFd, Py<SockWaiter>>>,
+}
+
+impl SockOps {
+    /// Tries `kind` once; returns a done future, or parks it and returns a
+    /// pending one. Errors (including argument errors) go into the future,
+    /// as they would surface from asyncio's coroutine when awaited.
+    fn start<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        make: impl FnOnce(RawFd) -> PyResult<Kind>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let loop_ = slf.get().loop_.bind(py).as_any();
+        let fut = new_future(loop_)?;
+        let prepared = check_socket(sock).and_then(|fd| make(fd).map(|kind| (fd, kind)));
+        let (fd, mut kind) = match prepared {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                set_exception(&fut, err)?;
+                return Ok(fut);
+            }
+        };
+        match attempt(&mut kind, py, fd) {
+            Ok(Some(value)) => set_result(&fut, value)?,
+            Ok(None) => Self::park(slf, fd, &fut, kind)?,
+            Err(err) => set_exception(&fut, err)?,
+        }
+        Ok(fut)
+    }
+
+    /// Registers a pending operation with the descriptor's waiter.
+    fn park(slf: &Bound<'_, Self>, fd: RawFd, fut: &Bound<'_, PyAny>, kind: Kind) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let waiter = {
+            let existing = this.waiters.lock().get(&fd).map(|w| w.clone_ref(py));
+            match existing {
+                Some(waiter) => waiter,
+                None => {
+                    let waiter = Py::new(
+                        py,
+                        SockWaiter {
+                            fd,
+                            ops: slf.clone().unbind(),
+                            slots: Mutex::new(Slots::default()),
+                        },
+                    )?;
+                    this.waiters.lock().insert(fd, waiter.clone_ref(py));
+                    waiter
+                }
+            }
+        };
+        let waiter = waiter.bind(py);
+        let write = kind.is_write();
+        let pending = Pending {
+            fut: fut.clone().unbind(),
+            kind,
+        };
+        let (replaced, interest) = {
+            let mut slots = waiter.get().slots.lock();
+            let slot = if write {
+                &mut slots.writer
+            } else {
+                &mut slots.reader
+            };
+            let replaced = slot.replace(pending);
+            (replaced, slots.interest())
+        };
+        if let Some(old) = replaced.as_ref() {
+            old.kind.abandon();
+        }
+        drop(replaced);
+        // Always (re)install: this also re-arms epoll if the descriptor
+        // number was closed and reused behind our back.
+        let watched = this.loop_.get().native_watch(
+            py,
+            fd,
+            waiter.clone().into_any().unbind(),
+            dispatch,
+            interest,
+        );
+        if let Err(err) = watched {
+            let mut slots = waiter.get().slots.lock();
+            let slot = if write {
+                &mut slots.writer
+            } else {
+                &mut slots.reader
+            };
+            let ours = slot.take();
+            drop(slots);
+            drop(ours);
+            SockWaiter::sync(waiter)?;
+            return Err(err);
+        }
+        fut.call_method1(intern!(py, "add_done_callback"), (waiter,))?;
+        Ok(())
+    }
+}
+
+fn extract_size(value: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
+    let size: isize = value.extract()?;
+    if size < 0 {
+        return Err(PyValueError::new_err(format!(
+            "negative buffersize in {what}"
+        )));
+    }
+    Ok(size as usize)
+}
+
+#[pymethods]
+impl SockOps {
+    #[new]
+    fn py_new(event_loop: Bound<'_, Loop>) -> Self {
+        Self {
+            loop_: event_loop.unbind(),
+            waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn recv<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        nbytes: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::start(slf, sock, |_| {
+            Ok(Kind::Recv {
+                n: extract_size(nbytes, "recv")?,
+            })
+        })
+    }
+
+    fn recv_into<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        buf: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::start(slf, sock, |_| {
+            Ok(Kind::RecvInto {
+                buf: buf.clone().unbind(),
+            })
+        })
+    }
+
+    fn recvfrom<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        bufsize: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::start(slf, sock, |_| {
+            Ok(Kind::RecvFrom {
+                n: extract_size(bufsize, "recvfrom")?,
+            })
+        })
+    }
+
+    fn recvfrom_into<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        buf: &Bound<'py, PyAny>,
+        nbytes: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::start(slf, sock, |_| {
+            Ok(Kind::RecvFromInto {
+                buf: buf.clone().unbind(),
+                nbytes: extract_size(nbytes, "recvfrom_into")?,
+            })
+        })
+    }
+
+    fn sendall<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        // Fast path: a bytes object that goes out in full needs no Data.
+        if let Ok(bytes) = data.cast::<PyBytes>() {
+            if let Ok(fd) = check_socket(sock) {
+                let all = bytes.as_bytes();
+                let mut offset = 0;
+                let mut failed = None;
+                while offset < all.len() {
+                    match send_raw(fd, &all[offset..], None) {
+                        Ok(Some(count)) => offset += count,
+                        Ok(None) => break,
+                        Err(errno) => {
+                            failed = Some(errno);
+                            break;
+                        }
+                    }
+                }
+                let fut = new_future(slf.get().loop_.bind(py).as_any())?;
+                match failed {
+                    Some(errno) => set_exception(&fut, os_error(py, errno))?,
+                    None if offset == all.len() => set_result(&fut, py.None())?,
+                    None => {
+                        let kind = Kind::SendAll {
+                            data: Data::Bytes(bytes.clone().unbind()),
+                            offset,
+                        };
+                        Self::park(slf, fd, &fut, kind)?;
+                    }
+                }
+                return Ok(fut);
+            }
+        }
+        Self::start(slf, sock, |_| {
+            Ok(Kind::SendAll {
+                data: Data::new(data)?,
+                offset: 0,
+            })
+        })
+    }
+
+    fn sendto<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        data: &Bound<'py, PyAny>,
+        address: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        Self::start(slf, sock, |fd| {
+            let domain = socket_domain(fd).map_err(|errno| os_error(py, errno))?;
+            let target = match parse_numeric_address(address, domain) {
+                Some(addr) => SendTarget::Native(addr),
+                None => SendTarget::Python {
+                    sock: sock.clone().unbind(),
+                    data: data.clone().unbind(),
+                    address: address.clone().unbind(),
+                },
+            };
+            Ok(Kind::SendTo {
+                data: Data::new(data)?,
+                target,
+            })
+        })
+    }
+
+    /// Connects to an already resolved `address`.
+    fn connect<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        address: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let fut = new_future(slf.get().loop_.bind(py).as_any())?;
+        let started = check_socket(sock).and_then(|fd| {
+            let err: i32 = sock
+                .call_method1(intern!(py, "connect_ex"), (address,))?
+                .extract()?;
+            Ok((fd, err))
+        });
+        match started {
+            Ok((_, 0)) => set_result(&fut, py.None())?,
+            Ok((fd, err)) if [libc::EINPROGRESS, libc::EAGAIN, libc::EINTR].contains(&err) => {
+                let kind = Kind::Connect {
+                    address: address.clone().unbind(),
+                };
+                Self::park(slf, fd, &fut, kind)?;
+            }
+            Ok((_, err)) => set_exception(&fut, os_error(py, Errno::from_raw(err)))?,
+            Err(err) => set_exception(&fut, err)?,
+        }
+        Ok(fut)
+    }
+
+    fn accept<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::start(slf, sock, |_| {
+            Ok(Kind::Accept {
+                sock: sock.clone().unbind(),
+            })
+        })
+    }
+
+    /// `os.sendfile` from `in_fd` (a regular file) starting at `offset`:
+    /// `count` bytes, or until end of file when `count` is 0, in calls of at
+    /// most `blocksize` bytes. Resolves to the number of bytes sent.
+    fn sendfile<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        in_fd: RawFd,
+        offset: i64,
+        count: u64,
+        blocksize: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::start(slf, sock, |_| {
+            Ok(Kind::SendFile(SendFile {
+                in_fd,
+                offset,
+                count,
+                blocksize,
+                total_sent: 0,
+                waited: false,
+            }))
+        })
+    }
+
+    /// Drops the pending calls of `fd` whose futures are already done (say,
+    /// cancelled in this iteration, before their done-callback ran), and
+    /// stops watching `fd` if nothing is left. For `add_reader()` and
+    /// transports, which need the descriptor to themselves.
+    fn _forget_done(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
+        let py = slf.py();
+        let waiter = slf.get().waiters.lock().get(&fd).map(|w| w.clone_ref(py));
+        let Some(waiter) = waiter else {
+            return Ok(());
+        };
+        let waiter = waiter.bind(py);
+        let futures: Vec<Py<PyAny>> = {
+            let slots = waiter.get().slots.lock();
+            slots
+                .reader
+                .iter()
+                .chain(slots.writer.iter())
+                .map(|p| p.fut.clone_ref(py))
+                .collect()
+        };
+        for fut in futures {
+            let fut = fut.bind(py);
+            if future_done(fut)? {
+                SockWaiter::__call__(waiter, fut)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Descriptors with pending calls (introspection, for tests).
+    fn _pending_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.waiters.lock().keys().copied().collect();
+        fds.sort_unstable();
+        fds
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.loop_)?;
+        if let Some(waiters) = self.waiters.try_lock() {
+            for waiter in waiters.values() {
+                visit.call(waiter)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.lock());
+        drop(waiters);
+    }
+}
 
 /// Adds this module's classes to `ferroloop._core`.
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<SockOps>()?;
+    m.add_class::<SockWaiter>()?;
     Ok(())
 }

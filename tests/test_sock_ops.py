@@ -1,0 +1,650 @@
+"""The loop's low-level socket API (`sock_recv`, `sock_sendall`, ...).
+
+Every test runs on asyncio's own loop (the oracle) and on ferroloop, through
+the ``loop_factory`` fixture of conftest.py, with real sockets on 127.0.0.1
+and socket pairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import os
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+_T = TypeVar("_T")
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def run(loop_factory: LoopFactory, coro_fn: Callable[[], Awaitable[_T]], debug: bool = False) -> _T:
+    with asyncio.Runner(loop_factory=loop_factory, debug=debug) as runner:
+        return runner.run(coro_fn())  # type: ignore[arg-type]
+
+
+def nonblocking(*socks: socket.socket) -> None:
+    for sock in socks:
+        sock.setblocking(False)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    nonblocking(a, b)
+    with a, b:
+        yield a, b
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    with sock:
+        yield sock
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- stream happy paths ------------------------------------------------------
+
+
+def test_recv_and_sendall_socketpair(loop_factory: LoopFactory, pair: Any) -> None:
+    a, b = pair
+
+    async def main() -> tuple[bytes, bytes]:
+        loop = asyncio.get_running_loop()
+        pending = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0)
+        assert not pending.done()
+        await loop.sock_sendall(b, b"hello")
+        first = await pending
+        await loop.sock_sendall(b, bytearray(b"world"))
+        await asyncio.sleep(0.01)
+        second = await loop.sock_recv(a, 3)
+        return first, second
+
+    assert run(loop_factory, main) == (b"hello", b"wor")
+
+
+def test_recv_into_and_memoryview_send(loop_factory: LoopFactory, pair: Any) -> None:
+    a, b = pair
+
+    async def main() -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        buf = bytearray(10)
+        pending = asyncio.ensure_future(loop.sock_recv_into(a, buf))
+        await asyncio.sleep(0)
+        await loop.sock_sendall(b, memoryview(b"abcdefgh")[2:6])
+        count = await pending
+        return count, bytes(buf[:count])
+
+    assert run(loop_factory, main) == (4, b"cdef")
+
+
+def test_eof_returns_empty_bytes(loop_factory: LoopFactory, pair: Any) -> None:
+    a, b = pair
+
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        pending = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        await loop.sock_sendall(b, b"last")
+        b.shutdown(socket.SHUT_WR)
+        return [await pending, await loop.sock_recv(a, 10)]
+
+    assert run(loop_factory, main) == [b"last", b""]
+
+
+def test_large_sendall_to_slow_reader(loop_factory: LoopFactory, pair: Any) -> None:
+    a, b = pair
+    data = os.urandom(1 << 20) * 20  # 20 MiB: many partial sends
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        chunks: list[bytes] = []
+
+        async def slow_reader() -> None:
+            received = 0
+            while received < len(data):
+                chunk = await loop.sock_recv(a, 1 << 20)
+                assert chunk
+                chunks.append(chunk)
+                received += len(chunk)
+                if len(chunks) % 16 == 0:
+                    await asyncio.sleep(0.001)
+
+        reader = asyncio.create_task(slow_reader())
+        await loop.sock_sendall(b, data)
+        await reader
+        return b"".join(chunks)
+
+    assert run(loop_factory, main) == data
+
+
+def test_concurrent_recv_and_sendall_same_socket(loop_factory: LoopFactory, pair: Any) -> None:
+    a, b = pair
+    data = b"x" * (8 << 20)
+
+    async def main() -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        # a waits for data *and* for buffer space at the same time.
+        incoming = asyncio.ensure_future(loop.sock_recv(a, 100))
+        outgoing = asyncio.ensure_future(loop.sock_sendall(a, data))
+        await asyncio.sleep(0.01)
+        assert not incoming.done() and not outgoing.done()
+        await loop.sock_sendall(b, b"ping")
+        got = await incoming
+        received = 0
+        while received < len(data):
+            received += len(await loop.sock_recv(b, 1 << 20))
+        await outgoing
+        return received, got
+
+    assert run(loop_factory, main) == (len(data), b"ping")
+
+
+def test_accept_connect_tcp(loop_factory: LoopFactory, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+
+    async def main() -> tuple[Any, Any, bytes]:
+        loop = asyncio.get_running_loop()
+        accepting = asyncio.ensure_future(loop.sock_accept(listener))
+        client = socket.socket()
+        client.setblocking(False)
+        with client:
+            await loop.sock_connect(client, ("127.0.0.1", port))
+            conn, address = await accepting
+            with conn:
+                assert address == client.getsockname()
+                await loop.sock_sendall(client, b"over tcp")
+                return conn.gettimeout(), conn.family, await loop.sock_recv(conn, 100)
+
+    timeout, family, data = run(loop_factory, main)
+    assert (timeout, family, data) == (0.0, socket.AF_INET, b"over tcp")
+
+
+def test_connect_resolves_localhost(loop_factory: LoopFactory, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setblocking(False)
+        with client:
+            await loop.sock_connect(client, ("localhost", port))
+            conn, _ = await loop.sock_accept(listener)
+            conn.close()
+            return client.getpeername()[0]
+
+    assert run(loop_factory, main) == "127.0.0.1"
+
+
+def test_connect_refused(loop_factory: LoopFactory) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setblocking(False)
+        with client:
+            await loop.sock_connect(client, ("127.0.0.1", port))
+
+    with pytest.raises(ConnectionRefusedError):
+        run(loop_factory, main)
+
+
+def test_accept_unix(loop_factory: LoopFactory, tmp_path: Any) -> None:
+    path = str(tmp_path / "sock")
+
+    async def main() -> tuple[Any, bytes]:
+        loop = asyncio.get_running_loop()
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(path)
+        server.listen()
+        client = socket.socket(socket.AF_UNIX)
+        nonblocking(server, client)
+        with server, client:
+            accepting = asyncio.ensure_future(loop.sock_accept(server))
+            await loop.sock_connect(client, path)
+            conn, address = await accepting
+            with conn:
+                await loop.sock_sendall(conn, b"unix")
+                return address, await loop.sock_recv(client, 10)
+
+    assert run(loop_factory, main) == ("", b"unix")
+
+
+# -- datagrams -------------------------------------------------------------
+
+
+def test_udp_sendto_recvfrom(loop_factory: LoopFactory) -> None:
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        nonblocking(rx, tx)
+        with rx, tx:
+            rx.bind(("127.0.0.1", 0))
+            tx.bind(("127.0.0.1", 0))
+            target = rx.getsockname()
+            waiting = asyncio.ensure_future(loop.sock_recvfrom(rx, 100))
+            await asyncio.sleep(0)
+            sent = await loop.sock_sendto(tx, b"one", target)
+            data, source = await waiting
+            await loop.sock_sendto(tx, b"two!", ("localhost", target[1]))
+            buf = bytearray(10)
+            count, source2 = await loop.sock_recvfrom_into(rx, buf)
+            await loop.sock_sendto(tx, b"three", target)
+            small = bytearray(10)
+            count3, _ = await loop.sock_recvfrom_into(rx, small, 2)
+            return [
+                sent,
+                data,
+                source == tx.getsockname(),
+                count,
+                bytes(buf[:count]),
+                source2 == tx.getsockname(),
+                count3,
+                bytes(small[:2]),
+            ]
+
+    assert run(loop_factory, main) == [3, b"one", True, 4, b"two!", True, 2, b"th"]
+
+
+def test_udp_ipv6(loop_factory: LoopFactory) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+
+    async def main() -> tuple[bytes, Any]:
+        loop = asyncio.get_running_loop()
+        rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        nonblocking(rx, tx)
+        with rx, tx:
+            try:
+                rx.bind(("::1", 0))
+            except OSError:
+                pytest.skip("no IPv6 loopback")
+            await loop.sock_sendto(tx, b"six", rx.getsockname()[:2])
+            data, source = await loop.sock_recvfrom(rx, 100)
+            return data, source == ("::1", tx.getsockname()[1], 0, 0)
+
+    assert run(loop_factory, main) == (b"six", True)
+
+
+# -- cancellation ----------------------------------------------------------
+
+
+def test_cancelled_recv_leaves_socket_usable(loop_factory: LoopFactory, pair: Any) -> None:
+    a, b = pair
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(_recv(loop, a))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await loop.sock_sendall(b, b"after cancel")
+        await asyncio.sleep(0.01)  # a cancelled recv must not have eaten the data
+        return await loop.sock_recv(a, 100)
+
+    assert run(loop_factory, main) == b"after cancel"
+
+
+def test_add_reader_after_cancelled_recv(loop_factory: LoopFactory, pair: Any) -> None:
+    a, b = pair
+
+    async def wrapped(loop: asyncio.AbstractEventLoop) -> bytes:
+        return await loop.sock_recv(a, 100)
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(wrapped(loop))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        readable = loop.create_future()
+        loop.add_reader(a, lambda: readable.done() or readable.set_result(a.recv(100)))
+        try:
+            b.send(b"to the reader")
+            return await asyncio.wait_for(readable, 5)
+        finally:
+            loop.remove_reader(a)
+
+    assert run(loop_factory, main) == b"to the reader"
+
+
+def test_wait_for_timeout_then_recv(loop_factory: LoopFactory, pair: Any) -> None:
+    a, b = pair
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(loop.sock_recv(a, 10), 0.01)
+        b.send(b"late")
+        return await asyncio.wait_for(loop.sock_recv(a, 10), 5)
+
+    assert run(loop_factory, main) == b"late"
+
+
+def test_cancelled_accept_then_accept(loop_factory: LoopFactory, listener: socket.socket) -> None:
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(loop.sock_accept(listener))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0)
+        client = socket.socket()
+        client.setblocking(False)
+        with client:
+            connecting = asyncio.ensure_future(loop.sock_connect(client, listener.getsockname()))
+            conn, _ = await asyncio.wait_for(loop.sock_accept(listener), 5)
+            conn.close()
+            await connecting
+        return True
+
+    assert run(loop_factory, main)
+
+
+# -- sendfile --------------------------------------------------------------
+
+
+async def _drain(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        chunk = await loop.sock_recv(sock, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _tcp_pair_run(
+    loop_factory: LoopFactory, body: Callable[..., Awaitable[_T]]
+) -> tuple[_T, bytes]:
+    async def main() -> tuple[_T, bytes]:
+        loop = asyncio.get_running_loop()
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        client = socket.socket()
+        client.setblocking(False)
+        with server, client:
+            accepting = asyncio.ensure_future(loop.sock_accept(server))
+            await loop.sock_connect(client, server.getsockname())
+            conn, _ = await accepting
+            with conn:
+                draining = asyncio.create_task(_drain(loop, client))
+                result = await body(loop, conn)
+                conn.shutdown(socket.SHUT_WR)
+                return result, await draining
+
+    return run(loop_factory, main)
+
+
+def test_sendfile_regular_file(loop_factory: LoopFactory) -> None:
+    content = os.urandom(3 << 20) + b"tail"
+    with tempfile.TemporaryFile() as file:
+        file.write(content)
+        file.seek(0)
+
+        async def body(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tuple[int, int]:
+            sent = await loop.sock_sendfile(conn, file, 100, 2 << 20)
+            return sent, file.tell()
+
+        (sent, position), received = _tcp_pair_run(loop_factory, body)
+        assert sent == 2 << 20
+        assert position == 100 + (2 << 20)
+        assert received == content[100 : 100 + (2 << 20)]
+
+        file.seek(0)
+
+        async def whole(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tuple[int, int]:
+            sent = await loop.sock_sendfile(conn, file)
+            return sent, file.tell()
+
+        (sent, position), received = _tcp_pair_run(loop_factory, whole)
+        assert (sent, position, received) == (len(content), len(content), content)
+
+
+def test_sendfile_fallback_non_regular(loop_factory: LoopFactory) -> None:
+    data = b"in memory " * 1000
+
+    async def body(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tuple[int, int]:
+        stream = io.BytesIO(data)
+        sent = await loop.sock_sendfile(conn, stream, 10, 5000)
+        return sent, stream.tell()
+
+    (sent, position), received = _tcp_pair_run(loop_factory, body)
+    assert (sent, position, received) == (5000, 5010, data[10:5010])
+
+
+def test_sendfile_pipe_with_count_falls_back(loop_factory: LoopFactory) -> None:
+    # os.sendfile refuses a pipe, so the data goes through read + send; then
+    # asyncio's final file.seek() fails on the pipe (ESPIPE) and that error
+    # reaches the caller. ferroloop matches it.
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"through a pipe")
+    os.close(write_fd)
+
+    pipe = open(read_fd, "rb", buffering=0)  # noqa: SIM115 - closed below
+
+    async def body(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> int | None:
+        try:
+            await loop.sock_sendfile(conn, pipe, 0, 7)
+        except OSError as exc:
+            return exc.errno
+        return None
+
+    with pipe:
+        error, received = _tcp_pair_run(loop_factory, body)
+    assert (error, received) == (errno.ESPIPE, b"through")
+
+
+def test_sendfile_empty_pipe_without_count(loop_factory: LoopFactory) -> None:
+    # asyncio takes a pipe's st_size (0) as "empty file" and sends nothing.
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"never sent")
+    os.close(write_fd)
+
+    pipe = open(read_fd, "rb", buffering=0)  # noqa: SIM115 - closed below
+
+    async def body(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> int:
+        return await loop.sock_sendfile(conn, pipe)
+
+    with pipe:
+        assert _tcp_pair_run(loop_factory, body) == (0, b"")
+
+
+def test_sendfile_no_fallback_raises(loop_factory: LoopFactory) -> None:
+    async def body(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> str:
+        with pytest.raises(asyncio.SendfileNotAvailableError):
+            await loop.sock_sendfile(conn, io.BytesIO(b"x"), fallback=False)
+        return "raised"
+
+    assert _tcp_pair_run(loop_factory, body) == ("raised", b"")
+
+
+@pytest.mark.parametrize(
+    ("offset", "count", "error"),
+    [(-1, None, ValueError), ("0", None, TypeError), (0, 0, ValueError), (0, 1.5, TypeError)],
+)
+def test_sendfile_bad_offsets(
+    loop_factory: LoopFactory, pair: Any, offset: Any, count: Any, error: type[Exception]
+) -> None:
+    a, _ = pair
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with tempfile.TemporaryFile() as file:
+            await loop.sock_sendfile(a, file, offset, count)
+
+    with pytest.raises(error):
+        run(loop_factory, main)
+
+
+def test_sendfile_wrong_socket_type_and_text_mode(loop_factory: LoopFactory) -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        messages = []
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.setblocking(False)
+        with udp, tempfile.TemporaryFile() as file:
+            with pytest.raises(ValueError) as info:
+                await loop.sock_sendfile(udp, file)
+            messages.append(str(info.value))
+        stream = socket.socket()
+        stream.setblocking(False)
+        with stream, tempfile.TemporaryFile("w+") as text:
+            with pytest.raises(ValueError) as info:
+                await loop.sock_sendfile(stream, text)
+            messages.append(str(info.value))
+        return messages
+
+    assert run(loop_factory, main) == [
+        "only SOCK_STREAM type sockets are supported",
+        "file should be opened in binary mode",
+    ]
+
+
+# -- bad arguments ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda loop, s: loop.sock_recv(s, 1),
+        lambda loop, s: loop.sock_recv_into(s, bytearray(1)),
+        lambda loop, s: loop.sock_sendall(s, b"x"),
+        lambda loop, s: loop.sock_accept(s),
+        lambda loop, s: loop.sock_connect(s, ("127.0.0.1", 1)),
+        lambda loop, s: loop.sock_recvfrom(s, 1),
+        lambda loop, s: loop.sock_sendto(s, b"x", ("127.0.0.1", 1)),
+    ],
+)
+def test_blocking_socket_refused(loop_factory: LoopFactory, loop_name: str, call: Any) -> None:
+    # asyncio checks only in debug mode; ferroloop always does (a system call
+    # on a blocking socket would stall the loop), so it is tested without.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        with sock:  # blocking
+            await call(loop, sock)
+
+    with pytest.raises(ValueError, match="the socket must be non-blocking"):
+        run(loop_factory, main, debug=loop_name == "asyncio")
+
+
+def test_recv_into_readonly_buffer(loop_factory: LoopFactory, pair: Any) -> None:
+    a, b = pair
+    b.send(b"data")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_recv_into(a, b"read only")
+
+    with pytest.raises(TypeError):
+        run(loop_factory, main)
+
+
+def test_sendall_str_is_type_error(loop_factory: LoopFactory, pair: Any) -> None:
+    a, _ = pair
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(a, "text")  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError):
+        run(loop_factory, main)
+
+
+def test_recv_on_reset_connection(loop_factory: LoopFactory, listener: socket.socket) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setblocking(False)
+        with client:
+            accepting = asyncio.ensure_future(loop.sock_accept(listener))
+            await loop.sock_connect(client, listener.getsockname())
+            conn, _ = await accepting
+            # RST on close: linger on with a zero timeout.
+            conn.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+            conn.close()
+            await asyncio.sleep(0.01)
+            await loop.sock_recv(client, 10)
+
+    with pytest.raises(ConnectionResetError):
+        run(loop_factory, main)
+
+
+# -- resources ---------------------------------------------------------------
+
+
+def test_no_fd_leak_after_many_ops(loop_factory: LoopFactory, listener: socket.socket) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(100):
+            client = socket.socket()
+            client.setblocking(False)
+            with client:
+                accepting = asyncio.ensure_future(loop.sock_accept(listener))
+                await loop.sock_connect(client, listener.getsockname())
+                conn, _ = await accepting
+                with conn:
+                    pending = asyncio.ensure_future(loop.sock_recv(conn, 100))
+                    await asyncio.sleep(0)
+                    await loop.sock_sendall(client, b"x" * 100)
+                    assert await pending == b"x" * 100
+                    waiting = asyncio.create_task(_recv(loop, client))
+                    await asyncio.sleep(0)
+                    waiting.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await waiting
+
+    run(loop_factory, main)  # warm up (executor threads, lazy imports)
+    before = open_fds()
+    run(loop_factory, main)
+    assert open_fds() == before
+
+
+async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    return await loop.sock_recv(sock, 10)
+
+
+def test_ferroloop_unregisters_when_idle(
+    loop_factory: LoopFactory, loop_name: str, pair: Any
+) -> None:
+    a, b = pair
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        ops = loop._sock_ops()  # type: ignore[attr-defined]
+        task = asyncio.create_task(_recv(loop, a))
+        await asyncio.sleep(0)
+        seen = [ops._pending_fds()]
+        b.send(b"x")
+        await task
+        seen.append(ops._pending_fds())
+        return seen
+
+    if loop_name != "ferroloop":
+        pytest.skip("only meaningful for ferroloop: native watcher bookkeeping")
+    fd = pair[0].fileno()
+    assert run(loop_factory, main) == [[fd], []]
