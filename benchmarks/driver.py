@@ -203,6 +203,14 @@ class Driver:
             raise SampleError(f"load generator: {res['error']}")
         return res
 
+    @staticmethod
+    def with_server_err(msg, p, err_path):
+        """Append what the server said on stderr (and its exit) to msg."""
+        if p is not None and p.poll() is not None:
+            msg += f"; the server exited with code {p.returncode}"
+        err = tail(err_path, 12)
+        return f"{msg}; server stderr:\n{err}" if err else msg
+
     # -- one sample of each kind --------------------------------------------
 
     def load_sample(self, server_argv, label, lg_args, duration, warmup):
@@ -229,9 +237,15 @@ class Driver:
                     f"server exited during the run (rc={p.returncode}): {tail(err_path)}"
                 )
         except subprocess.TimeoutExpired:
-            raise SampleError("load generator timed out")
+            raise SampleError(self.with_server_err("load generator timed out", p, err_path))
+        except SampleError as e:
+            raise SampleError(self.with_server_err(str(e), p, err_path))
         finally:
             self.stop(p)
+        if not res.get("requests"):
+            raise SampleError(
+                self.with_server_err("no response within the measurement window", None, err_path)
+            )
         cpu = res["cpu"]
         win = cpu["window_s"]
         tck = cpu["clk_tck"]
@@ -587,6 +601,8 @@ class Driver:
                 f"      {name} {loop}: foreign CPU load {s.get('foreign_cpu', 0):.2f} cores "
                 f"during the sample, re-running ({attempts}/{self.a.max_retries})"
             )
+            # Give whatever else is running a moment to finish.
+            time.sleep(self.a.retry_pause * attempts)
         s.update(bench=name, group=group, loop=loop, round=rnd, attempts=attempts)
         self.samples.append(s)
         if s.get("error"):
@@ -871,6 +887,12 @@ def parse_args(argv):
         default=2,
         help="re-runs of a sample disturbed by foreign CPU load (default 2)",
     )
+    p.add_argument(
+        "--retry-pause",
+        type=float,
+        default=1.0,
+        help="seconds to wait before re-running a disturbed sample, times the attempt number",
+    )
     p.add_argument("--rss-connections", type=int, default=10_000)
     p.add_argument("--rss-hold", type=float, help="seconds the idle connections are held")
     p.add_argument("--server-cpu", type=int, default=0)
@@ -926,7 +948,7 @@ def main(argv=None):
         )
         print(f"*** {lp} is not usable, running without it: {err}{hint}", flush=True)
     for lp in ok:
-        print(f"{lp}: {info[lp]['type']} {info[lp]['version']}")
+        print(f"{lp}: {info[lp]['type']} {info[lp]['version']} ({info[lp]['file']})")
     if not ok:
         print("no usable event loop", file=sys.stderr)
         return 2
@@ -938,6 +960,10 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     d = Driver(a, exes)
     try:
         d.run()

@@ -114,7 +114,7 @@ async def sock_server(loop, lsock, tasks):
 
 async def serve(style, host, port, max_seconds):
     loop = asyncio.get_running_loop()
-    keep = []
+    keep = []  # keeps the sock tasks referenced
     if style == "protocol":
         server = await loop.create_server(EchoProtocol, host, port, backlog=BACKLOG)
         bound = server.sockets[0].getsockname()[1]
@@ -136,11 +136,19 @@ async def serve(style, host, port, max_seconds):
         bound = lsock.getsockname()[1]
         tasks = set()
         keep.append(tasks)
-        keep.append(loop.create_task(sock_server(loop, lsock, tasks)))
+        accept_task = loop.create_task(sock_server(loop, lsock, tasks))
     else:
         raise ValueError(style)
     print(f"READY {bound} {loop_type_name(loop)}", flush=True)
-    await asyncio.sleep(max_seconds)
+    if style == "sock":
+        # Await the accept loop itself so that an exception in it (say, an
+        # unimplemented sock_accept) ends the process with a traceback.
+        try:
+            await asyncio.wait_for(accept_task, max_seconds)
+        except TimeoutError:
+            pass
+    else:
+        await asyncio.sleep(max_seconds)
     print("echo_server: --max-seconds reached, exiting", file=sys.stderr)
 
 

@@ -76,7 +76,8 @@ def check(name):
     typ = run(name, probe)
     if name != "asyncio" and typ.startswith("asyncio."):
         raise RuntimeError(f"{name}'s factory returned a plain asyncio loop ({typ})")
-    return {"loop": name, "type": typ, "version": loop_version(name)}
+    mod = __import__("asyncio" if name == "asyncio" else name)
+    return {"loop": name, "type": typ, "version": loop_version(name), "file": mod.__file__}
 
 
 if __name__ == "__main__":
