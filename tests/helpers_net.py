@@ -207,8 +207,8 @@ def xfail_ferroloop(request: Any, loop_name: str, reason: str) -> None:
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"ferroloop bug: {reason}"))
 
 
-def run_oracle(coro_fn: Any) -> Any:
+def run_oracle(coro_fn: Any, *, debug: bool | None = None) -> Any:
     """Run `coro_fn()` on asyncio's own loop: the expected behaviour."""
     from conftest import make_loop_factory, run  # noqa: PLC0415
 
-    return run(make_loop_factory("asyncio"), coro_fn)
+    return run(make_loop_factory("asyncio"), coro_fn, debug=debug)

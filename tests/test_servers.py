@@ -1,0 +1,434 @@
+"""create_server and the Server object, on asyncio's loop and on ferroloop.
+
+Real listening sockets on loopback (and on all interfaces where a test asks for
+host=None). Where the exact outcome is asyncio's choice (exception types and
+messages, which families get a socket), the scenario runs on asyncio's loop first
+and the loop under test must match it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gc
+import re
+import socket
+import ssl
+from asyncio import trsock
+from typing import Any
+
+import pytest
+from conftest import run
+from helpers_net import (
+    HAS_IPV6,
+    EchoProtocol,
+    RecordingProtocol,
+    ServerSide,
+    close_server,
+    run_oracle,
+    xfail_ferroloop,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _echo_roundtrip(host: str, port: int, payload: bytes = b"ping") -> bytes:
+    loop = asyncio.get_running_loop()
+    tr, proto = await asyncio.wait_for(
+        loop.create_connection(RecordingProtocol, host, port), 10
+    )
+    tr.write(payload)
+    got = await proto.wait_for_bytes(len(payload))
+    tr.close()
+    await asyncio.wait_for(proto.lost, 10)
+    return got
+
+
+def _families(server: Any) -> list[str]:
+    return sorted(socket.AddressFamily(s.family).name for s in server.sockets)
+
+
+def test_create_server_basic_and_server_object(loop_factory: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
+        assert isinstance(server, asyncio.AbstractServer)
+        assert server.get_loop() is loop
+        assert server.is_serving()
+        socks = server.sockets
+        assert isinstance(socks, tuple) and len(socks) == 1
+        assert isinstance(socks[0], trsock.TransportSocket)
+        host, port = socks[0].getsockname()
+        assert host == "127.0.0.1" and port > 0
+        assert socks[0].getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        assert await _echo_roundtrip(host, port) == b"ping"
+        server.close()
+        assert not server.is_serving()
+        assert server.sockets == ()
+        server.close()  # idempotent
+        await asyncio.wait_for(server.wait_closed(), 10)
+        with pytest.raises(ConnectionRefusedError):
+            await loop.create_connection(asyncio.Protocol, host, port)
+
+    run(loop_factory, main)
+
+
+@pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+def test_create_server_host_list(loop_factory: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoProtocol, ["127.0.0.1", "::1"], 0)
+        assert _families(server) == ["AF_INET", "AF_INET6"]
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            assert await _echo_roundtrip(host, port, host.encode()) == host.encode()
+        v6 = next(s for s in server.sockets if s.family == socket.AF_INET6)
+        assert v6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        await close_server(server)
+
+    run(loop_factory, main)
+
+
+@pytest.mark.parametrize("host", [None, ""])
+def test_create_server_all_interfaces(loop_factory: Any, host: str | None) -> None:
+    async def main() -> tuple[list[str], list[str]]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoProtocol, host, 0)
+        hosts = sorted(s.getsockname()[0] for s in server.sockets)
+        for sock in server.sockets:
+            if sock.family == socket.AF_INET:
+                assert await _echo_roundtrip("127.0.0.1", sock.getsockname()[1]) == b"ping"
+            elif HAS_IPV6:
+                assert await _echo_roundtrip("::1", sock.getsockname()[1]) == b"ping"
+        families = _families(server)
+        await close_server(server)
+        return families, hosts
+
+    expected = run_oracle(main)
+    assert "AF_INET" in expected[0]
+    assert run(loop_factory, main) == expected
+
+
+def test_create_server_family_restricts_sockets(loop_factory: Any) -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoProtocol, None, 0, family=socket.AF_INET)
+        fams = _families(server)
+        assert server.sockets[0].getsockname()[0] == "0.0.0.0"
+        await close_server(server)
+        return fams
+
+    assert run(loop_factory, main) == ["AF_INET"]
+
+
+def test_create_server_flags_numerichost(loop_factory: Any) -> None:
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                EchoProtocol, "localhost", 0, flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST
+            )
+        except OSError as exc:
+            return type(exc).__name__ + str(exc.errno)
+        await close_server(server)
+        return "created"
+
+    expected = run_oracle(main)
+    assert expected.startswith("gaierror")
+    assert run(loop_factory, main) == expected
+
+
+def test_create_server_with_sock(loop_factory: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = await loop.create_server(EchoProtocol, sock=sock, backlog=5)
+        assert server.sockets[0].fileno() == sock.fileno()
+        assert await _echo_roundtrip(*sock.getsockname()) == b"ping"
+        await close_server(server)
+        assert sock.fileno() == -1
+
+    run(loop_factory, main)
+
+
+def test_create_server_argument_errors(loop_factory: Any) -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        out = []
+        calls = [
+            lambda: loop.create_server(EchoProtocol),
+            lambda: loop.create_server(EchoProtocol, "127.0.0.1", 0, sock=sock),
+            lambda: loop.create_server(EchoProtocol, sock=udp),
+            lambda: loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl=True),
+            lambda: loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl_handshake_timeout=1),
+            lambda: loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl=ctx,
+                                       ssl_handshake_timeout=-1),
+        ]
+        try:
+            for call in calls:
+                try:
+                    server = await call()
+                except (ValueError, TypeError) as exc:
+                    out.append(re.sub(r"fd=\d+", "fd=N", f"{type(exc).__name__}: {exc}"))
+                else:
+                    out.append("created")
+                    await close_server(server)
+        finally:
+            sock.close()
+            udp.close()
+        return out
+
+    expected = run_oracle(main)
+    assert run(loop_factory, main) == expected
+
+
+def test_create_server_address_in_use(loop_factory: Any) -> None:
+    async def main() -> tuple[int | None, str]:
+        loop = asyncio.get_running_loop()
+        first = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
+        port = first.sockets[0].getsockname()[1]
+        try:
+            await loop.create_server(EchoProtocol, "127.0.0.1", port)
+        except OSError as exc:
+            return exc.errno, str(exc).replace(str(port), "PORT")
+        finally:
+            await close_server(first)
+        return None, "created"
+
+    expected = run_oracle(main)
+    assert expected[0] == errno.EADDRINUSE
+    assert run(loop_factory, main) == expected
+
+
+@pytest.mark.parametrize("reuse_address", [None, True, False])
+def test_reuse_address_option(loop_factory: Any, reuse_address: bool | None) -> None:
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            EchoProtocol, "127.0.0.1", 0, reuse_address=reuse_address
+        )
+        value = server.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
+        await close_server(server)
+        return value
+
+    expected = run_oracle(main)
+    assert expected == (reuse_address is not False)
+    assert run(loop_factory, main) == expected
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT")
+def test_reuse_port_two_servers_same_port(loop_factory: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a = await loop.create_server(EchoProtocol, "127.0.0.1", 0, reuse_port=True)
+        port = a.sockets[0].getsockname()[1]
+        b = await loop.create_server(EchoProtocol, "127.0.0.1", port, reuse_port=True)
+        for server in (a, b):
+            assert server.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        for i in range(10):
+            assert await _echo_roundtrip("127.0.0.1", port, b"%d" % i) == b"%d" % i
+        await close_server(a)
+        assert await _echo_roundtrip("127.0.0.1", port) == b"ping"
+        await close_server(b)
+
+    run(loop_factory, main)
+
+
+def test_start_serving_false_then_start_serving(loop_factory: Any) -> None:
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, start_serving=False)
+        out: list[Any] = [server.is_serving()]
+        host, port = server.sockets[0].getsockname()
+        out.append(server.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+        try:
+            tr, _ = await loop.create_connection(asyncio.Protocol, host, port)
+            out.append("connected")
+            tr.close()
+        except OSError as exc:
+            out.append(type(exc).__name__)
+        await server.start_serving()
+        out.append(server.is_serving())
+        await server.start_serving()  # again: no-op
+        out.append(await _echo_roundtrip(host, port))
+        await close_server(server)
+        return out
+
+    expected = run_oracle(main)
+    assert expected == [False, 0, "ConnectionRefusedError", True, b"ping"]
+    assert run(loop_factory, main) == expected
+
+
+def test_serve_forever_cancel_closes_server(loop_factory: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, start_serving=False)
+        host, port = server.sockets[0].getsockname()
+        task = asyncio.create_task(server.serve_forever())
+        await asyncio.sleep(0.01)
+        assert server.is_serving()
+        with pytest.raises(RuntimeError, match="already being awaited"):
+            await server.serve_forever()
+        assert await _echo_roundtrip(host, port) == b"ping"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not server.is_serving()
+        assert server.sockets == ()
+        with pytest.raises(RuntimeError, match="is closed"):
+            await server.serve_forever()
+        with pytest.raises(ConnectionRefusedError):
+            await loop.create_connection(asyncio.Protocol, host, port)
+
+    run(loop_factory, main)
+
+
+def test_server_close_stops_serve_forever(loop_factory: Any) -> None:
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
+        task = asyncio.create_task(server.serve_forever())
+        await asyncio.sleep(0.01)
+        server.close()
+        try:
+            await asyncio.wait_for(task, 10)
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "returned"
+
+    expected = run_oracle(main)
+    assert run(loop_factory, main) == expected
+
+
+def test_async_with_server(loop_factory: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
+        async with server as entered:
+            assert entered is server
+            assert server.is_serving()
+            host, port = server.sockets[0].getsockname()
+            assert await _echo_roundtrip(host, port) == b"ping"
+        assert not server.is_serving()
+        assert server.sockets == ()
+
+    run(loop_factory, main)
+
+
+def test_close_keeps_accepted_connections_and_wait_closed(loop_factory: Any) -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        side = ServerSide(RecordingProtocol)
+        server = await loop.create_server(side, "127.0.0.1", 0)
+        host, port = server.sockets[0].getsockname()
+        tr, proto = await loop.create_connection(RecordingProtocol, host, port)
+        sproto = await side.first()
+        order: list[str] = []
+
+        async def waiter() -> None:
+            await server.wait_closed()
+            order.append("wait_closed returned")
+
+        early = asyncio.create_task(waiter())
+        await asyncio.sleep(0.01)
+        server.close()
+        order.append("closed")
+        await asyncio.sleep(0.05)
+        # The accepted connection still works both ways.
+        tr.write(b"still here")
+        assert await sproto.wait_for_bytes(10) == b"still here"
+        sproto.transport.write(b"me too")
+        assert await proto.wait_for_bytes(6) == b"me too"
+        order.append("connection alive")
+        tr.close()
+        await asyncio.wait_for(sproto.lost, 10)
+        order.append("connection closed")
+        await asyncio.wait_for(early, 10)
+        await asyncio.wait_for(server.wait_closed(), 10)
+        return order
+
+    expected = run_oracle(main)
+    # wait_closed() awaited before close() returns only once the connection is gone.
+    assert expected.index("wait_closed returned") > expected.index("connection alive")
+    assert run(loop_factory, main) == expected
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_protocol_factory_error_is_reported_and_server_keeps_serving(
+    loop_factory: Any, loop_name: str, request: Any, debug: bool
+) -> None:
+    """asyncio reports a failing protocol factory to the exception handler only in
+    debug mode; in both modes the connection is closed and the server keeps serving."""
+    if not debug:
+        xfail_ferroloop(
+            request,
+            loop_name,
+            "protocol factory errors reach the exception handler even with debug off",
+        )
+    else:
+        xfail_ferroloop(
+            request,
+            loop_name,
+            "debug=True run_forever raises AttributeError: asyncio.coroutines"
+            " has no _DEBUG_STACK_DEPTH on Python 3.11",
+        )
+
+    class Boom(Exception):
+        pass
+
+    async def main() -> tuple[list[tuple[str, str]], bytes, bytes]:
+        loop = asyncio.get_running_loop()
+        # Keep only strings: holding the context would keep asyncio's accepted
+        # socket alive (it is closed by garbage collection there).
+        reports: list[tuple[str, str]] = []
+        loop.set_exception_handler(
+            lambda lp, ctx: reports.append((ctx["message"], type(ctx.get("exception")).__name__))
+        )
+        calls = 0
+
+        def factory() -> asyncio.Protocol:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise Boom("factory failed")
+            return EchoProtocol()
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        host, port = server.sockets[0].getsockname()
+        reader, writer = await asyncio.open_connection(host, port)
+        # asyncio leaves the accepted socket to the garbage collector (in debug
+        # mode it sits in a reference cycle through the exception context).
+        await asyncio.sleep(0.1)
+        gc.collect()
+        first = await asyncio.wait_for(reader.read(), 10)  # closed by the server: EOF
+        writer.close()
+        second = await _echo_roundtrip(host, port)
+        await close_server(server)
+        loop.set_exception_handler(None)
+        return reports, first, second
+
+    expected = run_oracle(main, debug=debug)
+    assert bool(expected[0]) == debug and expected[1:] == (b"", b"ping")
+    assert run(loop_factory, main, debug=debug) == expected
+
+
+def test_many_sequential_servers_release_ports_and_fds(loop_factory: Any) -> None:
+    from helpers_net import count_fds
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        before = count_fds()
+        for _ in range(100):
+            server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            assert await _echo_roundtrip("127.0.0.1", port) == b"ping"
+            server.close()
+            await server.wait_closed()
+        await asyncio.sleep(0.05)
+        assert count_fds() <= before + 2
+
+    run(loop_factory, main)
