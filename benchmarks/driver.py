@@ -61,6 +61,19 @@ def proc_stat_busy():
     return 0
 
 
+def wait_quiet(max_wait, probe=0.25, threshold=0.15):
+    """Wait until the machine's busy time over `probe` seconds is below
+    `threshold` CPUs; give up after `max_wait` seconds. Returns True if quiet."""
+    end = time.monotonic() + max_wait
+    while True:
+        b0 = proc_stat_busy()
+        time.sleep(probe)
+        if (proc_stat_busy() - b0) / CLK_TCK / probe < threshold:
+            return True
+        if time.monotonic() >= end:
+            return False
+
+
 def proc_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
@@ -601,8 +614,11 @@ class Driver:
                 f"      {name} {loop}: foreign CPU load {s.get('foreign_cpu', 0):.2f} cores "
                 f"during the sample, re-running ({attempts}/{self.a.max_retries})"
             )
-            # Give whatever else is running a moment to finish.
-            time.sleep(self.a.retry_pause * attempts)
+            # Give whatever else is running a chance to finish first.
+            if not wait_quiet(self.a.quiet_wait):
+                self.log(
+                    f"      (machine still busy after {self.a.quiet_wait:.0f} s, re-running anyway)"
+                )
         s.update(bench=name, group=group, loop=loop, round=rnd, attempts=attempts)
         self.samples.append(s)
         if s.get("error"):
@@ -888,10 +904,11 @@ def parse_args(argv):
         help="re-runs of a sample disturbed by foreign CPU load (default 2)",
     )
     p.add_argument(
-        "--retry-pause",
+        "--quiet-wait",
         type=float,
-        default=1.0,
-        help="seconds to wait before re-running a disturbed sample, times the attempt number",
+        default=10.0,
+        help="before re-running a disturbed sample, wait up to this many seconds "
+        "for the machine to be idle (default 10)",
     )
     p.add_argument("--rss-connections", type=int, default=10_000)
     p.add_argument("--rss-hold", type=float, help="seconds the idle connections are held")

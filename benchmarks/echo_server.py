@@ -29,8 +29,11 @@ BACKLOG = 4096
 
 
 def set_nodelay(sock):
-    # asyncio and uvloop already enable TCP_NODELAY on TCP transports; doing it
-    # explicitly makes the setting identical for every loop and style.
+    # asyncio, uvloop and ferroloop all enable TCP_NODELAY on their TCP
+    # transports; the sock style owns its sockets, so it sets it itself. The
+    # transport styles deliberately do not call get_extra_info("socket"): a
+    # loop may create that object lazily (ferroloop dup()s the descriptor),
+    # which would be harness cost, not loop cost.
     try:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -43,7 +46,6 @@ class EchoProtocol(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
-        set_nodelay(transport.get_extra_info("socket"))
 
     def data_received(self, data):
         self.transport.write(data)
@@ -59,7 +61,6 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
         self.transport = transport
         self.buf = bytearray(READ_SIZE)
         self.view = memoryview(self.buf)
-        set_nodelay(transport.get_extra_info("socket"))
 
     def get_buffer(self, sizehint):
         return self.view
@@ -75,7 +76,6 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
 
 
 async def streams_handler(reader, writer):
-    set_nodelay(writer.get_extra_info("socket"))
     try:
         while True:
             data = await reader.read(READ_SIZE)
