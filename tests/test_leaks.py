@@ -1,0 +1,197 @@
+"""Resource leaks: file descriptors, threads, references held by the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import socket
+import threading
+import time
+import tracemalloc
+import warnings
+import weakref
+
+from conftest import run
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class Payload:
+    """Something we can hold a weak reference to."""
+
+
+def test_create_and_close_1000_loops_leaks_no_fds(loop_factory):
+    loop_factory().close()  # warm up lazy imports / one-time fds
+    before = open_fds()
+    for _ in range(1000):
+        loop_factory().close()
+    assert open_fds() == before
+
+
+def test_loops_with_pending_work_closed_leak_no_fds(loop_factory):
+    loop_factory().close()
+    before = open_fds()
+    for _ in range(200):
+        lp = loop_factory()
+        lp.call_soon(print, "never")
+        lp.call_later(10, print, "never")
+        lp.call_soon_threadsafe(print, "never")
+        lp.close()
+    assert open_fds() == before
+
+
+def test_loops_with_registered_readers_closed_leak_no_fds(loop_factory):
+    a, b = socket.socketpair()
+    try:
+        loop_factory().close()
+        before = open_fds()
+        for _ in range(200):
+            lp = loop_factory()
+            lp.add_reader(a, lambda: None)
+            lp.add_writer(b, lambda: None)
+            lp.close()
+        assert open_fds() == before
+        # The watched sockets themselves were not closed by the loop.
+        a.send(b"x")
+        assert b.recv(1) == b"x"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_loops_that_ran_leak_no_fds_or_threads(loop_factory):
+    async def main():
+        lp = asyncio.get_running_loop()
+        await lp.run_in_executor(None, time.sleep, 0)
+        await asyncio.sleep(0)
+
+    run(loop_factory, main)
+    gc.collect()
+    fds_before = open_fds()
+    threads_before = threading.active_count()
+    for _ in range(100):
+        run(loop_factory, main)
+    gc.collect()
+    assert open_fds() == fds_before
+    assert threading.active_count() <= threads_before
+
+
+def test_unclosed_loop_warns_and_releases_fds_when_collected(loop_factory):
+    loop_factory().close()
+    before = open_fds()
+    lp = loop_factory()
+    assert open_fds() >= before
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del lp
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+    assert open_fds() == before
+
+
+def test_callback_args_released_after_run(loop):
+    payload = Payload()
+    ref = weakref.ref(payload)
+    loop.call_soon(lambda p: None, payload)
+    del payload
+    loop.run_until_complete(asyncio.sleep(0))
+    gc.collect()
+    assert ref() is None
+
+
+def test_timer_args_released_after_run(loop):
+    payload = Payload()
+    ref = weakref.ref(payload)
+    loop.call_later(0.001, lambda p: None, payload)
+    del payload
+    loop.run_until_complete(asyncio.sleep(0.01))
+    gc.collect()
+    assert ref() is None
+
+
+def test_cancelled_timer_args_released(loop):
+    payload = Payload()
+    ref = weakref.ref(payload)
+    h = loop.call_later(3600, lambda p: None, payload)
+    del payload
+    h.cancel()
+    del h
+    loop.run_until_complete(asyncio.sleep(0))
+    gc.collect()
+    assert ref() is None
+
+
+def test_pending_callback_args_released_on_close(loop):
+    payloads = [Payload() for _ in range(3)]
+    refs = [weakref.ref(p) for p in payloads]
+    loop.call_soon(lambda p: None, payloads[0])
+    loop.call_later(3600, lambda p: None, payloads[1])
+    loop.call_soon_threadsafe(lambda p: None, payloads[2])
+    del payloads
+    loop.close()
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+
+
+def test_reader_args_released_after_remove(loop):
+    a, b = socket.socketpair()
+    try:
+        payload = Payload()
+        ref = weakref.ref(payload)
+        loop.add_reader(a, lambda p: None, payload)
+        del payload
+        assert loop.remove_reader(a) is True
+        gc.collect()
+        assert ref() is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_loop_itself_is_collectable_after_close(loop_factory):
+    lp = loop_factory()
+    lp.run_until_complete(asyncio.sleep(0))
+    lp.call_soon(lambda: None)
+    lp.close()
+    ref = weakref.ref(lp)
+    del lp
+    gc.collect()
+    assert ref() is None
+
+
+def test_many_loops_do_not_grow_python_memory(loop_factory):
+    def cycle():
+        lp = loop_factory()
+        lp.run_until_complete(asyncio.sleep(0))
+        lp.close()
+
+    for _ in range(50):
+        cycle()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(500):
+            cycle()
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert after - before < 500_000, f"grew by {after - before} bytes over 500 loops"
+
+
+def test_finished_tasks_do_not_accumulate(loop):
+    async def short():
+        return Payload()
+
+    async def main():
+        for _ in range(1000):
+            await asyncio.create_task(short())
+
+    loop.run_until_complete(main())
+    gc.collect()
+    assert len(asyncio.all_tasks(loop)) == 0
+    assert not any(isinstance(o, Payload) for o in gc.get_objects())
