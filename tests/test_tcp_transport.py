@@ -1163,3 +1163,137 @@ def test_accept_out_of_descriptors_is_reported_and_server_recovers(
     # asyncio reports once per pending accept() of the batch (up to backlog times);
     # what matters is that the reports stop while the descriptors are exhausted.
     assert 1 <= len(got["first"]) <= 200
+
+
+# -- extra info lifetime and protocol callback errors ------------------------------------------
+
+
+def test_extra_info_still_available_after_close(
+    loop_factory: Any, loop_name: str, request: Any
+) -> None:
+    """asyncio records socket/sockname/peername when the transport is made; they
+    stay available after the connection is closed (e.g. for logging)."""
+    xfail_ferroloop(
+        request, loop_name, "get_extra_info('socket'/'peername'/'sockname') is None after close"
+    )
+
+    async def main() -> tuple[Any, ...]:
+        server, side, tr, proto = await tcp_pair()
+        sproto = await side.first()
+        peer, name = tr.get_extra_info("peername"), tr.get_extra_info("sockname")
+        tr.close()
+        await asyncio.wait_for(proto.lost, 10)
+        await asyncio.wait_for(sproto.lost, 10)
+        await close_server(server)
+        return (
+            type(tr.get_extra_info("socket")).__name__,
+            tr.get_extra_info("peername") == peer,
+            tr.get_extra_info("sockname") == name,
+            sproto.transport.get_extra_info("peername") == name,
+        )
+
+    expected = run_oracle(main)
+    assert expected == ("TransportSocket", True, True, True)
+    assert run(loop_factory, main) == expected
+
+
+def test_server_side_peername_after_peer_reset(
+    loop_factory: Any, loop_name: str, request: Any
+) -> None:
+    """The accepted connection's peername is known from accept(); a client that
+    resets before the protocol asks for it must not make it disappear."""
+    xfail_ferroloop(
+        request, loop_name, "server-side peername is None when the peer reset before it was asked"
+    )
+
+    class AsksLate(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.lost.set_result((self.transport.get_extra_info("peername"), type(exc).__name__))
+
+    async def main() -> tuple[bool, str]:
+        loop = asyncio.get_running_loop()
+        side = ServerSide(AsksLate)
+        server = await loop.create_server(side, "127.0.0.1", 0)
+        raw = socket.create_connection(server.sockets[0].getsockname())
+        client_addr = raw.getsockname()
+        _rst_close(raw)
+        proto = await side.first()
+        peer, exc_name = await asyncio.wait_for(proto.lost, 10)
+        await close_server(server)
+        return peer == client_addr, exc_name
+
+    expected = run_oracle(main)
+    assert expected == (True, "ConnectionResetError")
+    assert run(loop_factory, main) == expected
+
+
+@pytest.mark.parametrize("where", ["data", "eof", "pause", "resume"])
+def test_protocol_callback_exceptions(loop_factory: Any, where: str) -> None:
+    """An exception in a protocol callback is reported like asyncio does (same
+    message and context keys) and closes the connection, or not, as asyncio does."""
+
+    class Boom(Exception):
+        pass
+
+    class Failing(RecordingProtocol):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if where == "data":
+                raise Boom
+
+        def eof_received(self) -> bool | None:
+            super().eof_received()
+            if where == "eof":
+                raise Boom
+            return None
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if where == "pause":
+                raise Boom
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if where == "resume":
+                raise Boom
+
+    async def main() -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        reports: list[tuple[str, str, list[str]]] = []
+        loop.set_exception_handler(
+            lambda lp, ctx: reports.append(
+                (ctx["message"], type(ctx.get("exception")).__name__, sorted(ctx))
+            )
+        )
+        server, side, tr, proto = await tcp_pair(server_factory=Failing, client_factory=Failing)
+        sproto = await side.first()
+        if where in ("pause", "resume"):
+            sproto.transport.pause_reading()
+            tr.set_write_buffer_limits(high=1000)
+            tr.write(b"x" * (8 * MiB))
+            for _ in range(100):
+                if proto.pause_calls:
+                    break
+                await asyncio.sleep(0.01)
+            sproto.transport.resume_reading()
+            await sproto.wait_for_bytes(8 * MiB, timeout=20)
+            for _ in range(100):
+                if proto.resume_calls:
+                    break
+                await asyncio.sleep(0.01)
+        tr.write(b"hello")
+        tr.write_eof()
+        await asyncio.wait_for(sproto.lost, 10)
+        await asyncio.sleep(0.05)
+        tr.close()
+        await close_server(server)
+        loop.set_exception_handler(None)
+        return sproto.events, type(sproto.lost_exc).__name__, proto.events[:3], reports
+
+    expected = run_oracle(main)
+    assert expected[3], "asyncio reported nothing"
+    assert run(loop_factory, main) == expected
