@@ -1,10 +1,163 @@
-"""Name resolution that never blocks the loop."""
+"""Name resolution that never blocks the loop.
+
+`getaddrinfo` and `getnameinfo` behave exactly like their `socket` module
+counterparts (same results, same exceptions) but run the blocking C call in the
+loop's default executor.
+
+`getaddrinfo` has a fast path: when the call provably cannot reach the name
+service switch (NSS: /etc/hosts, DNS, /etc/services, nscd, LDAP, ...) it calls
+`socket.getaddrinfo` directly in the loop thread, saving the thread hop. Since
+the fast path calls the very same function with the very same arguments, its
+result (or exception) is identical by construction; the classification below
+only decides *where* the call runs, so it must err on the side of the executor.
+
+A call takes the fast path when all of these hold:
+
+* the host is None, or an exact ``str``/``bytes`` holding an IPv4 literal in
+  dotted-quad form or an IPv6 literal, optionally with a ``%zone`` suffix
+  (checked with `socket.inet_pton`, which is what glibc's getaddrinfo uses to
+  recognise numeric hosts; the zone is resolved with if_nametoindex, an ioctl,
+  or parsed as a number). The empty string is *not* numeric: glibc looks ``''``
+  up through NSS (it reads /etc/hosts and may query DNS).
+* the port is None, an exact ``int`` in ``0..65535`` or an ASCII-digit
+  ``str``/``bytes`` whose value is in that range. Other values go to the
+  executor: service names need /etc/services, and glibc parses the port with
+  ``strtoul`` into an ``int``, so e.g. ``-1`` or ``2**31`` come out negative and
+  are then looked up as *service names* through NSS.
+* the flags only use AI_PASSIVE, AI_CANONNAME, AI_NUMERICHOST, AI_NUMERICSERV,
+  AI_V4MAPPED and AI_ALL. AI_ADDRCONFIG (netlink interface dump, and a round
+  trip to nscd when it runs), AI_IDN (may load libidn2) and unknown bits go to
+  the executor.
+
+Family, socket type and protocol never trigger a lookup (glibc maps them with
+internal tables), so they do not affect the choice.
+
+A fast-path call completes without suspending the awaiting task, so unlike
+asyncio's implementation it is not a point where the task can be cancelled.
+
+In debug mode (`loop.get_debug()`), every call is logged like asyncio does:
+``Get address info ...`` at DEBUG before the call and ``Getting address info
+... took ...ms: ...`` after it, at INFO when the call took at least
+``loop.slow_callback_duration`` seconds and at DEBUG otherwise.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
+import time
+from asyncio.log import logger
+from collections.abc import Callable
 from typing import Any
+
+__all__ = ["getaddrinfo", "getnameinfo"]
+
+#: One entry of a getaddrinfo result: (family, type, proto, canonname, sockaddr).
+AddrInfo = tuple[Any, ...]
+
+_FAST_FLAGS = (
+    socket.AI_PASSIVE
+    | socket.AI_CANONNAME
+    | socket.AI_NUMERICHOST
+    | socket.AI_NUMERICSERV
+    | getattr(socket, "AI_V4MAPPED", 0)
+    | getattr(socket, "AI_ALL", 0)
+)
+_MAX_PORT = 65535
+
+
+def _is_numeric_host(host: object) -> bool:
+    """True if `host` is None or an IP literal getaddrinfo parses without NSS."""
+    if host is None:
+        return True
+    if type(host) is bytes:
+        try:
+            text = host.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+    elif type(host) is str:
+        # socket.getaddrinfo IDNA-encodes str hosts; for ASCII that leaves the
+        # text unchanged (or raises UnicodeError at once, e.g. an over-long zone).
+        if not host.isascii():
+            return False
+        text = host
+    else:
+        return False
+    if "\x00" in text:
+        return False
+    try:
+        if ":" in text:
+            # glibc splits an IPv6 literal at the first '%' and resolves the rest as
+            # a scope id (interface name or number); a bad scope fails without a lookup.
+            socket.inet_pton(socket.AF_INET6, text.partition("%")[0])
+        else:
+            # Dotted quad only: glibc's own numeric check is the laxer inet_aton
+            # ("127.1" is numeric to it), so this never admits a name.
+            socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _is_numeric_port(port: object) -> bool:
+    """True if `port` is None or a port number getaddrinfo parses without NSS."""
+    if port is None:
+        return True
+    if type(port) is int:
+        return 0 <= port <= _MAX_PORT
+    if type(port) is bytes:
+        digits = port
+    elif type(port) is str:
+        if not port.isascii():
+            return False
+        digits = port.encode("ascii")
+    else:
+        return False
+    # Length cap: int() of a short digit string is cheap and cannot raise.
+    return 0 < len(digits) <= 16 and digits.isdigit() and int(digits) <= _MAX_PORT
+
+
+def _is_fast(host: object, port: object, flags: object) -> bool:
+    """True if `socket.getaddrinfo(host, port, ..., flags)` cannot block on NSS."""
+    return (
+        type(flags) in (int, socket.AddressInfo)
+        and not (int(flags) & ~_FAST_FLAGS)
+        and _is_numeric_port(port)
+        and _is_numeric_host(host)
+    )
+
+
+def _describe(host: Any, port: Any, family: Any, type: Any, proto: Any, flags: Any) -> str:
+    """The call description asyncio's debug log uses: ``host:port, family=..``."""
+    parts = [f"{host}:{port!r}"]
+    for name, value in (("family", family), ("type", type), ("proto", proto), ("flags", flags)):
+        if value:
+            parts.append(f"{name}={value!r}")
+    return ", ".join(parts)
+
+
+def _getaddrinfo_logged(
+    slow_duration: float,
+    host: Any,
+    port: Any,
+    family: Any,
+    type: Any,
+    proto: Any,
+    flags: Any,
+) -> list[AddrInfo]:
+    """`socket.getaddrinfo` with asyncio's debug-mode logging (any thread)."""
+    description = _describe(host, port, family, type, proto, flags)
+    logger.debug("Get address info %s", description)
+    started = time.monotonic()
+    result = socket.getaddrinfo(host, port, family, type, proto, flags)
+    elapsed = time.monotonic() - started
+    message = f"Getting address info {description} took {elapsed * 1e3:.3f}ms: {result!r}"
+    if elapsed >= slow_duration:
+        logger.info(message)
+    else:
+        logger.debug(message)
+    return result
 
 
 async def getaddrinfo(
@@ -16,15 +169,28 @@ async def getaddrinfo(
     type: int = 0,
     proto: int = 0,
     flags: int = 0,
-) -> list[tuple[Any, ...]]:
-    """`socket.getaddrinfo` run in the loop's default executor."""
-    return await loop.run_in_executor(
-        None, socket.getaddrinfo, host, port, family, type, proto, flags
-    )
+) -> list[AddrInfo]:
+    """Resolve like `socket.getaddrinfo(host, port, family, type, proto, flags)`.
+
+    Returns the same list and raises the same exceptions. Numeric hosts with
+    numeric ports are resolved in the calling (loop) thread; anything that may
+    need a name-service lookup runs in `loop`'s default executor.
+    """
+    if loop.get_debug():
+        slow = float(getattr(loop, "slow_callback_duration", 0.1))
+        func: Callable[..., list[AddrInfo]] = functools.partial(_getaddrinfo_logged, slow)
+    else:
+        func = socket.getaddrinfo
+    if _is_fast(host, port, flags):
+        return func(host, port, family, type, proto, flags)
+    return await loop.run_in_executor(None, func, host, port, family, type, proto, flags)
 
 
 async def getnameinfo(
     loop: asyncio.AbstractEventLoop, sockaddr: tuple[Any, ...], flags: int = 0
 ) -> tuple[str, str]:
-    """`socket.getnameinfo` run in the loop's default executor."""
+    """Resolve like `socket.getnameinfo(sockaddr, flags)` in `loop`'s default executor.
+
+    Returns the same ``(host, port)`` pair and raises the same exceptions.
+    """
     return await loop.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
