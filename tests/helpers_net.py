@@ -201,7 +201,7 @@ async def close_server(server: asyncio.AbstractServer) -> None:
 
 def xfail_ferroloop(request: Any, loop_name: str, reason: str) -> None:
     """Strict expected failure on the ferroloop parameter only (a known ferroloop bug)."""
-    import pytest  # noqa: PLC0415
+    import pytest
 
     if loop_name == "ferroloop":
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"ferroloop bug: {reason}"))
@@ -209,6 +209,6 @@ def xfail_ferroloop(request: Any, loop_name: str, reason: str) -> None:
 
 def run_oracle(coro_fn: Any, *, debug: bool | None = None) -> Any:
     """Run `coro_fn()` on asyncio's own loop: the expected behaviour."""
-    from conftest import make_loop_factory, run  # noqa: PLC0415
+    from conftest import make_loop_factory, run
 
     return run(make_loop_factory("asyncio"), coro_fn, debug=debug)

@@ -16,7 +16,7 @@ import pytest
 from conftest import run
 
 aiohttp = pytest.importorskip("aiohttp")
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,8 +30,11 @@ def _aiohttp_app() -> web.Application:
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
         return web.json_response(
-            {"len": len(body), "sha256": hashlib.sha256(body).hexdigest(),
-             "ctype": request.content_type}
+            {
+                "len": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "ctype": request.content_type,
+            }
         )
 
     async def stream(request: web.Request) -> web.StreamResponse:
@@ -151,9 +154,7 @@ def test_aiohttp_semaphore_bounded_500_concurrent_gets(loop_factory: Any) -> Non
                     finally:
                         in_flight -= 1
 
-            results = await asyncio.wait_for(
-                asyncio.gather(*(fetch(i) for i in range(500))), 45
-            )
+            results = await asyncio.wait_for(asyncio.gather(*(fetch(i) for i in range(500))), 45)
         assert results == [str(i) for i in range(500)]
         assert peak <= 10
 
@@ -177,8 +178,13 @@ async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     if scope["path"] == "/stream":
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
         for i in range(100):
             await send({"type": "http.response.body", "body": b"%d," % i, "more_body": True})
         await send({"type": "http.response.body", "body": b"end"})
@@ -189,8 +195,13 @@ async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         len(body),
         hashlib.sha256(body).hexdigest().encode(),
     )
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -205,7 +216,11 @@ def test_uvicorn_httptools_with_httpx(loop_factory: Any) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         config = uvicorn.Config(
-            _asgi_app, http="httptools", loop="none", lifespan="on", log_level="warning",
+            _asgi_app,
+            http="httptools",
+            loop="none",
+            lifespan="on",
+            log_level="warning",
             ws="none",
         )
         server = uvicorn.Server(config)
@@ -225,9 +240,7 @@ def test_uvicorn_httptools_with_httpx(loop_factory: Any) -> None:
                 assert resp.text == f"POST /upload {len(body)} {hashlib.sha256(body).hexdigest()}"
                 resp = await client.get("/stream")
                 assert resp.text == "".join(f"{i}," for i in range(100)) + "end"
-                responses = await asyncio.gather(
-                    *(client.get(f"/p{i}") for i in range(100))
-                )
+                responses = await asyncio.gather(*(client.get(f"/p{i}") for i in range(100)))
                 assert [r.text.split()[1] for r in responses] == [f"/p{i}" for i in range(100)]
         finally:
             server.should_exit = True
@@ -297,8 +310,12 @@ def test_anyio_streams_tls(loop_factory: Any) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(listener.serve, handle)
             async with await anyio.connect_tcp(
-                "127.0.0.1", port, tls=True, ssl_context=tls_certs.client_context(),
-                tls_hostname="localhost", tls_standard_compatible=False,
+                "127.0.0.1",
+                port,
+                tls=True,
+                ssl_context=tls_certs.client_context(),
+                tls_hostname="localhost",
+                tls_standard_compatible=False,
             ) as client:
                 await client.send(b"hello")
                 assert await client.receive() == b"secure hello"

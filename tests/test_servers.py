@@ -34,9 +34,7 @@ pytestmark = pytest.mark.timeout(60)
 
 async def _echo_roundtrip(host: str, port: int, payload: bytes = b"ping") -> bytes:
     loop = asyncio.get_running_loop()
-    tr, proto = await asyncio.wait_for(
-        loop.create_connection(RecordingProtocol, host, port), 10
-    )
+    tr, proto = await asyncio.wait_for(loop.create_connection(RecordingProtocol, host, port), 10)
     tr.write(payload)
     got = await proto.wait_for_bytes(len(payload))
     tr.close()
@@ -165,8 +163,9 @@ def test_create_server_argument_errors(loop_factory: Any) -> None:
             lambda: loop.create_server(EchoProtocol, sock=udp),
             lambda: loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl=True),
             lambda: loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl_handshake_timeout=1),
-            lambda: loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl=ctx,
-                                       ssl_handshake_timeout=-1),
+            lambda: loop.create_server(
+                EchoProtocol, "127.0.0.1", 0, ssl=ctx, ssl_handshake_timeout=-1
+            ),
         ]
         try:
             for call in calls:
@@ -208,9 +207,7 @@ def test_create_server_address_in_use(loop_factory: Any) -> None:
 def test_reuse_address_option(loop_factory: Any, reuse_address: bool | None) -> None:
     async def main() -> bool:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            EchoProtocol, "127.0.0.1", 0, reuse_address=reuse_address
-        )
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, reuse_address=reuse_address)
         value = server.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
         await close_server(server)
         return value

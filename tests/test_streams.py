@@ -152,7 +152,7 @@ def test_drain_applies_flow_control(loop_factory: Any) -> None:
             done.set()
 
         server = await asyncio.start_server(slow_handler, "127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        _reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
         writer.transport.set_write_buffer_limits(high=128 * 1024)
         chunk = b"d" * (64 * 1024)
         sent = 0

@@ -135,7 +135,9 @@ def test_create_connection_argument_errors(loop_factory: Any) -> None:
                 lambda: loop.create_connection(asyncio.Protocol),
                 lambda: loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, sock=sock),
                 lambda: loop.create_connection(asyncio.Protocol, sock=udp),
-                lambda: loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, server_hostname="x"),
+                lambda: loop.create_connection(
+                    asyncio.Protocol, "127.0.0.1", 1, server_hostname="x"
+                ),
             ]
             for call in calls:
                 try:
@@ -295,7 +297,7 @@ def test_create_connection_all_errors(loop_factory: Any) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         port = closed_port()
-        with pytest.raises(ExceptionGroup) as info:  # noqa: F821
+        with pytest.raises(ExceptionGroup) as info:
             await loop.create_connection(asyncio.Protocol, "127.0.0.1", port, all_errors=True)
         assert all(isinstance(e, ConnectionRefusedError) for e in info.value.exceptions)
 
@@ -333,7 +335,7 @@ def test_connect_accepted_socket(loop_factory: Any) -> None:
 
 def test_echo_write_writelines_and_callback_order(loop_factory: Any) -> None:
     async def main() -> None:
-        server, side, tr, proto = await tcp_pair(server_factory=EchoProtocol)
+        server, _side, tr, proto = await tcp_pair(server_factory=EchoProtocol)
         tr.write(b"one ")
         tr.write(bytearray(b"two "))
         tr.write(memoryview(b"three "))
@@ -354,7 +356,7 @@ def test_echo_write_writelines_and_callback_order(loop_factory: Any) -> None:
 
 def test_write_type_errors(loop_factory: Any) -> None:
     async def main() -> list[str]:
-        server, side, tr, proto = await tcp_pair()
+        server, _side, tr, proto = await tcp_pair()
         out = []
         for bad in ("text", 123, None):
             try:
@@ -408,7 +410,7 @@ def test_write_copies_caller_buffer(loop_factory: Any) -> None:
 
 def test_half_close_peer_can_still_send(loop_factory: Any) -> None:
     async def main() -> None:
-        side_factory = lambda: RecordingProtocol(eof_keeps_open=True)  # noqa: E731
+        side_factory = lambda: RecordingProtocol(eof_keeps_open=True)
         server, side, tr, proto = await tcp_pair(server_factory=side_factory)
         sproto = await side.first()
         tr.write(b"request")
@@ -598,7 +600,7 @@ def test_pause_resume_reading(loop_factory: Any) -> None:
 
 def test_write_buffer_limits(loop_factory: Any) -> None:
     async def main() -> list[Any]:
-        server, side, tr, proto = await tcp_pair()
+        server, _side, tr, proto = await tcp_pair()
         out: list[Any] = [tr.get_write_buffer_limits(), tr.get_write_buffer_size()]
         for kwargs in (
             {"high": 100, "low": 200},
@@ -750,7 +752,7 @@ def test_large_transfer_to_slow_reader_is_bounded_and_intact(loop_factory: Any) 
 
 def test_single_huge_write_delivered_in_order(loop_factory: Any) -> None:
     async def main() -> None:
-        server, side, tr, proto = await tcp_pair()
+        server, side, tr, _proto = await tcp_pair()
         sproto = await side.first()
         payload = os.urandom(24 * MiB)
         tr.write(payload)
@@ -867,9 +869,7 @@ def test_peer_reset_while_reading(loop_factory: Any) -> None:
         errors: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
         try:
-            tr, proto = await loop.create_connection(
-                RecordingProtocol, *lsock.getsockname()
-            )
+            tr, proto = await loop.create_connection(RecordingProtocol, *lsock.getsockname())
             peer, _ = lsock.accept()
             peer.sendall(b"before reset")
             await proto.wait_for_bytes(12)
@@ -896,9 +896,7 @@ def test_peer_reset_while_writing(loop_factory: Any) -> None:
         loop = asyncio.get_running_loop()
         lsock = listening_socket()
         try:
-            tr, proto = await loop.create_connection(
-                RecordingProtocol, *lsock.getsockname()
-            )
+            tr, proto = await loop.create_connection(RecordingProtocol, *lsock.getsockname())
             peer, _ = lsock.accept()
             chunk = b"z" * (256 * 1024)
             for _ in range(8):
@@ -957,10 +955,10 @@ def test_sendfile_tcp(loop_factory: Any, tmp_path: Any, offset: int, count: int 
     path.write_bytes(content)
 
     async def main() -> tuple[int, int, bytes]:
-        server, side, tr, proto = await tcp_pair()
+        server, side, tr, _proto = await tcp_pair()
         sproto = await side.first()
         tr.write(b"HEAD")
-        with open(path, "rb") as f:
+        with open(path, "rb") as f:  # noqa: ASYNC230
             sent = await asyncio.get_running_loop().sendfile(tr, f, offset, count)
             position = f.tell()
         tr.write(b"TAIL")
@@ -1002,11 +1000,11 @@ def test_sendfile_argument_errors(
 
     async def main() -> str:
         loop = asyncio.get_running_loop()
-        server, side, tr, proto = await tcp_pair()
+        server, _side, tr, _proto = await tcp_pair()
         if case == "closing_transport":
             tr.close()
         try:
-            with open(path, mode) as f:
+            with open(path, mode) as f:  # noqa: ASYNC230
                 result = await loop.sendfile(tr, f, offset, count)  # type: ignore[arg-type]
             return f"returned {result!r}"
         except (ValueError, TypeError, RuntimeError) as exc:

@@ -170,7 +170,11 @@ def test_tls_flow_control_pause_writing(loop_factory: Any) -> None:
 def test_tls_client_verification_failure(loop_factory: Any, case: str) -> None:
     async def main() -> tuple[str, str]:
         loop = asyncio.get_running_loop()
-        ctx = tls_certs.untrusted_server_context() if case == "untrusted_self_signed" else server_ctx()
+        ctx = (
+            tls_certs.untrusted_server_context()
+            if case == "untrusted_self_signed"
+            else server_ctx()
+        )
         loop.set_exception_handler(lambda lp, c: None)
         server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, ssl=ctx)
         port = server.sockets[0].getsockname()[1]
@@ -238,7 +242,7 @@ def test_tls_client_handshake_timeout_against_silent_peer(loop_factory: Any) -> 
                     10,
                 )
                 outcome = "connected"
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 outcome = type(exc).__name__
             elapsed = time.monotonic() - start
         finally:
@@ -292,9 +296,7 @@ def test_tls_server_survives_garbage_client(loop_factory: Any) -> None:
         except ConnectionResetError:
             pass
         writer.close()
-        r2, w2 = await asyncio.open_connection(
-            *addr, ssl=client_ctx(), server_hostname="localhost"
-        )
+        r2, w2 = await asyncio.open_connection(*addr, ssl=client_ctx(), server_hostname="localhost")
         w2.write(b"after garbage")
         got = await asyncio.wait_for(r2.readexactly(13), 10)
         w2.close()
@@ -309,21 +311,21 @@ def test_tls_server_survives_garbage_client(loop_factory: Any) -> None:
 def _blocking_tls_client(port: int, send: bytes) -> tuple[bytes, str]:
     """A thread-side TLS client that notices a missing close_notify (ragged EOF)."""
     ctx = client_ctx()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(
-            raw, server_hostname="localhost", suppress_ragged_eofs=False
-        ) as tls:
-            tls.sendall(send)
-            got = b""
-            try:
-                while chunk := tls.recv(65536):
-                    got += chunk
-                ending = "close_notify"
-            except ssl.SSLEOFError:
-                ending = "ragged EOF (no close_notify)"
-            except OSError as exc:
-                ending = type(exc).__name__
-            return got, ending
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as tls,
+    ):
+        tls.sendall(send)
+        got = b""
+        try:
+            while chunk := tls.recv(65536):
+                got += chunk
+            ending = "close_notify"
+        except ssl.SSLEOFError:
+            ending = "ragged EOF (no close_notify)"
+        except OSError as exc:
+            ending = type(exc).__name__
+        return got, ending
 
 
 def test_tls_server_close_sends_close_notify(loop_factory: Any) -> None:
@@ -483,7 +485,7 @@ def test_sendfile_over_tls_uses_fallback(
     async def main() -> tuple[int, int, bytes]:
         server, side, tr, proto = await tls_pair()
         sproto = await side.first()
-        with open(blob, "rb") as f:
+        with open(blob, "rb") as f:  # noqa: ASYNC230
             sent = await asyncio.wait_for(
                 asyncio.get_running_loop().sendfile(tr, f, offset, count), 30
             )
@@ -508,9 +510,9 @@ def test_sendfile_over_tls_without_fallback_raises(loop_factory: Any, tmp_path: 
     blob.write_bytes(b"x" * 100)
 
     async def main() -> str:
-        server, side, tr, proto = await tls_pair()
+        server, _side, tr, _proto = await tls_pair()
         try:
-            with open(blob, "rb") as f:
+            with open(blob, "rb") as f:  # noqa: ASYNC230
                 await asyncio.get_running_loop().sendfile(tr, f, fallback=False)
             result = "sent"
         except RuntimeError:

@@ -223,8 +223,8 @@ def test_unix_sendfile(loop_factory: Any, sock_path: Path, tmp_path: Path) -> No
         loop = asyncio.get_running_loop()
         side = ServerSide(RecordingProtocol)
         server = await loop.create_unix_server(side, sock_path)
-        tr, proto = await loop.create_unix_connection(RecordingProtocol, sock_path)
-        with open(blob, "rb") as f:
+        tr, _proto = await loop.create_unix_connection(RecordingProtocol, sock_path)
+        with open(blob, "rb") as f:  # noqa: ASYNC230
             sent = await loop.sendfile(tr, f, 100)
             pos = f.tell()
         tr.write_eof()

@@ -79,7 +79,7 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 
 def make_pki(directory: Path) -> Pki:
     """Generate the CA, the server certificate and a self-signed one into `directory`."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_before = now - datetime.timedelta(days=1)
     not_after = now + datetime.timedelta(days=30)
 
@@ -108,7 +108,9 @@ def make_pki(directory: Path) -> Pki:
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
 
