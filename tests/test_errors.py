@@ -204,6 +204,7 @@ def test_exception_handler_raising_keyboard_interrupt_propagates(loop):
         loop.run_forever()
 
 
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_close_with_pending_callbacks_and_tasks(loop):
     out = []
 
