@@ -506,3 +506,76 @@ def test_scheduled_then_cancelled_timers_do_not_accumulate(loop, loop_name):
     loop.call_later(0.01, loop.stop)
     run_until_stopped(loop)
     assert out == ["ok"]
+
+
+# -- odd but valid callbacks -------------------------------------------------------------
+
+
+def test_callable_objects_partials_and_bound_methods(loop):
+    import functools
+
+    out = []
+
+    class CallMe:
+        def __call__(self, x):
+            out.append(("object", x))
+
+        def method(self, x):
+            out.append(("method", x))
+
+    obj = CallMe()
+    loop.call_soon(obj, 1)
+    loop.call_soon(obj.method, 2)
+    loop.call_soon(functools.partial(out.append, ("partial", 3)))
+    loop.call_later(0.001, functools.partial(out.append, ("timer-partial", 4)))
+    loop.call_soon_threadsafe(obj, 5)
+    loop.call_later(0.02, loop.stop)
+    run_until_stopped(loop)
+    assert out == [
+        ("object", 1),
+        ("method", 2),
+        ("partial", 3),
+        ("object", 5),
+        ("timer-partial", 4),
+    ]
+
+
+def test_wrong_arity_callback_error_goes_to_handler(loop):
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    loop.call_soon(lambda: None, "unexpected-arg")
+    loop.call_soon(loop.stop)
+    run_until_stopped(loop)
+    assert len(contexts) == 1
+    assert isinstance(contexts[0]["exception"], TypeError)
+
+
+def test_long_chain_of_self_rescheduling_callbacks(loop):
+    remaining = 100_000
+
+    def step():
+        nonlocal remaining
+        remaining -= 1
+        if remaining:
+            loop.call_soon(step)
+        else:
+            loop.stop()
+
+    loop.call_soon(step)
+    run_until_stopped(loop, timeout=30)
+    assert remaining == 0
+
+
+def test_gc_collect_inside_callbacks_is_safe(loop):
+    out = []
+
+    def cb(i):
+        gc.collect()
+        out.append(i)
+
+    for i in range(50):
+        loop.call_soon(cb, i)
+        loop.call_later(0.001 * (i % 5), cb, 100 + i)
+    loop.call_later(0.03, loop.stop)
+    run_until_stopped(loop)
+    assert sorted(out) == list(range(50)) + list(range(100, 150))
