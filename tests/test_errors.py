@@ -524,3 +524,23 @@ def test_debug_mode_enables_coroutine_origin_tracking(loop):
     inside = loop.run_until_complete(main())
     assert inside > 0
     assert sys.get_coroutine_origin_tracking_depth() == before
+
+
+class CustomBaseException(BaseException):
+    """A BaseException that is neither KeyboardInterrupt nor SystemExit."""
+
+
+def test_other_base_exceptions_in_callbacks_go_to_handler(loop):
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    out = []
+
+    def bad():
+        raise CustomBaseException("not KI/SystemExit")
+
+    loop.call_soon(bad)
+    loop.call_soon(out.append, "still running")
+    run_briefly(loop)
+    assert out == ["still running"]
+    assert len(contexts) == 1
+    assert isinstance(contexts[0]["exception"], CustomBaseException)

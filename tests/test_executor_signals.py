@@ -351,3 +351,31 @@ def test_second_sigint_while_cancelling_still_exits(loop_name):
             proc.communicate()
     assert "KeyboardInterrupt" in err
     assert proc.returncode != 0
+
+
+def test_signal_received_while_loop_not_running_is_handled_on_next_run(loop):
+    got = []
+    loop.add_signal_handler(signal.SIGUSR1, got.append, "late")
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)  # the loop is not running now
+        assert got == []
+        wait_for_flag(loop, lambda: got)
+        assert got == ["late"]
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+
+
+def test_signal_handler_exception_goes_to_handler(loop):
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+
+    def bad():
+        raise ValueError("in signal handler")
+
+    loop.add_signal_handler(signal.SIGUSR1, bad)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        wait_for_flag(loop, lambda: contexts)
+        assert isinstance(contexts[0]["exception"], ValueError)
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import gc
 import random
+import socket
 import sys
 import threading
 import time
@@ -579,3 +580,57 @@ def test_gc_collect_inside_callbacks_is_safe(loop):
     loop.call_later(0.03, loop.stop)
     run_until_stopped(loop)
     assert sorted(out) == list(range(50)) + list(range(100, 150))
+
+
+# -- waiting without spinning -----------------------------------------------------------
+
+
+def test_many_short_sleeps_are_not_slow(loop_factory):
+    from conftest import run
+
+    async def main():
+        start = time.perf_counter()
+        for _ in range(200):
+            await asyncio.sleep(0.001)
+        return time.perf_counter() - start
+
+    elapsed = run(loop_factory, main)
+    assert 0.2 <= elapsed < 2.0
+
+
+def test_waiting_for_a_timer_does_not_spin_the_cpu(loop):
+    """Sleeping 0.5 s must block in the poller, not busy-loop (CPU time ~0)."""
+    loop.run_until_complete(asyncio.sleep(0))  # warm-up
+    cpu0 = time.process_time()
+    wall0 = time.perf_counter()
+    loop.run_until_complete(asyncio.sleep(0.5))
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    assert wall >= 0.5 - 1e-3
+    assert cpu < 0.15, f"{cpu:.3f}s of CPU while sleeping {wall:.3f}s"
+
+
+def test_waiting_for_a_sub_millisecond_series_of_timers_does_not_spin(loop):
+    """Deadlines between poll-timeout ticks must not turn into a busy loop."""
+    cpu0 = time.process_time()
+
+    async def main():
+        for _ in range(100):
+            await asyncio.sleep(0.0005)
+        await asyncio.sleep(0.3)
+
+    loop.run_until_complete(main())
+    assert time.process_time() - cpu0 < 0.25
+
+
+def test_idle_loop_with_idle_reader_does_not_spin(loop):
+    a, b = socket.socketpair()
+    try:
+        loop.add_reader(a, lambda: None)
+        cpu0 = time.process_time()
+        loop.run_until_complete(asyncio.sleep(0.3))
+        assert time.process_time() - cpu0 < 0.1
+        loop.remove_reader(a)
+    finally:
+        a.close()
+        b.close()
