@@ -7,7 +7,9 @@ EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config
 # Build the Rust core in release mode into python/ferroloop (use with PYTHONPATH=python).
 dev:
 	cargo build --release
-	cp target/release/lib_core.so python/ferroloop/_core$(EXT_SUFFIX)
+	# Copy then rename: overwriting in place would crash processes that have it loaded.
+	cp target/release/lib_core.so python/ferroloop/.core.tmp
+	mv -f python/ferroloop/.core.tmp python/ferroloop/_core$(EXT_SUFFIX)
 
 test:
 	$(PYTHON) -m pytest -q tests

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -39,6 +39,9 @@ use crate::timers::TimerHeap;
 /// asyncio never sleeps longer than a day in one wait, so a clock jump or an
 /// absurd timer cannot park the loop forever.
 const MAXIMUM_SLEEP_MS: f64 = 24.0 * 3600.0 * 1000.0;
+
+/// Seconds between non-blocking polls while callbacks keep the loop busy.
+const BUSY_POLL_INTERVAL: f64 = 0.000_2;
 
 /// Something the loop will run in the current or next iteration.
 pub enum Job {
@@ -81,7 +84,14 @@ struct Garbage {
 
 /// The native half of `ferroloop.EventLoop`. The Python subclass adds the
 /// once-per-loop and once-per-connection API on top of it.
-#[pyclass(frozen, subclass, dict, weakref, module = "ferroloop._core", name = "Loop")]
+#[pyclass(
+    frozen,
+    subclass,
+    dict,
+    weakref,
+    module = "ferroloop._core",
+    name = "Loop"
+)]
 pub struct Loop {
     state: Mutex<LoopState>,
     /// The batch being run by the current iteration; its buffer is reused.
@@ -93,6 +103,9 @@ pub struct Loop {
     debug: AtomicBool,
     /// The running thread's id, or 0 when the loop is not running.
     thread_id: AtomicU64,
+    /// `monotonic()` of the last poll, as f64 bits.
+    last_poll: AtomicU64,
+    task_factory: Mutex<Option<Py<PyAny>>>,
 }
 
 fn current_thread_id() -> u64 {
@@ -162,7 +175,12 @@ impl Loop {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Callback> {
         check_callback(py, method, callback, self.is_debug())?;
-        Callback::new(py, callback.clone().unbind(), args.clone().unbind(), context)
+        Callback::new(
+            py,
+            callback.clone().unbind(),
+            args.clone().unbind(),
+            context,
+        )
     }
 
     fn schedule(&self, job: Job) {
@@ -214,33 +232,57 @@ impl Loop {
         }
     }
 
+    /// How long the next wait may sleep: 0 if anything is ready or a stop
+    /// is pending, until the earliest timer otherwise, or forever (-1).
+    fn sleep_budget_ms(&self, garbage: &mut Garbage) -> i32 {
+        let mut state = self.state.lock();
+        state.timers.discard_cancelled(&mut garbage.timers);
+        if !state.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
+            return 0;
+        }
+        match state.timers.next_deadline() {
+            Some(deadline) => sleep_ms_until(deadline),
+            None => -1,
+        }
+    }
+
+    /// Whether a non-blocking poll is due while callbacks keep the loop busy.
+    /// Polling costs a system call; a loop running a chain of callbacks
+    /// (sleep(0), future hand-offs) polls at most every BUSY_POLL_INTERVAL,
+    /// which bounds how long I/O can wait behind them.
+    fn busy_poll_due(&self, now: f64) -> bool {
+        let last = f64::from_bits(self.last_poll.load(Ordering::Relaxed));
+        now - last >= BUSY_POLL_INTERVAL
+    }
+
     /// Steps 1-4 of an iteration: sleep as long as allowed, then queue
     /// everything that became ready.
     fn collect_ready(&self, py: Python<'_>) -> PyResult<()> {
         let poller = self.poller()?;
         let mut garbage = Garbage::default();
-        poller.prepare_to_sleep();
-        let timeout_ms = {
-            let mut state = self.state.lock();
-            state.timers.discard_cancelled(&mut garbage.timers);
-            if !state.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
-                0
-            } else {
-                match state.timers.next_deadline() {
-                    Some(deadline) => sleep_ms_until(deadline),
-                    None => -1,
-                }
-            }
-        };
+        let mut timeout_ms = self.sleep_budget_ms(&mut garbage);
+        if timeout_ms != 0 {
+            // Announce the sleep, then look again: a call_soon_threadsafe that
+            // slipped in between either is seen now or writes the eventfd.
+            poller.prepare_to_sleep();
+            timeout_ms = self.sleep_budget_ms(&mut garbage);
+        }
         drop(garbage);
 
+        let now = monotonic();
         let mut events = Vec::new();
-        let waited = if timeout_ms == 0 {
-            poller.wait(0, &mut events)
+        if timeout_ms != 0 || self.busy_poll_due(now) {
+            let waited = if timeout_ms == 0 {
+                poller.wait(0, &mut events)
+            } else {
+                py.detach(|| poller.wait(timeout_ms, &mut events))
+            };
+            poller.done_sleeping();
+            waited.map_err(|errno| os_error(py, errno))?;
+            self.last_poll.store(monotonic().to_bits(), Ordering::Relaxed);
         } else {
-            py.detach(|| poller.wait(timeout_ms, &mut events))
-        };
-        waited.map_err(|errno| os_error(py, errno))?;
+            poller.done_sleeping();
+        }
         // Run Python-level signal handlers (Ctrl-C raises KeyboardInterrupt here).
         py.check_signals()?;
 
@@ -301,7 +343,9 @@ impl Loop {
         let mut state = self.state.lock();
         garbage.jobs.extend(state.ready.drain(..));
         state.timers.drain(&mut garbage.timers);
-        state.watchers.drain(&mut garbage.handles, &mut garbage.natives);
+        state
+            .watchers
+            .drain(&mut garbage.handles, &mut garbage.natives);
         garbage
             .handles
             .extend(state.signal_handlers.drain().map(|(_, handle)| handle));
@@ -492,11 +536,7 @@ fn extract_time(value: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
     if value.is_none() {
         return Err(PyTypeError::new_err(format!("{what} must not be None")));
     }
-    let number: f64 = value.extract()?;
-    if number.is_nan() {
-        return Err(PyValueError::new_err(format!("{what} must not be NaN")));
-    }
-    Ok(number)
+    value.extract()
 }
 
 #[pymethods]
@@ -521,6 +561,8 @@ impl Loop {
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
+            last_poll: AtomicU64::new(0),
+            task_factory: Mutex::new(None),
         })
     }
 
@@ -596,13 +638,68 @@ impl Loop {
         self.schedule_timer(py, when, callback)
     }
 
+    /// A new `asyncio.Future` bound to this loop.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        python_api::new_future(slf.py(), slf.as_any())
+    }
+
+    /// Schedule `coro` as an `asyncio.Task` (or through the task factory).
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let context = context.unwrap_or(&none);
+        let has_factory = this.task_factory.lock().is_some();
+        let has_kwargs = kwargs.is_some_and(|kwargs| !kwargs.is_empty());
+        if has_factory || has_kwargs {
+            let kwargs = match kwargs {
+                Some(kwargs) => kwargs.clone(),
+                None => PyDict::new(py),
+            };
+            return slf.call_method1(
+                pyo3::intern!(py, "_create_task_slow"),
+                (coro, name, context, kwargs),
+            );
+        }
+        python_api::new_task(py, coro, slf.as_any(), name, context)
+    }
+
+    /// Set the factory `create_task` uses; None restores the default.
+    fn set_task_factory(&self, py: Python<'_>, factory: Py<PyAny>) -> PyResult<()> {
+        let factory = if factory.is_none(py) {
+            None
+        } else if factory.bind(py).is_callable() {
+            Some(factory)
+        } else {
+            return Err(PyTypeError::new_err("task factory must be a callable or None"));
+        };
+        let previous = std::mem::replace(&mut *self.task_factory.lock(), factory);
+        drop(previous);
+        Ok(())
+    }
+
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task_factory.lock().as_ref().map(|f| f.clone_ref(py))
+    }
+
     /// Run until `stop()` is called.
     fn run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
         if this.thread_id.load(Ordering::Relaxed) != 0 {
-            return Err(PyRuntimeError::new_err("This event loop is already running"));
+            return Err(PyRuntimeError::new_err(
+                "This event loop is already running",
+            ));
         }
         if !python_api::running_loop(py)?.is_none() {
             return Err(PyRuntimeError::new_err(
@@ -837,6 +934,9 @@ impl Loop {
         for handle in state.signal_handlers.values() {
             visit.call(handle)?;
         }
+        if let Some(factory) = self.task_factory.try_lock() {
+            visit.call(&*factory)?;
+        }
         if let Some(batch) = self.batch.try_lock() {
             for job in batch.iter() {
                 job.visit(&visit)?;
@@ -848,6 +948,8 @@ impl Loop {
     fn __clear__(&self) {
         let garbage = self.clear_all();
         drop(garbage);
+        let factory = self.task_factory.lock().take();
+        drop(factory);
     }
 }
 
@@ -887,6 +989,16 @@ impl Loop {
     }
 
     // -- the API native objects (transports, servers, sock_* calls) use ------
+
+    /// The native watcher of `fd`, if any (a `sock_*` call must not take over
+    /// a transport's descriptor).
+    pub fn native_owner(&self, py: Python<'_>, fd: RawFd) -> Option<Py<PyAny>> {
+        self.state
+            .lock()
+            .watchers
+            .native_owner(fd)
+            .map(|target| target.clone_ref(py))
+    }
 
     /// Watches `fd` for `interest`, calling `dispatch(target, loop, readiness)`.
     /// Replaces any native watcher `fd` had.

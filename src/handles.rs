@@ -339,8 +339,12 @@ pub fn report_callback_error(
     context.set_item("message", format!("Exception in callback {description}"))?;
     context.set_item("exception", err.value(py))?;
     context.set_item("handle", handle)?;
-    let source_traceback = handle.getattr(pyo3::intern!(py, "_source_traceback"))?;
-    if !source_traceback.is_none() {
+    // Native I/O objects have no creation traceback; only handles may.
+    if let Some(source_traceback) = handle
+        .getattr(pyo3::intern!(py, "_source_traceback"))
+        .ok()
+        .filter(|value| !value.is_none())
+    {
         context.set_item("source_traceback", source_traceback)?;
     }
     loop_.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;

@@ -66,6 +66,9 @@ impl TimerHeap {
     pub fn push(&mut self, when: f64, timer: Py<TimerHandle>) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        // asyncio accepts a NaN deadline and, comparisons with NaN being
+        // false, runs such a timer at once; order it first to do the same.
+        let when = if when.is_nan() { f64::NEG_INFINITY } else { when };
         self.heap.push(Entry { when, seq, timer });
     }
 

@@ -26,7 +26,6 @@ from helpers_net import (
     ServerSide,
     close_server,
     run_oracle,
-    xfail_ferroloop,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -360,20 +359,6 @@ def test_protocol_factory_error_is_reported_and_server_keeps_serving(
 ) -> None:
     """asyncio reports a failing protocol factory to the exception handler only in
     debug mode; in both modes the connection is closed and the server keeps serving."""
-    if not debug:
-        xfail_ferroloop(
-            request,
-            loop_name,
-            "protocol factory errors reach the exception handler even with debug off",
-        )
-    else:
-        xfail_ferroloop(
-            request,
-            loop_name,
-            "debug=True run_forever raises AttributeError: asyncio.coroutines"
-            " has no _DEBUG_STACK_DEPTH on Python 3.11",
-        )
-
     class Boom(Exception):
         pass
 

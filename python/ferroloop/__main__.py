@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_program(kind, target, program_args)
     except (SystemExit, KeyboardInterrupt):
         raise
-    except BaseException as exc:  # noqa: BLE001 - report like the interpreter does
+    except BaseException as exc:
         # The default hook prints exc.__traceback__ whatever tb it is given.
         trimmed = _trim_traceback(exc.__traceback__)
         sys.excepthook(type(exc), exc.with_traceback(trimmed), trimmed)

@@ -92,7 +92,7 @@ def _interleave_by_family(infos: list[AddrInfo], first_family_count: int) -> lis
 
 def _raise_connect_errors(exceptions: list[OSError], all_errors: bool) -> None:
     if all_errors:
-        raise ExceptionGroup("create_connection failed", exceptions)  # noqa: F821
+        raise ExceptionGroup("create_connection failed", exceptions)
     if len(exceptions) == 1:
         raise exceptions[0]
     model = str(exceptions[0])

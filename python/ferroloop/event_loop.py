@@ -19,7 +19,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from asyncio import coroutines, events, futures, tasks
+from asyncio import constants, coroutines, events, futures, tasks
 from asyncio.log import logger
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -27,16 +27,15 @@ from typing import Any, TypeVar
 from . import _core, dns
 from .connections import ConnectionsMixin
 from .datagram import DatagramMixin
+from .fileobj import fileobj_to_fd
 from .pipes import PipesMixin
 from .process import SubprocessMixin
 from .sockets import SocketOpsMixin
 from .tls import TlsMixin
-from .fileobj import fileobj_to_fd
 
 _T = TypeVar("_T")
 
 ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
-TaskFactory = Callable[..., "asyncio.Future[Any]"]
 
 
 def _signal_noop(signum: int, frame: object) -> None:
@@ -63,7 +62,6 @@ class EventLoop(  # type: ignore[misc]
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
         self._exception_handler: ExceptionHandler | None = None
-        self._task_factory: TaskFactory | None = None
         self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._coroutine_origin_tracking_enabled = False
@@ -127,6 +125,7 @@ class EventLoop(  # type: ignore[misc]
                     f"stage, skipping signal handlers removal",
                     ResourceWarning,
                     source=self,
+                    stacklevel=2,
                 )
                 self._signal_handlers.clear()
         else:
@@ -154,49 +153,29 @@ class EventLoop(  # type: ignore[misc]
             return
         if enabled:
             self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
-            sys.set_coroutine_origin_tracking_depth(coroutines._DEBUG_STACK_DEPTH)
+            sys.set_coroutine_origin_tracking_depth(constants.DEBUG_STACK_DEPTH)
         else:
-            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth or 0)
+            saved_depth = self._coroutine_origin_tracking_saved_depth or 0
+            sys.set_coroutine_origin_tracking_depth(saved_depth)
         self._coroutine_origin_tracking_enabled = enabled
 
     # -- futures and tasks ---------------------------------------------------
 
-    def create_future(self) -> asyncio.Future[Any]:
-        """A new `asyncio.Future` bound to this loop."""
-        return futures.Future(loop=self)
-
-    def create_task(
-        self,
-        coro: Coroutine[Any, Any, _T],
-        *,
-        name: str | None = None,
-        context: contextvars.Context | None = None,
-        **kwargs: Any,
-    ) -> asyncio.Task[_T]:
-        """Schedule `coro` as an `asyncio.Task` (or through the task factory)."""
-        self._check_closed()
-        if self._task_factory is not None:
-            return self._create_task_with_factory(coro, name, context, kwargs)
-        task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
-        if task._source_traceback:
-            del task._source_traceback[-1]
-        return task
-
-    def _create_task_with_factory(
+    def _create_task_slow(
         self,
         coro: Coroutine[Any, Any, Any],
         name: str | None,
         context: contextvars.Context | None,
         kwargs: dict[str, Any],
     ) -> asyncio.Task[Any]:
-        factory = self._task_factory
-        assert factory is not None
-        if sys.version_info >= (3, 13):
-            if context is not None:
-                kwargs["context"] = context
-            return factory(self, coro, name=name, **kwargs)
+        """`create_task` with a task factory or extra keyword arguments."""
+        factory = self.get_task_factory()
+        if factory is None:
+            return tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
         if context is not None:
             kwargs["context"] = context
+        if sys.version_info >= (3, 13):
+            return factory(self, coro, name=name, **kwargs)
         task = factory(self, coro, **kwargs)
         if name is not None:
             try:
@@ -204,15 +183,6 @@ class EventLoop(  # type: ignore[misc]
             except AttributeError:
                 pass
         return task
-
-    def set_task_factory(self, factory: TaskFactory | None) -> None:
-        """Set the factory `create_task` uses; None restores the default."""
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
-
-    def get_task_factory(self) -> TaskFactory | None:
-        return self._task_factory
 
     # -- async generators ----------------------------------------------------
 
@@ -228,6 +198,7 @@ class EventLoop(  # type: ignore[misc]
                 f"loop.shutdown_asyncgens() call",
                 ResourceWarning,
                 source=self,
+                stacklevel=2,
             )
         self._asyncgens.add(agen)
 
@@ -239,7 +210,7 @@ class EventLoop(  # type: ignore[misc]
         closing = list(self._asyncgens)
         self._asyncgens.clear()
         results = await tasks.gather(*[agen.aclose() for agen in closing], return_exceptions=True)
-        for result, agen in zip(results, closing):
+        for result, agen in zip(results, closing, strict=True):
             if isinstance(result, Exception):
                 self.call_exception_handler(
                     {
@@ -257,8 +228,8 @@ class EventLoop(  # type: ignore[misc]
     ) -> asyncio.Future[_T]:
         """Run `func(*args)` in `executor` (default: a thread pool) and await its result."""
         self._check_closed()
-        if coroutines.iscoroutine(func) or coroutines.iscoroutinefunction(func):
-            raise TypeError("coroutines cannot be used with run_in_executor()")
+        if self.get_debug():
+            _check_callback(func, "run_in_executor")
         if executor is None:
             executor = self._default_executor
             if self._executor_shutdown_called:
@@ -334,7 +305,8 @@ class EventLoop(  # type: ignore[misc]
 
     def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
         """Call `callback(*args)` whenever `fd` is readable (level-triggered)."""
-        self._add_reader(fileobj_to_fd(fd), callback, *args)
+        fd = self._release_finished_sock_ops(fileobj_to_fd(fd))
+        self._add_reader(fd, callback, *args)
 
     def remove_reader(self, fd: Any) -> bool:
         """Stop watching `fd` for reading; True if it was watched."""
@@ -342,7 +314,16 @@ class EventLoop(  # type: ignore[misc]
 
     def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
         """Call `callback(*args)` whenever `fd` is writable (level-triggered)."""
-        self._add_writer(fileobj_to_fd(fd), callback, *args)
+        fd = self._release_finished_sock_ops(fileobj_to_fd(fd))
+        self._add_writer(fd, callback, *args)
+
+    def _release_finished_sock_ops(self, fd: int) -> int:
+        # A sock_* call cancelled in this iteration still watches `fd` until
+        # its done-callback runs; let go of it now so the fd can be reused.
+        ops = self._sock_ops_core
+        if ops is not None:
+            ops._forget_done(fd)
+        return fd
 
     def remove_writer(self, fd: Any) -> bool:
         """Stop watching `fd` for writing; True if it was watched."""
@@ -474,6 +455,13 @@ def _stop_loop_when_done(future: asyncio.Future[Any]) -> None:
 def _set_result_unless_done(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():
         future.set_result(result)
+
+
+def _check_callback(callback: object, method: str) -> None:
+    if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        raise TypeError(f"coroutines cannot be used with {method}()")
+    if not callable(callback):
+        raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
 
 
 def _check_signal(sig: object) -> None:

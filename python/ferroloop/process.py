@@ -167,7 +167,7 @@ class SubprocessMixin:
     ) -> tuple[asyncio.SubprocessTransport, asyncio.SubprocessProtocol]:
         """Run `cmd` through the shell; return (transport, protocol)."""
         if not isinstance(cmd, (bytes, str)):
-            raise ValueError("cmd must be a string")  # noqa: TRY004 - asyncio's exception
+            raise ValueError("cmd must be a string")
         if universal_newlines:
             raise ValueError("universal_newlines must be False")
         if not shell:

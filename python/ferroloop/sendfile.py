@@ -18,6 +18,8 @@ from asyncio import base_events, constants
 from asyncio import exceptions as aio_exceptions
 from typing import Any
 
+from .sockets import check_sendfile_params
+
 #: os.sendfile moves at most this much per call on Linux.
 _MAX_SENDFILE_BLOCK = 0x7FFFF000
 _FALLBACK_BLOCK = 16 * 1024
@@ -73,6 +75,9 @@ async def _drained(loop: Any, transport: Any) -> None:
 async def _sendfile_native(
     loop: Any, transport: Any, file: Any, offset: int, count: int | None
 ) -> int:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        check_sendfile_params(sock, file, offset, count)
     size = _regular_file_size(file)
     if offset >= size:
         return 0

@@ -12,7 +12,6 @@ import os
 import socket
 import sys
 from asyncio import trsock
-from asyncio.log import logger
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -136,14 +135,14 @@ class Server(asyncio.AbstractServer):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
+            # asyncio reports this only in debug mode; the connection is dropped.
             if self._loop.get_debug():
-                logger.debug("Error on transport creation for incoming connection", exc_info=True)
-            self._loop.call_exception_handler(
-                {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                }
-            )
+                self._loop.call_exception_handler(
+                    {
+                        "message": "Error on transport creation for incoming connection",
+                        "exception": exc,
+                    }
+                )
         finally:
             if not transport_made:
                 try:

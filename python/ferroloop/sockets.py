@@ -2,9 +2,11 @@
 
 The system calls run in Rust (`ferroloop._core.SockOps`): each call is tried
 at once and returns a future that is already done when it succeeded, or that
-completes when the socket becomes ready. This module adds what asyncio does
-once per call in Python: host-name resolution for `sock_connect` and the
-argument checks and read-and-send fallback of `sock_sendfile`.
+completes when the socket becomes ready. The methods are coroutines, as
+asyncio's are, so `asyncio.create_task(loop.sock_recv(...))` works. This
+module adds what asyncio does once per call in Python: host-name resolution
+for `sock_connect` and the argument checks and read-and-send fallback of
+`sock_sendfile`.
 
 Unlike asyncio (which checks only in debug mode), every method refuses a
 blocking socket with ``ValueError("the socket must be non-blocking")``: a
@@ -51,44 +53,44 @@ class SocketOpsMixin:
             ops = self._sock_ops_core = _core.SockOps(self)
         return ops
 
-    def sock_recv(self, sock: socket.socket, nbytes: int) -> asyncio.Future[bytes]:
+    async def sock_recv(self, sock: socket.socket, nbytes: int) -> bytes:
         """Receive up to `nbytes` bytes from `sock` (b'' at end of stream)."""
         ops = self._sock_ops_core
         if ops is None:
             ops = self._sock_ops()
-        return ops.recv(sock, nbytes)
+        return await ops.recv(sock, nbytes)
 
-    def sock_recv_into(self, sock: socket.socket, buf: Any) -> asyncio.Future[int]:
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         """Receive into the writable buffer `buf`; the result is the byte count."""
         ops = self._sock_ops_core
         if ops is None:
             ops = self._sock_ops()
-        return ops.recv_into(sock, buf)
+        return await ops.recv_into(sock, buf)
 
-    def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> asyncio.Future[tuple[bytes, Any]]:
+    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to `bufsize` bytes: `(data, address)`."""
-        return self._sock_ops().recvfrom(sock, bufsize)
+        return await self._sock_ops().recvfrom(sock, bufsize)
 
-    def sock_recvfrom_into(
+    async def sock_recvfrom_into(
         self, sock: socket.socket, buf: Any, nbytes: int = 0
-    ) -> asyncio.Future[tuple[int, Any]]:
+    ) -> tuple[int, Any]:
         """Receive a datagram into `buf` (at most `nbytes`, 0: all of it): `(count, address)`."""
-        return self._sock_ops().recvfrom_into(sock, buf, nbytes)
+        return await self._sock_ops().recvfrom_into(sock, buf, nbytes)
 
-    def sock_sendall(self, sock: socket.socket, data: Any) -> asyncio.Future[None]:
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         """Send all of `data`, waiting for the socket as often as needed."""
         ops = self._sock_ops_core
         if ops is None:
             ops = self._sock_ops()
-        return ops.sendall(sock, data)
+        return await ops.sendall(sock, data)
 
-    def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> asyncio.Future[int]:
+    async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         """Send a datagram to `address`; the result is the byte count."""
-        return self._sock_ops().sendto(sock, data, address)
+        return await self._sock_ops().sendto(sock, data, address)
 
-    def sock_accept(self, sock: socket.socket) -> asyncio.Future[tuple[socket.socket, Any]]:
+    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
         """Accept a connection: `(conn, address)`, with `conn` non-blocking."""
-        return self._sock_ops().accept(sock)
+        return await self._sock_ops().accept(sock)
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         """Connect `sock` to `address`, resolving host names without blocking the loop."""
@@ -123,7 +125,7 @@ class SocketOpsMixin:
         when it is not. The file position ends after the last byte sent.
         """
         _check_socket(sock)
-        _check_sendfile_params(sock, file, offset, count)
+        check_sendfile_params(sock, file, offset, count)
         try:
             return await self._sock_sendfile_native(sock, file, offset, count)
         except asyncio.SendfileNotAvailableError:
@@ -187,7 +189,7 @@ def _check_socket(sock: socket.socket) -> None:
         raise ValueError("the socket must be non-blocking")
 
 
-def _check_sendfile_params(sock: socket.socket, file: Any, offset: Any, count: Any) -> None:
+def check_sendfile_params(sock: socket.socket, file: Any, offset: Any, count: Any) -> None:
     if "b" not in getattr(file, "mode", "b"):
         raise ValueError("file should be opened in binary mode")
     if sock.type != socket.SOCK_STREAM:
