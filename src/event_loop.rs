@@ -489,17 +489,23 @@ fn run_job_timed(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
         .and_then(|value| value.extract())
         .unwrap_or(0.1);
     if elapsed >= threshold {
-        let handle = match job {
-            Job::Call(handle) => handle.bind(py).as_any().clone(),
-            Job::Timer(timer) => timer.bind(py).as_any().clone(),
-            Job::Native { target, .. } => target.bind(py).clone(),
+        let (handle, callback) = match job {
+            Job::Call(handle) => (
+                handle.bind(py).as_any().clone(),
+                Some(handle.get().callback.func.bind(py).clone()),
+            ),
+            Job::Timer(timer) => (
+                timer.bind(py).as_any().clone(),
+                Some(timer.get().callback.func.bind(py).clone()),
+            ),
+            Job::Native { target, .. } => (target.bind(py).clone(), None),
         };
         let logger = py.import("asyncio.log")?.getattr("logger")?;
         logger.call_method1(
             "warning",
             (
                 "Executing %s took %.3f seconds",
-                python_api::format_handle(py, &handle)?,
+                python_api::format_handle(py, &handle, callback.as_ref())?,
                 elapsed,
             ),
         )?;

@@ -51,9 +51,14 @@ pub fn set_running_loop(py: Python<'_>, loop_: &Bound<'_, PyAny>) -> PyResult<()
 pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
     let sys = SYS.get_or_try_init(py, || py.import("sys").map(|m| m.into_any().unbind()))?;
     let frame = sys.bind(py).call_method1("_getframe", (0,))?;
-    Ok(cached(&EXTRACT_STACK, py, "asyncio.format_helpers", "extract_stack")?
-        .call1((frame,))?
-        .unbind())
+    Ok(cached(
+        &EXTRACT_STACK,
+        py,
+        "asyncio.format_helpers",
+        "extract_stack",
+    )?
+    .call1((frame,))?
+    .unbind())
 }
 
 pub fn sys(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
@@ -87,7 +92,83 @@ pub fn is_coroutine_function(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult
         .is_truthy()
 }
 
-/// `repr()` of a handle, for log messages.
-pub fn format_handle(_py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<String> {
+/// A handle as asyncio names it in slow-callback warnings: the task it steps,
+/// if its callback is a task's method, else the handle itself.
+pub fn format_handle(
+    py: Python<'_>,
+    handle: &Bound<'_, PyAny>,
+    callback: Option<&Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    if let Some(owner) = callback.and_then(|cb| cb.getattr("__self__").ok()) {
+        let task_type = cached(&TASK_TYPE, py, "asyncio.tasks", "Task")?;
+        if owner.is_instance(task_type)? {
+            return Ok(owner.repr()?.to_string());
+        }
+    }
     Ok(handle.repr()?.to_string())
+}
+
+static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static LOOP_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+static TASK_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+
+/// Calls `callable(*positional, **dict(zip(kwnames, keyword_values)))` through
+/// vectorcall, with no argument tuple or dict built.
+fn vectorcall<'py>(
+    py: Python<'py>,
+    callable: &Bound<'py, PyAny>,
+    args: &[*mut pyo3::ffi::PyObject],
+    positional: usize,
+    kwnames: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: every pointer in `args` is a live object borrowed from the caller
+    // for the duration of the call; kwnames is a tuple of interned strings
+    // whose length is args.len() - positional.
+    unsafe {
+        let result = pyo3::ffi::PyObject_Vectorcall(
+            callable.as_ptr(),
+            args.as_ptr(),
+            positional,
+            kwnames.as_ptr(),
+        );
+        Bound::from_owned_ptr_or_err(py, result)
+    }
+}
+
+fn kwnames<'py>(
+    cell: &'static PyOnceLock<Py<PyTuple>>,
+    py: Python<'py>,
+    names: &[&str],
+) -> PyResult<&'py Bound<'py, PyTuple>> {
+    Ok(cell
+        .get_or_try_init(py, || {
+            let interned: Vec<_> = names
+                .iter()
+                .map(|name| pyo3::types::PyString::intern(py, name))
+                .collect();
+            PyTuple::new(py, interned).map(Bound::unbind)
+        })?
+        .bind(py))
+}
+
+/// `asyncio.Future(loop=loop)` (the C implementation).
+pub fn new_future<'py>(py: Python<'py>, loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let future_type = cached(&FUTURE_TYPE, py, "asyncio.futures", "Future")?;
+    let names = kwnames(&LOOP_KWNAMES, py, &["loop"])?;
+    vectorcall(py, future_type, &[loop_.as_ptr()], 0, names)
+}
+
+/// `asyncio.Task(coro, loop=loop, name=name, context=context)`.
+pub fn new_task<'py>(
+    py: Python<'py>,
+    coro: &Bound<'py, PyAny>,
+    loop_: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyAny>,
+    context: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let task_type = cached(&TASK_TYPE, py, "asyncio.tasks", "Task")?;
+    let names = kwnames(&TASK_KWNAMES, py, &["loop", "name", "context"])?;
+    let args = [coro.as_ptr(), loop_.as_ptr(), name.as_ptr(), context.as_ptr()];
+    vectorcall(py, task_type, &args, 1, names)
 }
