@@ -93,7 +93,6 @@ def loop(loop_factory: LoopFactory) -> Iterator[asyncio.AbstractEventLoop]:
             finally:
                 lp.close()
         assert lp.is_closed()
-        asyncio.set_event_loop(None)
         gc.collect()
 
 

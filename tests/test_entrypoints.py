@@ -89,7 +89,7 @@ def test_ferroloop_run_cancels_leftover_tasks_and_shuts_down_asyncgens():
     gens = []
 
     async def main():
-        asyncio.create_task(leftover())
+        gens.append(asyncio.create_task(leftover()))
         g = agen()
         gens.append(g)
         await g.__anext__()
@@ -445,3 +445,16 @@ def test_explicit_loop_factory_in_asyncio_run_is_respected(loop_name, script_dir
     proc = launch(loop_name, str(script))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "asyncio"
+
+
+def test_directory_with_dunder_main(loop_name, tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    write(app, "__main__.py", PROBE)
+    proc = launch(loop_name, str(app), "arg", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["name"] == "__main__"
+    assert info["args"] == ["arg"]
+    assert info["path0"] == str(app.resolve())
+    assert info["loop"] == loop_name

@@ -139,7 +139,7 @@ def test_task_exception_never_retrieved_reported(loop):
         raise LookupError("nobody awaited me")
 
     async def main():
-        asyncio.ensure_future(fail())
+        asyncio.ensure_future(fail())  # noqa: RUF006 - dropped on purpose: must be collected
         await asyncio.sleep(0.01)
 
     loop.run_until_complete(main())

@@ -16,7 +16,7 @@ import pytest
 from conftest import run, xfail_on_ferroloop
 
 aiohttp = pytest.importorskip("aiohttp")
-from aiohttp import web
+from aiohttp import web  # noqa: E402 - after the importorskip above
 
 NETWORKING = "networking lands in issue 3"
 
