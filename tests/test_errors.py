@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from conftest import run, run_python
+from conftest import only_ferroloop, run, run_python
 
 
 def _noop(*args):
@@ -544,3 +544,35 @@ def test_other_base_exceptions_in_callbacks_go_to_handler(loop):
     assert out == ["still running"]
     assert len(contexts) == 1
     assert isinstance(contexts[0]["exception"], CustomBaseException)
+
+
+@pytest.mark.parametrize(
+    "method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at", "add_reader"]
+)
+@pytest.mark.parametrize("bad", ["int", "coroutine-object"])
+def test_ferroloop_rejects_non_callables_even_without_debug(loop, loop_name, method, bad):
+    """ferroloop's documented stricter check (docs/compatibility.md): a non-callable or
+    a coroutine object is a TypeError at the call site, also in normal mode.
+
+    Only meaningful for ferroloop: asyncio accepts these outside debug mode and
+    reports the failure when the callback runs.
+    """
+    only_ferroloop(loop_name, "asyncio checks callbacks in debug mode only")
+    a, b = socket.socketpair()
+    coro = _coro_fn()
+    callback = 1 if bad == "int" else coro
+    calls = {
+        "call_soon": lambda: loop.call_soon(callback),
+        "call_soon_threadsafe": lambda: loop.call_soon_threadsafe(callback),
+        "call_later": lambda: loop.call_later(0.01, callback),
+        "call_at": lambda: loop.call_at(loop.time() + 0.01, callback),
+        "add_reader": lambda: loop.add_reader(a, callback),
+    }
+    try:
+        assert not loop.get_debug()
+        with pytest.raises(TypeError):
+            calls[method]()
+    finally:
+        coro.close()
+        a.close()
+        b.close()
