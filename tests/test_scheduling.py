@@ -195,6 +195,29 @@ def test_timer_never_fires_before_its_deadline(loop):
         assert at_loop >= when - CLOCK_RESOLUTION, (when, at_loop)
 
 
+def test_timer_never_fires_even_one_clock_tick_early(loop, loop_name):
+    """ferroloop's documented guarantee: a timer runs only once loop.time() >= when.
+
+    Only meaningful for ferroloop: asyncio may run a timer up to one clock
+    resolution before its deadline.
+    """
+    only_ferroloop(loop_name, "asyncio allows firing one clock resolution early")
+    rng = random.Random(7)
+    late: list[tuple[float, float]] = []
+
+    def fire(box):
+        now = loop.time()
+        if now < box[0].when():
+            late.append((box[0].when(), now))
+
+    for _ in range(500):
+        box: list = []
+        box.append(loop.call_later(rng.uniform(0, 0.05), fire, box))
+    loop.call_later(0.1, loop.stop)
+    run_until_stopped(loop)
+    assert late == []
+
+
 def test_sleep_takes_at_least_its_duration(loop_factory):
     async def main():
         lp = asyncio.get_running_loop()
