@@ -1,0 +1,90 @@
+"""Regression guard: ferroloop's pass counts on CPython's test_asyncio.
+
+Runs the conformance harness (run_cpython_asyncio.py) for a fast subset of
+modules on ferroloop and checks each module's pass count against the floor
+recorded in floor.json.  The floor only ever goes up: when ferroloop passes
+more tests, raise it with
+
+    PYTHONPATH=python python3 tests/conformance/test_cpython_conformance.py --update-floor
+
+Select with ``pytest -m conformance tests/conformance``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import run_cpython_asyncio as harness  # noqa: E402  (needs HERE on sys.path)
+
+FLOOR_FILE = os.path.join(HERE, "floor.json")
+
+
+def load_floor() -> dict:
+    with open(FLOOR_FILE) as f:
+        return json.load(f)
+
+
+FLOOR = load_floor()
+FAST_MODULES = FLOOR["fast_modules"]
+
+pytestmark = [pytest.mark.conformance, pytest.mark.timeout(600)]
+
+try:
+    import test.test_asyncio  # noqa: F401  (CPython's own test package)
+except ImportError:  # some distributions ship Python without its test suite
+    pytest.skip("CPython's test.test_asyncio is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return harness.run_modules(
+        FAST_MODULES,
+        ["ferroloop"],
+        jobs=min(2, os.cpu_count() or 1),
+        test_timeout=30,
+        module_timeout=240,
+        progress=False,
+    )["results"]["ferroloop"]
+
+
+@pytest.mark.parametrize("module", FAST_MODULES)
+def test_pass_count_at_least_floor(report, module):
+    res = report[module]
+    floor = FLOOR["floor"][module]
+    failing = [p["id"].rsplit(".", 2)[-2:] for p in res["problems"]][:15]
+    assert not res["aborted"], res["aborted"]
+    assert res["passed"] >= floor["passed"], (
+        f"{module}: {res['passed']} passed, floor is {floor['passed']}; "
+        f"failing now (first 15): {failing}"
+    )
+    assert res["passed_on_loop"] >= floor["passed_on_loop"], (
+        f"{module}: {res['passed_on_loop']} passed on a ferroloop loop, floor is "
+        f"{floor['passed_on_loop']}; failing now (first 15): {failing}"
+    )
+
+
+def _update_floor() -> None:
+    """Raise the floor to today's counts (never lowers it)."""
+    res = harness.run_modules(FAST_MODULES, ["ferroloop"], jobs=2)["results"]["ferroloop"]
+    data = load_floor()
+    for m in FAST_MODULES:
+        old = data["floor"].get(m, {"passed": 0, "passed_on_loop": 0})
+        data["floor"][m] = {k: max(old.get(k, 0), res[m][k]) for k in ("passed", "passed_on_loop")}
+    with open(FLOOR_FILE, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    print(json.dumps(data["floor"], indent=2))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--update-floor"]:
+        _update_floor()
+    else:
+        sys.exit(pytest.main([__file__, "-m", "conformance", *sys.argv[1:]]))
