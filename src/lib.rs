@@ -14,8 +14,10 @@ mod python_api;
 mod process;
 mod server;
 mod sock_ops;
+mod sockaddr;
 mod signals;
 mod stream;
+mod sys_io;
 mod timers;
 mod udp;
 

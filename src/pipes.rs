@@ -28,18 +28,17 @@ use std::os::fd::RawFd;
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
-use pyo3::exceptions::{
-    PyBrokenPipeError, PyKeyboardInterrupt, PyOSError, PySystemExit, PyValueError,
-};
+use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::buffers::with_bytes;
-use crate::errors::os_error;
+use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
+use crate::sys_io;
 
 /// asyncio reads at most this much per iteration (`max_size`).
 const READ_SIZE: usize = 256 * 1024;
@@ -149,39 +148,9 @@ enum WriteOutcome {
     WarnConnLost,
 }
 
+/// `write`; 0 when the pipe is full.
 fn write_some(fd: RawFd, data: &[u8]) -> Result<usize, Errno> {
-    loop {
-        // SAFETY: `data` is a valid slice for the duration of the call.
-        let written = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-        if written >= 0 {
-            return Ok(written as usize);
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(0),
-            errno => return Err(errno),
-        }
-    }
-}
-
-/// `read` into `buffer`; `Ok(None)` means "nothing to read right now".
-fn read_some(fd: RawFd, buffer: &mut [u8]) -> Result<Option<usize>, Errno> {
-    loop {
-        // SAFETY: `buffer` is a valid, writable slice for the duration of the call.
-        let count = unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
-        if count >= 0 {
-            return Ok(Some(count as usize));
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(None),
-            errno => return Err(errno),
-        }
-    }
-}
-
-fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+    sys_io::write(fd, data).map(Option::unwrap_or_default)
 }
 
 fn errno_of(py: Python<'_>, err: &PyErr) -> Option<i32> {
@@ -282,7 +251,7 @@ impl PipeTransport {
         };
         let received = READ_BUFFER.with(|cell| {
             let mut buffer = cell.borrow_mut();
-            read_some(this.fd, &mut buffer)
+            sys_io::read(this.fd, &mut buffer)
                 .map(|count| count.map(|count| (count, PyBytes::new(py, &buffer[..count]))))
         });
         match received {

@@ -23,7 +23,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
@@ -36,14 +35,15 @@ use pyo3::exceptions::{
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyTuple};
 use pyo3::{ffi, intern, PyTraverseError};
-use socket2::{SockAddr, SockAddrStorage};
+use socket2::SockAddr;
 
 use crate::buffers::with_bytes_mut;
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
+use crate::{sockaddr, sys_io};
 
 /// Receives of at most this many bytes go through a per-thread scratch
 /// buffer and are copied into an exactly-sized `bytes`.
@@ -113,235 +113,6 @@ fn check_socket(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         return Err(PyValueError::new_err("the socket must be non-blocking"));
     }
     sock.call_method0(intern!(py, "fileno"))?.extract()
-}
-
-// -- system calls -------------------------------------------------------
-
-/// `Ok(None)` means the call would block.
-fn recv_raw(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Errno> {
-    loop {
-        // SAFETY: `buf` is valid for writes of its length during the call.
-        let got = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if got >= 0 {
-            return Ok(Some(got as usize));
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(None),
-            errno => return Err(errno),
-        }
-    }
-}
-
-fn recvfrom_raw(fd: RawFd, buf: &mut [u8]) -> Result<Option<(usize, SockAddr)>, Errno> {
-    loop {
-        let mut storage = SockAddrStorage::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: `buf`, `storage` and `len` are valid for writes during the call.
-        let got = unsafe {
-            libc::recvfrom(
-                fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&mut storage as *mut SockAddrStorage).cast(),
-                &mut len,
-            )
-        };
-        if got >= 0 {
-            // SAFETY: the kernel filled `len` bytes of `storage`.
-            let addr = unsafe { SockAddr::new(storage, len) };
-            return Ok(Some((got as usize, addr)));
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(None),
-            errno => return Err(errno),
-        }
-    }
-}
-
-fn send_raw(fd: RawFd, data: &[u8], addr: Option<&SockAddr>) -> Result<Option<usize>, Errno> {
-    loop {
-        let (addr_ptr, addr_len) = match addr {
-            Some(addr) => (addr.as_ptr().cast::<libc::sockaddr>(), addr.len()),
-            None => (std::ptr::null(), 0),
-        };
-        // SAFETY: `data` is valid for reads of its length; the address, if
-        // any, is a valid sockaddr of `addr_len` bytes.
-        let sent = unsafe {
-            libc::sendto(
-                fd,
-                data.as_ptr().cast(),
-                data.len(),
-                libc::MSG_NOSIGNAL,
-                addr_ptr,
-                addr_len,
-            )
-        };
-        if sent >= 0 {
-            return Ok(Some(sent as usize));
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(None),
-            errno => return Err(errno),
-        }
-    }
-}
-
-fn socket_domain(fd: RawFd) -> Result<libc::c_int, Errno> {
-    let mut domain: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `domain` and `len` are valid out-pointers of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut domain as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(domain)
-    }
-}
-
-fn socket_error(fd: RawFd) -> Result<i32, Errno> {
-    let mut error: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `error` and `len` are valid out-pointers of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut error as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(error)
-    }
-}
-
-/// A socket address as the `socket` module returns it.
-fn address_to_py(py: Python<'_>, addr: &SockAddr) -> PyResult<Py<PyAny>> {
-    let storage_len = addr.len() as usize;
-    if storage_len == 0 {
-        return Ok(py.None());
-    }
-    match addr.as_socket() {
-        Some(SocketAddr::V4(v4)) => Ok((v4.ip().to_string(), v4.port())
-            .into_pyobject(py)?
-            .into_any()
-            .unbind()),
-        Some(SocketAddr::V6(v6)) => {
-            let host = if v6.scope_id() != 0 {
-                numeric_host(addr).unwrap_or_else(|| v6.ip().to_string())
-            } else {
-                v6.ip().to_string()
-            };
-            Ok((host, v6.port(), v6.flowinfo(), v6.scope_id())
-                .into_pyobject(py)?
-                .into_any()
-                .unbind())
-        }
-        None if addr.family() == libc::AF_UNIX as libc::sa_family_t => unix_address(py, addr),
-        None => {
-            // Other families: (family, raw address bytes), as the socket
-            // module does for families it does not know.
-            let offset = std::mem::size_of::<libc::sa_family_t>();
-            // SAFETY: the storage holds `storage_len` initialised bytes.
-            let raw =
-                unsafe { std::slice::from_raw_parts(addr.as_ptr().cast::<u8>(), storage_len) };
-            let data = PyBytes::new(py, raw.get(offset..).unwrap_or(&[]));
-            Ok((addr.family() as i32, data)
-                .into_pyobject(py)?
-                .into_any()
-                .unbind())
-        }
-    }
-}
-
-/// `getnameinfo(NI_NUMERICHOST)`: IPv6 text with its `%scope` suffix.
-fn numeric_host(addr: &SockAddr) -> Option<String> {
-    let mut host = [0 as libc::c_char; 1025];
-    // SAFETY: `addr` is a valid sockaddr of `addr.len()` bytes; `host` is a
-    // writable buffer of the size given; no service buffer is requested.
-    let rc = unsafe {
-        libc::getnameinfo(
-            addr.as_ptr().cast(),
-            addr.len(),
-            host.as_mut_ptr(),
-            host.len() as libc::socklen_t,
-            std::ptr::null_mut(),
-            0,
-            libc::NI_NUMERICHOST,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: getnameinfo wrote a NUL-terminated string into `host`.
-    let text = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
-    text.to_str().ok().map(str::to_owned)
-}
-
-fn unix_address(py: Python<'_>, addr: &SockAddr) -> PyResult<Py<PyAny>> {
-    let offset = std::mem::size_of::<libc::sa_family_t>();
-    let len = addr.len() as usize;
-    // SAFETY: the storage holds `len` initialised bytes.
-    let raw = unsafe { std::slice::from_raw_parts(addr.as_ptr().cast::<u8>(), len) };
-    let path = raw.get(offset..).unwrap_or(&[]);
-    if path.first() == Some(&0) {
-        // Linux abstract namespace: bytes, NUL included.
-        return Ok(PyBytes::new(py, path).into_any().unbind());
-    }
-    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-    // SAFETY: a valid pointer/length pair; returns a new reference or NULL.
-    unsafe {
-        let text =
-            ffi::PyUnicode_DecodeFSDefaultAndSize(path.as_ptr().cast(), end as ffi::Py_ssize_t);
-        Ok(Bound::from_owned_ptr_or_err(py, text)?.unbind())
-    }
-}
-
-/// A numeric IPv4/IPv6 address tuple, converted without Python's resolver.
-/// `None` for anything else (host names, '', '<broadcast>', other families),
-/// which the socket module handles.
-fn parse_numeric_address(address: &Bound<'_, PyAny>, domain: libc::c_int) -> Option<SockAddr> {
-    let tuple = address.cast::<PyTuple>().ok()?;
-    let host = tuple.get_item(0).ok()?;
-    let host = host.cast::<PyString>().ok()?;
-    let host = host.to_str().ok()?;
-    let port: u16 = tuple.get_item(1).ok()?.extract().ok()?;
-    match (domain, tuple.len()) {
-        (libc::AF_INET, 2) => {
-            let ip: Ipv4Addr = host.parse().ok()?;
-            Some(SockAddr::from(SocketAddrV4::new(ip, port)))
-        }
-        (libc::AF_INET6, 2..=4) => {
-            let ip: Ipv6Addr = host.parse().ok()?;
-            let flowinfo: u32 = match tuple.get_item(2) {
-                Ok(value) => value.extract().ok()?,
-                Err(_) => 0,
-            };
-            let scope_id: u32 = match tuple.get_item(3) {
-                Ok(value) => value.extract().ok()?,
-                Err(_) => 0,
-            };
-            Some(SockAddr::from(SocketAddrV6::new(
-                ip, port, flowinfo, scope_id,
-            )))
-        }
-        _ => None,
-    }
 }
 
 // -- operations ---------------------------------------------------------
@@ -476,7 +247,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
     match kind {
         Kind::Recv { n } => recv_bytes(py, fd, *n),
         Kind::RecvInto { buf } => {
-            let got = with_bytes_mut(buf.bind(py), "buffer", |slice| recv_raw(fd, slice))?;
+            let got = with_bytes_mut(buf.bind(py), "buffer", |slice| sys_io::recv(fd, slice, 0))?;
             match got.map_err(|errno| os_error(py, errno))? {
                 Some(count) => Ok(Some(count.into_pyobject(py)?.into_any().unbind())),
                 None => Ok(None),
@@ -486,18 +257,18 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
             let n = *n;
             let got = if n <= SCRATCH_SIZE {
                 SCRATCH.with_borrow_mut(|scratch| {
-                    recvfrom_raw(fd, &mut scratch[..n]).map(|got| {
+                    sys_io::recvfrom(fd, &mut scratch[..n], 0).map(|got| {
                         got.map(|(count, addr)| (PyBytes::new(py, &scratch[..count]), addr))
                     })
                 })
             } else {
                 let mut buffer = vec![0u8; n];
-                recvfrom_raw(fd, &mut buffer)
+                sys_io::recvfrom(fd, &mut buffer, 0)
                     .map(|got| got.map(|(count, addr)| (PyBytes::new(py, &buffer[..count]), addr)))
             };
             match got.map_err(|errno| os_error(py, errno))? {
                 Some((data, addr)) => {
-                    let addr = address_to_py(py, &addr)?;
+                    let addr = sockaddr::to_python_zoned(py, &addr)?.unbind();
                     Ok(Some((data, addr).into_pyobject(py)?.into_any().unbind()))
                 }
                 None => Ok(None),
@@ -508,7 +279,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
             let got = with_bytes_mut(buf.bind(py), "buffer", |slice| {
                 let limit = if nbytes == 0 { slice.len() } else { nbytes };
                 match slice.get_mut(..limit) {
-                    Some(target) => Ok(recvfrom_raw(fd, target)),
+                    Some(target) => Ok(sys_io::recvfrom(fd, target, 0)),
                     None => Err(PyValueError::new_err(
                         "nbytes is greater than the length of the buffer",
                     )),
@@ -516,7 +287,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
             })??;
             match got.map_err(|errno| os_error(py, errno))? {
                 Some((count, addr)) => {
-                    let addr = address_to_py(py, &addr)?;
+                    let addr = sockaddr::to_python_zoned(py, &addr)?.unbind();
                     Ok(Some((count, addr).into_pyobject(py)?.into_any().unbind()))
                 }
                 None => Ok(None),
@@ -526,7 +297,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
         Kind::SendAll { data, offset } => {
             let sent = data.with_slice(py, |all| -> Result<bool, Errno> {
                 while *offset < all.len() {
-                    match send_raw(fd, &all[*offset..], None)? {
+                    match sys_io::send(fd, &all[*offset..], None, libc::MSG_NOSIGNAL)? {
                         Some(count) => *offset += count,
                         None => return Ok(false),
                     }
@@ -540,7 +311,9 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
         }
         Kind::SendTo { data, target } => match target {
             SendTarget::Native(addr) => {
-                let sent = data.with_slice(py, |bytes| send_raw(fd, bytes, Some(addr)));
+                let sent = data.with_slice(py, |bytes| {
+                    sys_io::send(fd, bytes, Some(addr), libc::MSG_NOSIGNAL)
+                });
                 match sent.map_err(|errno| os_error(py, errno))? {
                     Some(count) => Ok(Some(count.into_pyobject(py)?.into_any().unbind())),
                     None => Ok(None),
@@ -559,18 +332,22 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
                 Err(err) => Err(err),
             },
         },
-        Kind::Connect { address } => match socket_error(fd).map_err(|errno| os_error(py, errno))? {
-            0 => Ok(Some(py.None())),
-            err if [libc::EINPROGRESS, libc::EAGAIN, libc::EALREADY, libc::EINTR]
-                .contains(&err) =>
+        Kind::Connect { address } => {
+            match sys_io::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)
+                .map_err(|errno| os_error(py, errno))?
             {
-                Ok(None)
+                0 => Ok(Some(py.None())),
+                err if [libc::EINPROGRESS, libc::EAGAIN, libc::EALREADY, libc::EINTR]
+                    .contains(&err) =>
+                {
+                    Ok(None)
+                }
+                err => {
+                    let message = format!("Connect call failed {}", address.bind(py).str()?);
+                    Err(pyo3::exceptions::PyOSError::new_err((err, message)))
+                }
             }
-            err => {
-                let message = format!("Connect call failed {}", address.bind(py).str()?);
-                Err(pyo3::exceptions::PyOSError::new_err((err, message)))
-            }
-        },
+        }
         Kind::SendFile(sendfile) => sendfile_attempt(py, fd, sendfile),
     }
 }
@@ -578,12 +355,13 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
     let got = if n <= SCRATCH_SIZE {
         SCRATCH.with_borrow_mut(|scratch| {
-            recv_raw(fd, &mut scratch[..n])
+            sys_io::recv(fd, &mut scratch[..n], 0)
                 .map(|got| got.map(|count| PyBytes::new(py, &scratch[..count])))
         })
     } else {
         let mut buffer = vec![0u8; n];
-        recv_raw(fd, &mut buffer).map(|got| got.map(|count| PyBytes::new(py, &buffer[..count])))
+        sys_io::recv(fd, &mut buffer, 0)
+            .map(|got| got.map(|count| PyBytes::new(py, &buffer[..count])))
     };
     Ok(got
         .map_err(|errno| os_error(py, errno))?
@@ -591,27 +369,9 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
 }
 
 fn accept(py: Python<'_>, fd: RawFd, sock: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
-    let (conn_fd, addr) = loop {
-        let mut storage = SockAddrStorage::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: `storage` and `len` are valid out-pointers.
-        let accepted = unsafe {
-            libc::accept4(
-                fd,
-                (&mut storage as *mut SockAddrStorage).cast(),
-                &mut len,
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
-        if accepted >= 0 {
-            // SAFETY: the kernel filled `len` bytes of `storage`.
-            break (accepted, unsafe { SockAddr::new(storage, len) });
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(None),
-            errno => return Err(os_error(py, errno)),
-        }
+    let accepted = sys_io::accept(fd, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    let Some((conn_fd, addr)) = accepted.map_err(|errno| os_error(py, errno))? else {
+        return Ok(None);
     };
     // From here on the descriptor is closed on any failure until a socket
     // object owns it.
@@ -634,7 +394,7 @@ fn accept(py: Python<'_>, fd: RawFd, sock: &Bound<'_, PyAny>) -> PyResult<Option
     // The socket object owns the descriptor now; it closes it if this fails.
     conn.bind(py)
         .call_method1(intern!(py, "setblocking"), (false,))?;
-    let addr = address_to_py(py, &addr)?;
+    let addr = sockaddr::to_python_zoned(py, &addr)?.unbind();
     Ok(Some((conn, addr).into_pyobject(py)?.into_any().unbind()))
 }
 
@@ -1059,7 +819,7 @@ impl SockOps {
                 let mut offset = 0;
                 let mut failed = None;
                 while offset < all.len() {
-                    match send_raw(fd, &all[offset..], None) {
+                    match sys_io::send(fd, &all[offset..], None, libc::MSG_NOSIGNAL) {
                         Ok(Some(count)) => offset += count,
                         Ok(None) => break,
                         Err(errno) => {
@@ -1099,8 +859,14 @@ impl SockOps {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         Self::start(slf, sock, |fd| {
-            let domain = socket_domain(fd).map_err(|errno| os_error(py, errno))?;
-            let target = match parse_numeric_address(address, domain) {
+            let domain = sys_io::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
+                .map_err(|errno| os_error(py, errno))?;
+            // Unix addresses have always gone through the socket here.
+            let native = match domain {
+                libc::AF_INET | libc::AF_INET6 => sockaddr::from_python(address, domain),
+                _ => None,
+            };
+            let target = match native {
                 Some(addr) => SendTarget::Native(addr),
                 None => SendTarget::Python {
                     sock: sock.clone().unbind(),

@@ -29,26 +29,24 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::ffi::OsStr;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
-use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
 use pyo3::exceptions::{
-    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PySystemExit,
-    PyTypeError, PyValueError,
+    PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError,
 };
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3::PyTraverseError;
+use socket2::SockAddr;
 
 use crate::buffers::with_bytes;
-use crate::errors::os_error;
+use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
+use crate::{sockaddr, sys_io};
 
 /// asyncio receives at most this much per datagram (`max_size`).
 const READ_SIZE: usize = 256 * 1024;
@@ -60,218 +58,6 @@ const FATAL_WRITE: &str = "Fatal write error on datagram transport";
 
 thread_local! {
     static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
-}
-
-/// A socket address in its kernel form.
-#[derive(Clone, Copy)]
-struct SockAddr {
-    storage: libc::sockaddr_storage,
-    len: libc::socklen_t,
-}
-
-impl SockAddr {
-    fn zeroed() -> Self {
-        // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
-        let storage = unsafe { std::mem::zeroed::<libc::sockaddr_storage>() };
-        Self {
-            storage,
-            len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
-        }
-    }
-
-    fn as_ptr(&self) -> *const libc::sockaddr {
-        (&self.storage as *const libc::sockaddr_storage).cast()
-    }
-
-    fn bytes(&self) -> &[u8] {
-        let len = (self.len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-        // SAFETY: `storage` is plain old data of at least `len` bytes.
-        unsafe { std::slice::from_raw_parts(self.as_ptr().cast::<u8>(), len) }
-    }
-
-    fn ipv4(ip: Ipv4Addr, port: u16) -> Self {
-        let mut addr = Self::zeroed();
-        // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
-        let sin = unsafe { &mut *(&mut addr.storage as *mut _ as *mut libc::sockaddr_in) };
-        sin.sin_family = libc::AF_INET as libc::sa_family_t;
-        sin.sin_port = port.to_be();
-        sin.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
-        addr.len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        addr
-    }
-
-    fn ipv6(ip: Ipv6Addr, port: u16, flowinfo: u32, scope_id: u32) -> Self {
-        let mut addr = Self::zeroed();
-        // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in6.
-        let sin6 = unsafe { &mut *(&mut addr.storage as *mut _ as *mut libc::sockaddr_in6) };
-        sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-        sin6.sin6_port = port.to_be();
-        sin6.sin6_flowinfo = flowinfo.to_be();
-        sin6.sin6_addr.s6_addr = ip.octets();
-        sin6.sin6_scope_id = scope_id;
-        addr.len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-        addr
-    }
-
-    /// A Unix address; `None` when the path does not fit (Python reports that).
-    fn unix(path: &[u8]) -> Option<Self> {
-        let mut addr = Self::zeroed();
-        // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_un.
-        let sun = unsafe { &mut *(&mut addr.storage as *mut _ as *mut libc::sockaddr_un) };
-        let abstract_name = path.first() == Some(&0);
-        let capacity = sun.sun_path.len();
-        // A filesystem path needs room for its terminating NUL.
-        if path.len() > capacity || (!abstract_name && path.len() == capacity) {
-            return None;
-        }
-        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (slot, byte) in sun.sun_path.iter_mut().zip(path) {
-            *slot = *byte as libc::c_char;
-        }
-        let base = std::mem::offset_of!(libc::sockaddr_un, sun_path);
-        let extra = usize::from(!abstract_name);
-        addr.len = (base + path.len() + extra) as libc::socklen_t;
-        Some(addr)
-    }
-}
-
-/// Parses a destination natively; `None` means "let Python's socket do it"
-/// (names to resolve, special hosts, or anything it would reject).
-fn parse_destination(family: i32, addr: &Bound<'_, PyAny>) -> Option<SockAddr> {
-    match family {
-        libc::AF_INET => {
-            let tuple = addr.cast::<PyTuple>().ok()?;
-            if tuple.len() != 2 {
-                return None;
-            }
-            let host = tuple.get_item(0).ok()?;
-            let ip: Ipv4Addr = host.cast::<PyString>().ok()?.to_str().ok()?.parse().ok()?;
-            let port = exact_int::<u16>(&tuple.get_item(1).ok()?)?;
-            Some(SockAddr::ipv4(ip, port))
-        }
-        libc::AF_INET6 => {
-            let tuple = addr.cast::<PyTuple>().ok()?;
-            if !(2..=4).contains(&tuple.len()) {
-                return None;
-            }
-            let host = tuple.get_item(0).ok()?;
-            let host = host.cast::<PyString>().ok()?.to_str().ok()?;
-            if host.contains('%') {
-                return None;
-            }
-            let ip: Ipv6Addr = host.parse().ok()?;
-            let port = exact_int::<u16>(&tuple.get_item(1).ok()?)?;
-            let flowinfo = match tuple.get_item(2) {
-                Ok(value) => exact_int::<u32>(&value).filter(|f| *f <= 0xF_FFFF)?,
-                Err(_) => 0,
-            };
-            let scope_id = match tuple.get_item(3) {
-                Ok(value) => exact_int::<u32>(&value)?,
-                Err(_) => 0,
-            };
-            Some(SockAddr::ipv6(ip, port, flowinfo, scope_id))
-        }
-        libc::AF_UNIX => {
-            if let Ok(path) = addr.cast::<PyBytes>() {
-                SockAddr::unix(path.as_bytes())
-            } else if addr.is_instance_of::<PyString>() {
-                let path: std::ffi::OsString = addr.extract().ok()?;
-                SockAddr::unix(path.as_bytes())
-            } else {
-                None
-            }
-        }
-        _ => None,
-    }
-}
-
-/// An `int` (not a float or a string) in the range of `T`.
-fn exact_int<'py, T>(value: &Bound<'py, PyAny>) -> Option<T>
-where
-    T: for<'a> FromPyObject<'a, 'py>,
-{
-    if !value.is_instance_of::<pyo3::types::PyInt>() {
-        return None;
-    }
-    value.extract::<T>().ok()
-}
-
-/// The Python value `socket.recvfrom` returns for `addr`.
-fn source_to_python<'py>(py: Python<'py>, addr: &SockAddr) -> PyResult<Bound<'py, PyAny>> {
-    let len = addr.len as usize;
-    match i32::from(addr.storage.ss_family) {
-        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the kernel filled in a sockaddr_in (family and length checked).
-            let sin = unsafe { &*(addr.as_ptr() as *const libc::sockaddr_in) };
-            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Ok((ip.to_string(), u16::from_be(sin.sin_port))
-                .into_pyobject(py)?
-                .into_any())
-        }
-        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: the kernel filled in a sockaddr_in6 (family and length checked).
-            let sin6 = unsafe { &*(addr.as_ptr() as *const libc::sockaddr_in6) };
-            Ok((
-                ipv6_text(&sin6.sin6_addr),
-                u16::from_be(sin6.sin6_port),
-                u32::from_be(sin6.sin6_flowinfo),
-                sin6.sin6_scope_id,
-            )
-                .into_pyobject(py)?
-                .into_any())
-        }
-        libc::AF_UNIX => {
-            let base = std::mem::offset_of!(libc::sockaddr_un, sun_path);
-            if len <= base {
-                // An unbound sender has no name.
-                return Ok(py.None().into_bound(py));
-            }
-            let path = &addr.bytes()[base..];
-            if path[0] == 0 {
-                // Linux's abstract namespace: the exact bytes, leading NUL included.
-                return Ok(PyBytes::new(py, path).into_any());
-            }
-            let end = path.iter().position(|b| *b == 0).unwrap_or(path.len());
-            Ok(OsStr::from_bytes(&path[..end])
-                .into_pyobject(py)?
-                .into_any())
-        }
-        _ => Ok(py.None().into_bound(py)),
-    }
-}
-
-/// `INET6_ADDRSTRLEN` from <netinet/in.h>.
-const INET6_ADDRSTRLEN: usize = 46;
-
-extern "C" {
-    // POSIX, in the C library (the `libc` crate does not declare it).
-    fn inet_ntop(
-        af: libc::c_int,
-        src: *const libc::c_void,
-        dst: *mut libc::c_char,
-        size: libc::socklen_t,
-    ) -> *const libc::c_char;
-}
-
-/// An IPv6 address as `inet_ntop` writes it (which is what Python shows).
-fn ipv6_text(addr: &libc::in6_addr) -> String {
-    let mut text = [0 as libc::c_char; INET6_ADDRSTRLEN];
-    // SAFETY: `addr` is a valid in6_addr and `text` has INET6_ADDRSTRLEN bytes.
-    let written = unsafe {
-        inet_ntop(
-            libc::AF_INET6,
-            (addr as *const libc::in6_addr).cast(),
-            text.as_mut_ptr(),
-            text.len() as libc::socklen_t,
-        )
-    };
-    if written.is_null() {
-        return Ipv6Addr::from(addr.s6_addr).to_string();
-    }
-    // SAFETY: inet_ntop succeeded, so `text` holds a NUL-terminated string.
-    unsafe { std::ffi::CStr::from_ptr(text.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Where a datagram goes.
@@ -354,61 +140,15 @@ pub struct DatagramTransport {
     last_source: Mutex<Option<(SockAddr, Py<PyAny>)>>,
 }
 
-fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
-}
+/// Flags of the native sends: never block, never raise SIGPIPE.
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
 
-fn native_send(fd: RawFd, data: &[u8], dest: Option<&SockAddr>) -> Result<bool, Errno> {
-    loop {
-        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-        // SAFETY: `data` and `dest` are valid for the duration of the call.
-        let sent = unsafe {
-            match dest {
-                Some(addr) => libc::sendto(
-                    fd,
-                    data.as_ptr().cast(),
-                    data.len(),
-                    flags,
-                    addr.as_ptr(),
-                    addr.len,
-                ),
-                None => libc::send(fd, data.as_ptr().cast(), data.len(), flags),
-            }
-        };
-        if sent >= 0 {
-            return Ok(true);
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(false),
-            errno => return Err(errno),
-        }
-    }
-}
-
-/// One `recvfrom`; `Ok(None)` means "nothing to read right now".
-fn native_recv(fd: RawFd, buffer: &mut [u8], from: &mut SockAddr) -> Result<Option<usize>, Errno> {
-    loop {
-        from.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: `buffer` and `from` are valid, writable and correctly sized.
-        let received = unsafe {
-            libc::recvfrom(
-                fd,
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                libc::MSG_DONTWAIT,
-                (&mut from.storage as *mut libc::sockaddr_storage).cast(),
-                &mut from.len,
-            )
-        };
-        if received >= 0 {
-            return Ok(Some(received as usize));
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(None),
-            errno => return Err(errno),
-        }
+/// How a native send ended.
+fn sent(py: Python<'_>, result: Result<Option<usize>, Errno>) -> Sent {
+    match result {
+        Ok(Some(_)) => Sent::Done,
+        Ok(None) => Sent::WouldBlock,
+        Err(errno) => Sent::OsError(os_error(py, errno)),
     }
 }
 
@@ -468,12 +208,10 @@ impl DatagramTransport {
                 };
             }
         };
-        let result = with_bytes(data, "data", |bytes| native_send(self.fd, bytes, native))?;
-        Ok(match result {
-            Ok(true) => Sent::Done,
-            Ok(false) => Sent::WouldBlock,
-            Err(errno) => Sent::OsError(os_error(py, errno)),
-        })
+        let result = with_bytes(data, "data", |bytes| {
+            sys_io::send(self.fd, bytes, native, SEND_FLAGS)
+        })?;
+        Ok(sent(py, result))
     }
 
     fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {
@@ -524,15 +262,14 @@ impl DatagramTransport {
                 },
             };
         }
-        let mut from = SockAddr::zeroed();
         let received = READ_BUFFER.with(|cell| {
             let mut buffer = cell.borrow_mut();
-            native_recv(this.fd, &mut buffer, &mut from)
-                .map(|count| count.map(|count| PyBytes::new(py, &buffer[..count])))
+            sys_io::recvfrom(this.fd, &mut buffer, libc::MSG_DONTWAIT)
+                .map(|got| got.map(|(count, from)| (PyBytes::new(py, &buffer[..count]), from)))
         });
         match received {
             Ok(None) => Ok(()),
-            Ok(Some(data)) => {
+            Ok(Some((data, from))) => {
                 let addr = this.source_address(py, &from)?;
                 protocol.call_method1(pyo3::intern!(py, "datagram_received"), (data, addr))?;
                 Ok(())
@@ -550,16 +287,16 @@ impl DatagramTransport {
         {
             let cache = self.last_source.lock();
             if let Some((addr, value)) = cache.as_ref() {
-                if addr.bytes() == from.bytes() {
+                if addr == from {
                     return Ok(value.bind(py).clone());
                 }
             }
         }
-        let value = source_to_python(py, from)?;
+        let value = sockaddr::to_python(py, from)?;
         let previous = self
             .last_source
             .lock()
-            .replace((*from, value.clone().unbind()));
+            .replace((from.clone(), value.clone().unbind()));
         drop(previous);
         Ok(value)
     }
@@ -587,16 +324,11 @@ impl DatagramTransport {
                     let data = PyBytes::new(py, &pending.data);
                     this.send_now(py, &pending.dest, data.as_any())?
                 }
-                Dest::Connected => match native_send(this.fd, &pending.data, None) {
-                    Ok(true) => Sent::Done,
-                    Ok(false) => Sent::WouldBlock,
-                    Err(errno) => Sent::OsError(os_error(py, errno)),
-                },
-                Dest::Native(addr) => match native_send(this.fd, &pending.data, Some(addr)) {
-                    Ok(true) => Sent::Done,
-                    Ok(false) => Sent::WouldBlock,
-                    Err(errno) => Sent::OsError(os_error(py, errno)),
-                },
+                Dest::Connected => sent(py, sys_io::send(this.fd, &pending.data, None, SEND_FLAGS)),
+                Dest::Native(addr) => sent(
+                    py,
+                    sys_io::send(this.fd, &pending.data, Some(addr), SEND_FLAGS),
+                ),
             };
             match outcome {
                 Sent::Done => drop(pending),
@@ -917,7 +649,7 @@ impl DatagramTransport {
         let dest = if this.connected {
             Dest::Connected
         } else if this.is_native_family() {
-            match parse_destination(this.family, &addr) {
+            match sockaddr::from_python(&addr, this.family) {
                 Some(native) => Dest::Native(native),
                 None => Dest::Python(addr.unbind()),
             }

@@ -1,0 +1,120 @@
+//! Thin wrappers of the non-blocking I/O system calls the transports and
+//! `sock_*` operations make.
+//!
+//! Each call is retried on `EINTR`; `Ok(None)` means it would block
+//! (`EAGAIN`); any other failure is the `Errno`. Nothing here touches Python.
+
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+use socket2::SockAddr;
+
+use crate::sockaddr;
+
+/// Runs `call` until it is not interrupted; a negative result is a failure
+/// with `errno` set.
+fn retry(mut call: impl FnMut() -> isize) -> Result<Option<usize>, Errno> {
+    loop {
+        let result = call();
+        if result >= 0 {
+            return Ok(Some(result as usize));
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(None),
+            errno => return Err(errno),
+        }
+    }
+}
+
+/// `read(2)` into `buf`.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Errno> {
+    // SAFETY: `buf` is valid for writes of its length during the call.
+    retry(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `write(2)` of `data`.
+pub fn write(fd: RawFd, data: &[u8]) -> Result<Option<usize>, Errno> {
+    // SAFETY: `data` is valid for reads of its length during the call.
+    retry(|| unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) })
+}
+
+/// `recv(2)` into `buf`.
+pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> Result<Option<usize>, Errno> {
+    // SAFETY: `buf` is valid for writes of its length during the call.
+    retry(|| unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) })
+}
+
+/// `recvfrom(2)` into `buf`: the size received and the sender.
+pub fn recvfrom(
+    fd: RawFd,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> Result<Option<(usize, SockAddr)>, Errno> {
+    let mut sender = None;
+    let got = retry(|| {
+        let (got, from) = sockaddr::filled_by(|addr, len| {
+            // SAFETY: `buf` is valid for writes of its length, `addr` and
+            // `len` are a valid address buffer and its length.
+            unsafe { libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), flags, addr, len) }
+        });
+        sender = Some(from);
+        got
+    })?;
+    Ok(got.zip(sender))
+}
+
+/// `sendto(2)` of `data` to `dest`, or `send(2)` on a connected socket
+/// when `dest` is `None`.
+pub fn send(
+    fd: RawFd,
+    data: &[u8],
+    dest: Option<&SockAddr>,
+    flags: libc::c_int,
+) -> Result<Option<usize>, Errno> {
+    let (addr, addr_len) = match dest {
+        Some(dest) => (dest.as_ptr().cast::<libc::sockaddr>(), dest.len()),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: `data` is valid for reads of its length; the address, if any,
+    // is a valid sockaddr of `addr_len` bytes.
+    retry(|| unsafe { libc::sendto(fd, data.as_ptr().cast(), data.len(), flags, addr, addr_len) })
+}
+
+/// `accept4(2)`: the new descriptor and the peer's address.
+pub fn accept(fd: RawFd, flags: libc::c_int) -> Result<Option<(RawFd, SockAddr)>, Errno> {
+    let mut peer = None;
+    let accepted = retry(|| {
+        // SAFETY: `addr` and `len` are a valid address buffer and its length.
+        let (accepted, from) =
+            sockaddr::filled_by(|addr, len| unsafe { libc::accept4(fd, addr, len, flags) });
+        peer = Some(from);
+        accepted as isize
+    })?;
+    Ok(accepted.map(|fd| fd as RawFd).zip(peer))
+}
+
+/// `getsockopt(2)` of an `int` option.
+pub fn getsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> Result<libc::c_int, Errno> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(value)
+    }
+}
