@@ -23,9 +23,8 @@ pub fn with_bytes<R>(
     }
     // SAFETY: the buffer stays acquired (and so valid and unmoved) until
     // `buffer` is dropped, after `f` returns; `f` runs no Python code.
-    let slice = unsafe {
-        std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes())
-    };
+    let slice =
+        unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
     Ok(f(slice))
 }
 
@@ -47,9 +46,8 @@ pub fn with_bytes_mut<R>(
     }
     // SAFETY: as in `with_bytes`; the buffer is writable and exclusively ours
     // for the duration of `f`, which runs no Python code.
-    let slice = unsafe {
-        std::slice::from_raw_parts_mut(buffer.buf_ptr() as *mut u8, buffer.len_bytes())
-    };
+    let slice =
+        unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr() as *mut u8, buffer.len_bytes()) };
     Ok(f(slice))
 }
 

@@ -100,7 +100,11 @@ impl FdWatchers {
     }
 
     /// Changes only the interest of an existing native watcher.
-    pub fn set_native_interest(&mut self, fd: RawFd, interest: Interest) -> Option<(Interest, Interest)> {
+    pub fn set_native_interest(
+        &mut self,
+        fd: RawFd,
+        interest: Interest,
+    ) -> Option<(Interest, Interest)> {
         let watch = self.watches.get_mut(&fd)?;
         let before = watch.interest();
         watch.native.as_mut()?.interest = interest;
@@ -130,11 +134,7 @@ impl FdWatchers {
         }
     }
 
-    pub fn visit(
-        &self,
-        mut handles: impl FnMut(&Py<Handle>),
-        mut natives: impl FnMut(&Py<PyAny>),
-    ) {
+    pub fn visit(&self, mut handles: impl FnMut(&Py<Handle>), mut natives: impl FnMut(&Py<PyAny>)) {
         for watch in self.watches.values() {
             watch.reader.iter().for_each(&mut handles);
             watch.writer.iter().for_each(&mut handles);

@@ -55,6 +55,8 @@ const EVENT_CAPACITY: usize = 1024;
 
 pub struct Poller {
     epoll: Epoll,
+    /// Reused across waits (only the loop thread waits).
+    events: parking_lot::Mutex<Vec<EpollEvent>>,
     waker: EventFd,
     /// True while the loop thread sleeps (or is about to sleep) in `wait`.
     sleeping: AtomicBool,
@@ -72,6 +74,7 @@ impl Poller {
         )?;
         Ok(Self {
             epoll,
+            events: parking_lot::Mutex::new(vec![EpollEvent::empty(); EVENT_CAPACITY]),
             waker,
             sleeping: AtomicBool::new(false),
             wake_pending: AtomicBool::new(false),
@@ -116,10 +119,9 @@ impl Poller {
     /// Waits for readiness for at most `timeout_ms` (negative: forever) and
     /// appends what is ready to `out`. Interrupted waits return normally.
     pub fn wait(&self, timeout_ms: i32, out: &mut Vec<Readiness>) -> nix::Result<()> {
-        let mut events = [EpollEvent::empty(); EVENT_CAPACITY];
+        let mut events = self.events.lock();
         let timeout = EpollTimeout::try_from(timeout_ms).unwrap_or(EpollTimeout::NONE);
         let result = self.epoll.wait(&mut events, timeout);
-        self.sleeping.store(false, Ordering::SeqCst);
         let count = match result {
             Ok(count) => count,
             Err(Errno::EINTR) => 0,
@@ -141,6 +143,11 @@ impl Poller {
             });
         }
         Ok(())
+    }
+
+    /// The wait is over (or was skipped): wake-ups need no system call.
+    pub fn done_sleeping(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
     }
 
     /// Wakes the loop if it sleeps; cheap when it does not.

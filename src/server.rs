@@ -77,7 +77,11 @@ fn set_nodelay(fd: RawFd) {
     }
 }
 
-fn dispatch(target: &Bound<'_, PyAny>, _loop: &Bound<'_, Loop>, _readiness: Readiness) -> PyResult<()> {
+fn dispatch(
+    target: &Bound<'_, PyAny>,
+    _loop: &Bound<'_, Loop>,
+    _readiness: Readiness,
+) -> PyResult<()> {
     let listener = target.cast::<Listener>()?.get();
     let py = target.py();
     for _ in 0..listener.backlog.max(1) {
@@ -135,9 +139,13 @@ impl Listener {
             read: true,
             write: false,
         };
-        this.loop_
-            .get()
-            .native_watch(slf.py(), this.fd, slf.clone().into_any().unbind(), dispatch, read)
+        this.loop_.get().native_watch(
+            slf.py(),
+            this.fd,
+            slf.clone().into_any().unbind(),
+            dispatch,
+            read,
+        )
     }
 
     /// Stop accepting (the socket stays open).

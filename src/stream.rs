@@ -163,8 +163,14 @@ fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, Errno> {
 fn recv_some(fd: RawFd, buffer: &mut [u8]) -> Result<Option<usize>, Errno> {
     loop {
         // SAFETY: `buffer` is a valid, writable slice for the duration of the call.
-        let received =
-            unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT) };
+        let received = unsafe {
+            libc::recv(
+                fd,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if received >= 0 {
             return Ok(Some(received as usize));
         }
@@ -233,9 +239,8 @@ impl StreamTransport {
         }
         let received = READ_BUFFER.with(|cell| {
             let mut buffer = cell.borrow_mut();
-            recv_some(this.fd, &mut buffer).map(|count| {
-                count.map(|count| (count, PyBytes::new(py, &buffer[..count])))
-            })
+            recv_some(this.fd, &mut buffer)
+                .map(|count| count.map(|count| (count, PyBytes::new(py, &buffer[..count]))))
         });
         match received {
             Ok(None) => Ok(()),
@@ -262,13 +267,20 @@ impl StreamTransport {
         }
     }
 
-    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn read_into_protocol_buffer(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let buffer = match protocol.call_method1(pyo3::intern!(py, "get_buffer"), (-1,)) {
             Ok(buffer) => buffer,
             Err(err) => {
-                return Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed.")
+                return Self::fatal_error(
+                    slf,
+                    err,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
             }
         };
         let received = with_bytes_mut(&buffer, "get_buffer() result", |slice| {
@@ -280,7 +292,11 @@ impl StreamTransport {
         let received = match received {
             Ok(result) => result,
             Err(err) => {
-                return Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed.")
+                return Self::fatal_error(
+                    slf,
+                    err,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
             }
         };
         match received {
@@ -319,7 +335,11 @@ impl StreamTransport {
         let keep_open = match protocol.call_method0(pyo3::intern!(py, "eof_received")) {
             Ok(result) => result.is_truthy()?,
             Err(err) => {
-                return Self::fatal_error(slf, err, "Fatal error: protocol.eof_received() call failed.")
+                return Self::fatal_error(
+                    slf,
+                    err,
+                    "Fatal error: protocol.eof_received() call failed.",
+                )
             }
         };
         if !keep_open {
@@ -361,7 +381,8 @@ impl StreamTransport {
                 match send_some(this.fd, pending) {
                     Ok(sent) => {
                         state.consume(sent);
-                        let resume = state.protocol_paused && state.buffered_len() <= state.low_water;
+                        let resume =
+                            state.protocol_paused && state.buffered_len() <= state.low_water;
                         if resume {
                             state.protocol_paused = false;
                         }
@@ -422,7 +443,9 @@ impl StreamTransport {
     fn write_bytes(&self, data: &[u8]) -> PyResult<WriteOutcome> {
         let mut state = self.state.lock();
         if state.eof_requested {
-            return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            return Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            ));
         }
         if state.conn_lost > 0 {
             state.conn_lost += 1;
@@ -560,14 +583,19 @@ impl StreamTransport {
         let waiter = self.state.lock().drain_waiter.take();
         match waiter {
             Some(waiter) => {
-                let error = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+                let error =
+                    pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
                 resolve_waiter(waiter.bind(py), Some(error))
             }
             None => Ok(()),
         }
     }
 
-    fn schedule_connection_lost(&self, slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+    fn schedule_connection_lost(
+        &self,
+        slf: &Bound<'_, Self>,
+        exc: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let callback = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
         let exc = exc.unwrap_or_else(|| py.None());
@@ -625,7 +653,10 @@ impl StreamTransport {
             SocketOwner::Closed => {}
         }
         if let Some(wrapper) = wrapper {
-            let detached = wrapper.bind(py).call_method0("_detach_from_server").map(|_| ());
+            let detached = wrapper
+                .bind(py)
+                .call_method0("_detach_from_server")
+                .map(|_| ());
             result = result.and(detached);
         }
         result
@@ -635,7 +666,10 @@ impl StreamTransport {
 /// Completes a future unless it is already done (e.g. cancelled).
 fn resolve_waiter(waiter: &Bound<'_, PyAny>, error: Option<PyErr>) -> PyResult<()> {
     let py = waiter.py();
-    if waiter.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+    if waiter
+        .call_method0(pyo3::intern!(py, "done"))?
+        .is_truthy()?
+    {
         return Ok(());
     }
     match error {
@@ -651,7 +685,11 @@ fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
 }
 
 /// The loop's entry point for readiness of a stream transport's socket.
-pub fn dispatch(target: &Bound<'_, PyAny>, _loop: &Bound<'_, Loop>, readiness: Readiness) -> PyResult<()> {
+pub fn dispatch(
+    target: &Bound<'_, PyAny>,
+    _loop: &Bound<'_, Loop>,
+    readiness: Readiness,
+) -> PyResult<()> {
     let transport = target.cast::<StreamTransport>()?;
     StreamTransport::on_ready(transport, readiness)
 }
@@ -673,7 +711,9 @@ impl StreamTransport {
         buffered: bool,
     ) -> PyResult<Self> {
         if fd < 0 {
-            return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+            return Err(PyValueError::new_err(format!(
+                "Invalid file descriptor: {fd}"
+            )));
         }
         let owner = match sock {
             Some(sock) => SocketOwner::Python(sock),
@@ -683,7 +723,11 @@ impl StreamTransport {
         let data_received = if buffered {
             None
         } else {
-            protocol.bind(py).getattr("data_received").ok().map(Bound::unbind)
+            protocol
+                .bind(py)
+                .getattr("data_received")
+                .ok()
+                .map(Bound::unbind)
         };
         Ok(Self {
             fd,
@@ -779,7 +823,8 @@ impl StreamTransport {
             let mut state = self.state.lock();
             if state.conn_lost > 0 {
                 drop(state);
-                let error = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+                let error =
+                    pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
                 return resolve_waiter(waiter.bind(py), Some(error));
             }
             state.drain_waiter.replace(waiter)
@@ -903,7 +948,11 @@ impl StreamTransport {
         let data_received = if buffered {
             None
         } else {
-            protocol.bind(py).getattr("data_received").ok().map(Bound::unbind)
+            protocol
+                .bind(py)
+                .getattr("data_received")
+                .ok()
+                .map(Bound::unbind)
         };
         let (old_protocol, old_method) = {
             let mut state = self.state.lock();
