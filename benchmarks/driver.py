@@ -121,7 +121,7 @@ def ratio(a, b):
 
 
 def fmt_ratio(r):
-    return "—" if r is None else f"{r:.2f}×"
+    return "—" if r is None else f"{r:.2f}×"  # noqa: RUF001
 
 
 # ----------------------------------------------------------------- benchmarks
@@ -161,7 +161,7 @@ class Driver:
                 stderr=errf,
                 stdin=subprocess.DEVNULL,
                 cwd=ROOT,
-                preexec_fn=_pdeathsig,  # noqa: PLW1509 (the driver runs no threads)
+                preexec_fn=_pdeathsig,
                 text=True,
             )
         deadline = time.monotonic() + 30
@@ -197,7 +197,7 @@ class Driver:
 
     def run_loadgen(self, args, timeout):
         r = subprocess.run(
-            self.taskset(self.a.client_cpu) + [self.exes["ferroloop-loadgen"], *args],
+            [*self.taskset(self.a.client_cpu), self.exes["ferroloop-loadgen"], *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -211,7 +211,7 @@ class Driver:
         except (IndexError, ValueError):
             raise SampleError(
                 f"load generator printed no JSON (rc={r.returncode}): {r.stderr[-500:]}"
-            )
+            ) from None
         if res.get("error"):
             raise SampleError(f"load generator: {res['error']}")
         return res
@@ -250,9 +250,11 @@ class Driver:
                     f"server exited during the run (rc={p.returncode}): {tail(err_path)}"
                 )
         except subprocess.TimeoutExpired:
-            raise SampleError(self.with_server_err("load generator timed out", p, err_path))
+            raise SampleError(
+                self.with_server_err("load generator timed out", p, err_path)
+            ) from None
         except SampleError as e:
-            raise SampleError(self.with_server_err(str(e), p, err_path))
+            raise SampleError(self.with_server_err(str(e), p, err_path)) from None
         finally:
             self.stop(p)
         if not res.get("requests"):
@@ -290,7 +292,8 @@ class Driver:
     def micro_sample(self, bench, loop):
         out_path = self.tmp / "micro.out"
         err_path = self.tmp / "micro.err"
-        argv = self.taskset(self.a.server_cpu) + [
+        argv = [
+            *self.taskset(self.a.server_cpu),
             sys.executable,
             "-m",
             "benchmarks.micro",
@@ -313,7 +316,7 @@ class Driver:
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 cwd=ROOT,
-                preexec_fn=_pdeathsig,  # noqa: PLW1509
+                preexec_fn=_pdeathsig,
             )
         deadline = t0 + 150
         while True:
@@ -335,7 +338,7 @@ class Driver:
         try:
             res = json.loads(Path(out_path).read_text().strip().splitlines()[-1])
         except (IndexError, ValueError):
-            raise SampleError(f"no JSON result: {tail(err_path)}")
+            raise SampleError(f"no JSON result: {tail(err_path)}") from None
         child_cpu = ru.ru_utime + ru.ru_stime
         own = (self1.user - self0.user) + (self1.system - self0.system)
         foreign = (busy1 - busy0) / CLK_TCK - child_cpu - own
@@ -370,8 +373,8 @@ class Driver:
             time.sleep(0.3)
             base, _ = proc_rss_kib(p.pid)
             lg = subprocess.Popen(
-                self.taskset(self.a.client_cpu)
-                + [
+                [
+                    *self.taskset(self.a.client_cpu),
                     self.exes["ferroloop-loadgen"],
                     "--mode",
                     "idle",
@@ -388,7 +391,7 @@ class Driver:
                 stderr=subprocess.PIPE,
                 text=True,
                 cwd=ROOT,
-                preexec_fn=_pdeathsig,  # noqa: PLW1509
+                preexec_fn=_pdeathsig,
             )
             r, _, _ = select.select([lg.stdout], [], [], 90)
             line = lg.stdout.readline() if r else ""
@@ -429,8 +432,8 @@ class Driver:
             busy0 = proc_stat_busy()
             w0 = time.monotonic()
             r = subprocess.Popen(
-                self.taskset(self.a.client_cpu)
-                + [
+                [
+                    *self.taskset(self.a.client_cpu),
                     "wrk",
                     "-t1",
                     f"-c{self.a.connections}",
@@ -443,7 +446,7 @@ class Driver:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-                preexec_fn=_pdeathsig,  # noqa: PLW1509
+                preexec_fn=_pdeathsig,
             )
             out, err = r.communicate(timeout=duration + 60)
             win = time.monotonic() - w0
@@ -589,7 +592,7 @@ class Driver:
             f"({self.a.rounds} rounds; loops: {', '.join(self.a.loops)})"
         )
         n = 0
-        t_start = time.monotonic()
+        self.t_start = t_start = time.monotonic()
         for name, group, loops, fn in items:
             for rnd in range(1, self.a.rounds + 1):
                 for loop in loops:
@@ -606,7 +609,7 @@ class Driver:
                 s = fn(loop)
             except SampleError as e:
                 s = {"error": str(e)}
-            except Exception as e:  # noqa: BLE001 (a driver bug must not lose the whole run)
+            except Exception as e:
                 s = {"error": f"driver: {type(e).__name__}: {e}"}
             if s.get("error") or not s.get("disturbed") or attempts > self.a.max_retries:
                 break
@@ -671,8 +674,13 @@ def summarize(samples):
                 and not isinstance(v, bool)
                 and k not in ("round", "attempts")
             }
-            d = {k: median_of(ss, k) for k in sorted(keys)}
-            d["n"] = sum(1 for s in ss if not s.get("error"))
+            ok = [s for s in ss if not s.get("error")]
+            clean = [s for s in ok if not s.get("disturbed")]
+            # Medians over the undisturbed samples when there are any.
+            used = clean or ok
+            d = {k: median_of(used, k) for k in sorted(keys)}
+            d["n"] = len(used)
+            d["n_disturbed_used"] = 0 if clean else len(ok)
             d["errors"] = sum(1 for s in ss if s.get("error"))
             d["disturbed"] = sum(1 for s in ss if s.get("disturbed"))
             if ss and ss[0].get("unit"):
@@ -707,7 +715,7 @@ def tables(summary, loops_run):
             )
         return rows
 
-    echo_head = ["echo"] + cols + ["rust limit", "fl/uv", "fl/aio", "fl/rust", "uv/aio"]
+    echo_head = ["echo", *cols, "rust limit", "fl/uv", "fl/aio", "fl/rust", "uv/aio"]
     for metric, title in [
         ("rps", "Echo: requests/s (higher is better)"),
         ("mib_s", "Echo: MiB/s echoed (higher is better)"),
@@ -758,13 +766,13 @@ def tables(summary, loops_run):
     ]:
         rows = simple_rows("http/", metric)
         if rows:
-            out.append((title, ["http"] + cols + ratio_head, rows, metric))
+            out.append((title, ["http", *cols, *ratio_head], rows, metric))
     rows = simple_rows("micro/", "value", unit_of=True)
     if rows:
         out.append(
             (
                 "Micro-benchmarks: ops/s (MiB/s for subprocess_pipe; higher is better)",
-                ["micro", "unit"] + cols + ratio_head,
+                ["micro", "unit", *cols, *ratio_head],
                 rows,
                 "value",
             )
@@ -775,24 +783,27 @@ def tables(summary, loops_run):
     ]:
         rows = simple_rows("rss/", metric)
         if rows:
-            out.append((title, ["rss"] + cols + ratio_head, rows, metric))
+            out.append((title, ["rss", *cols, *ratio_head], rows, metric))
     return out
 
 
 def render_text(tbls):
     lines = []
     for title, head, rows, _ in tbls:
-        widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+        widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
         lines.append("")
         lines.append(title)
         lines.append(
-            "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))
+            "  ".join(
+                h.rjust(w) if i else h.ljust(w)
+                for i, (h, w) in enumerate(zip(head, widths, strict=False))
+            )
         )
         for r in rows:
             lines.append(
                 "  ".join(
                     str(c).rjust(w) if i else str(c).ljust(w)
-                    for i, (c, w) in enumerate(zip(r, widths))
+                    for i, (c, w) in enumerate(zip(r, widths, strict=False))
                 )
             )
     return "\n".join(lines)
@@ -814,6 +825,70 @@ def render_md(tbls):
 
 
 # ----------------------------------------------------------------- main
+
+
+def report(data, path):
+    """Summarize, print the tables, and (if path) write the JSON and latest.md."""
+    m, samples, errors = data["meta"], data["samples"], data["errors"]
+    cfg = m["config"]
+    summary = summarize(samples)
+    data["summary"] = summary
+    tbls = tables(summary, cfg["loops"])
+    print(render_text(tbls))
+    if errors:
+        print("\nErrors:")
+        for e in errors:
+            print(f"  {e['bench']} [{e['loop']}, round {e['round']}]: {e['error']}")
+    disturbed = [s for s in samples if s.get("disturbed")]
+    used = sum(v.get("n_disturbed_used", 0) for b in summary.values() for v in b.values())
+    note = None
+    if disturbed:
+        note = (
+            f"{len(disturbed)} of {len(samples)} samples stayed disturbed by foreign CPU load "
+            f"after {cfg['max_retries']} re-runs; medians use undisturbed samples where a "
+            f"benchmark/loop has any ({used} disturbed samples had to be used)"
+        )
+        print("\n" + note)
+    if m.get("wall_s"):
+        print(f"\nwall time: {m['wall_s'] / 60:.1f} min")
+    if path is None:
+        return
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    info = m["loops"]
+    md = [
+        "# ferroloop benchmark results",
+        "",
+        f"- date: {m['date']}, host: `{m['host']}`, commit `{m['git_commit'][:12]}`"
+        + (" (dirty tree)" if m["git_dirty"] else ""),
+        f"- {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}",
+        "- loops: " + ", ".join(f"{lp} ({info[lp]['type']} {info[lp]['version']})" for lp in info),
+        f"- {cfg['rounds']} rounds interleaved, medians shown; load samples {cfg['warmup']} s "
+        f"warm-up + {cfg['duration']} s measured, {cfg['connections']} connections; "
+        f"micro scale {cfg['scale']}" + ("; `--quick`" if cfg["quick"] else ""),
+        f"- server pinned to CPU {cfg['server_cpu']}, client to CPU {cfg['client_cpu']}"
+        if m.get("pinning")
+        else "- unpinned",
+        f"- raw data: `{path.relative_to(ROOT)}`"
+        + (f"; wall time {m['wall_s'] / 60:.1f} min" if m.get("wall_s") else ""),
+    ]
+    if note:
+        md.append(f"- {note}")
+    if m.get("note"):
+        md.append(f"- {m['note']}")
+    for lp, err in m.get("unavailable_loops", {}).items():
+        md.append(f"- **{lp} was not usable**: `{err}`")
+    md.append(render_md(tbls))
+    if errors:
+        md += ["", "### Errors", ""]
+        md += [
+            f"- `{e['bench']}` [{e['loop']}, round {e['round']}]: "
+            + "`"
+            + " ⏎ ".join(e["error"].strip().splitlines()[-3:])
+            + "`"
+            for e in errors
+        ]
+    (RESULTS / "latest.md").write_text("\n".join(md) + "\n")
+    print(f"\nsaved {path.relative_to(ROOT)} and benchmarks/results/latest.md")
 
 
 def check_loops(requested):
@@ -906,9 +981,8 @@ def parse_args(argv):
     p.add_argument(
         "--quiet-wait",
         type=float,
-        default=10.0,
         help="before re-running a disturbed sample, wait up to this many seconds "
-        "for the machine to be idle (default 10)",
+        "for the machine to be idle (default 10, 3 with --quick)",
     )
     p.add_argument("--rss-connections", type=int, default=10_000)
     p.add_argument("--rss-hold", type=float, help="seconds the idle connections are held")
@@ -917,12 +991,18 @@ def parse_args(argv):
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not use taskset")
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
     p.add_argument("--list", action="store_true", help="list benchmark names and exit")
+    p.add_argument(
+        "--report",
+        metavar="JSON",
+        help="re-summarize a saved results file (rewrites it and latest.md) without running",
+    )
     a = p.parse_args(argv)
     q = a.quick
     a.rounds = a.rounds or 3
     a.duration = a.duration if a.duration is not None else (1.0 if q else 4.0)
     a.warmup = a.warmup if a.warmup is not None else (0.25 if q else 0.5)
     a.scale = a.scale if a.scale is not None else (0.25 if q else 1.0)
+    a.quiet_wait = a.quiet_wait if a.quiet_wait is not None else (3.0 if q else 10.0)
     a.rss_hold = a.rss_hold if a.rss_hold is not None else (1.0 if q else 2.0)
     a.sizes = a.sizes.split(",") if a.sizes else (["1KiB", "100KiB"] if q else list(SIZES))
     for s in a.sizes:
@@ -939,6 +1019,10 @@ def parse_args(argv):
 
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
+    if a.report:
+        path = Path(a.report).resolve()
+        report(json.loads(path.read_text()), path)
+        return 0
     if a.list:
         for name, group, loops, _ in Driver(a, {}).plan():
             print(f"{name:28} {group:6} {','.join(loops)}")
@@ -986,26 +1070,11 @@ def main(argv=None):
         d.run()
     except KeyboardInterrupt:
         print("\ninterrupted: summarizing the samples taken so far", flush=True)
-        d.elapsed = None
-    summary = summarize(d.samples)
-    tbls = tables(summary, a.loops)
-    print(render_text(tbls))
-    if d.errors:
-        print("\nErrors:")
-        for e in d.errors:
-            print(f"  {e['bench']} [{e['loop']}, round {e['round']}]: {e['error']}")
-    disturbed = [s for s in d.samples if s.get("disturbed")]
-    if disturbed:
-        print(
-            f"\n{len(disturbed)} sample(s) stayed disturbed by foreign CPU load after "
-            f"{a.max_retries} re-runs (kept, flagged in the JSON)"
-        )
-    if d.elapsed:
-        print(f"\nwall time: {d.elapsed / 60:.1f} min")
-
+        d.elapsed = time.monotonic() - d.t_start if hasattr(d, "t_start") else None
     m = meta(a, info, missing, how)
     m["config"]["loops_requested"] = requested
     m["wall_s"] = d.elapsed
+    path = None
     if not a.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
         base = f"{datetime.date.today().isoformat()}-{socket.gethostname()}"
@@ -1014,40 +1083,6 @@ def main(argv=None):
         while path.exists():
             path = RESULTS / f"{base}-{i}.json"
             i += 1
-        path.write_text(
-            json.dumps(
-                {"meta": m, "summary": summary, "samples": d.samples, "errors": d.errors},
-                indent=1,
-                default=str,
-            )
-            + "\n"
-        )
-        md = [
-            "# ferroloop benchmark results",
-            "",
-            f"- date: {m['date']}, host: `{m['host']}`, commit `{m['git_commit'][:12]}`"
-            + (" (dirty tree)" if m["git_dirty"] else ""),
-            f"- {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}",
-            "- loops: "
-            + ", ".join(f"{lp} ({info[lp]['type']} {info[lp]['version']})" for lp in ok),
-            f"- {a.rounds} rounds interleaved, medians shown; load samples {a.warmup}s warm-up + "
-            f"{a.duration}s measured, {a.connections} connections; micro scale {a.scale}"
-            + ("; `--quick`" if a.quick else ""),
-            f"- server pinned to CPU {a.server_cpu}, client to CPU {a.client_cpu}"
-            if a.pin
-            else "- unpinned",
-            f"- raw data: `{path.relative_to(ROOT)}`",
-        ]
-        for lp, err in missing.items():
-            md.append(f"- **{lp} was not usable**: `{err}`")
-        md.append(render_md(tbls))
-        if d.errors:
-            md += ["", "### Errors", ""]
-            md += [
-                f"- `{e['bench']}` [{e['loop']}, round {e['round']}]: `{e['error'].strip()}`"
-                for e in d.errors
-            ]
-        (RESULTS / "latest.md").write_text("\n".join(md) + "\n")
-        print(f"\nsaved {path.relative_to(ROOT)} and benchmarks/results/latest.md")
+    report({"meta": m, "samples": d.samples, "errors": d.errors}, path)
     shutil.rmtree(d.tmp, ignore_errors=True)
     return 0
