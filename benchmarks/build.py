@@ -63,7 +63,7 @@ def build(log=print):
         if set(exes) == set(CRATES):
             return exes, "workspace"
     first_err = next(
-        (l for l in r.stderr.splitlines() if l.startswith("error")), r.stderr.strip()[-300:]
+        (ln for ln in r.stderr.splitlines() if ln.startswith("error")), r.stderr.strip()[-300:]
     )
     log(
         f"note: building the benchmark helpers in the cargo workspace failed ({first_err}); "

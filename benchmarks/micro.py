@@ -354,7 +354,7 @@ def b_pipe(loop_name, scale):
     argv = ["head", "-c", str(mib << 20), "/dev/zero"]
     if shutil.which("taskset") and len(os.sched_getaffinity(0)) < os.cpu_count():
         other = sorted(set(range(os.cpu_count())) - os.sched_getaffinity(0))
-        argv = ["taskset", "-c", str(other[0])] + argv
+        argv = ["taskset", "-c", str(other[0]), *argv]
 
     async def main():
         t0 = time.perf_counter()
