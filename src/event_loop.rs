@@ -30,7 +30,9 @@ use pyo3::PyTraverseError;
 
 use crate::errors::os_error;
 use crate::fd_watchers::{Direction, Dispatch, FdWatchers, NativeWatch};
-use crate::handles::{report_callback_error, Callback, Handle, TimerHandle, TimerStats};
+use crate::handles::{
+    context_or_copy, report_callback_error, Callback, Handle, TimerHandle, TimerStats,
+};
 use crate::poller::{Interest, Poller, Readiness};
 use crate::python_api;
 use crate::signals::SignalChannel;
@@ -39,9 +41,6 @@ use crate::timers::TimerHeap;
 /// asyncio never sleeps longer than a day in one wait, so a clock jump or an
 /// absurd timer cannot park the loop forever.
 const MAXIMUM_SLEEP_MS: f64 = 24.0 * 3600.0 * 1000.0;
-
-/// Seconds between non-blocking polls while callbacks keep the loop busy.
-const BUSY_POLL_INTERVAL: f64 = 0.000_2;
 
 /// Something the loop will run in the current or next iteration.
 pub enum Job {
@@ -56,10 +55,13 @@ pub enum Job {
 }
 
 impl Job {
+    /// One-shot handles are not tracked by the collector: the loop reports
+    /// their contents on their behalf (each sits in exactly one queue).
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
+            Job::Call(handle) if handle.get().slot.is_one_shot() => handle.get().slot.visit(visit),
             Job::Call(handle) => visit.call(handle),
-            Job::Timer(timer) => visit.call(timer),
+            Job::Timer(timer) => timer.get().slot.visit(visit),
             Job::Native { target, .. } => visit.call(target),
         }
     }
@@ -103,8 +105,6 @@ pub struct Loop {
     debug: AtomicBool,
     /// The running thread's id, or 0 when the loop is not running.
     thread_id: AtomicU64,
-    /// `monotonic()` of the last poll, as f64 bits.
-    last_poll: AtomicU64,
     task_factory: Mutex<Option<Py<PyAny>>>,
 }
 
@@ -173,14 +173,13 @@ impl Loop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
-    ) -> PyResult<Callback> {
+    ) -> PyResult<(Callback, Py<PyAny>)> {
         check_callback(py, method, callback, self.is_debug())?;
-        Callback::new(
-            py,
-            callback.clone().unbind(),
-            args.clone().unbind(),
-            context,
-        )
+        let callback = Callback {
+            func: callback.clone().unbind(),
+            args: args.clone().unbind(),
+        };
+        Ok((callback, context_or_copy(py, context)?))
     }
 
     fn schedule(&self, job: Job) {
@@ -191,13 +190,11 @@ impl Loop {
         &self,
         py: Python<'_>,
         when: f64,
-        callback: Callback,
+        (callback, context): (Callback, Py<PyAny>),
     ) -> PyResult<Py<TimerHandle>> {
         let source = self.source_traceback(py)?;
-        let timer = Py::new(
-            py,
-            TimerHandle::new(callback, when, self.timer_stats.clone(), source),
-        )?;
+        let stats = self.timer_stats.clone();
+        let timer = TimerHandle::schedule(py, callback, context, when, stats, source)?;
         self.state.lock().timers.push(when, timer.clone_ref(py));
         Ok(timer)
     }
@@ -225,7 +222,7 @@ impl Loop {
         result.map_err(|errno| os_error(py, errno))?;
         match change.replaced {
             Some(old) => {
-                old.get().cancel_now();
+                old.get().cancel_now(py);
                 Ok(true)
             }
             None => Ok(false),
@@ -246,15 +243,6 @@ impl Loop {
         }
     }
 
-    /// Whether a non-blocking poll is due while callbacks keep the loop busy.
-    /// Polling costs a system call; a loop running a chain of callbacks
-    /// (sleep(0), future hand-offs) polls at most every BUSY_POLL_INTERVAL,
-    /// which bounds how long I/O can wait behind them.
-    fn busy_poll_due(&self, now: f64) -> bool {
-        let last = f64::from_bits(self.last_poll.load(Ordering::Relaxed));
-        now - last >= BUSY_POLL_INTERVAL
-    }
-
     /// Steps 1-4 of an iteration: sleep as long as allowed, then queue
     /// everything that became ready.
     fn collect_ready(&self, py: Python<'_>) -> PyResult<()> {
@@ -269,20 +257,17 @@ impl Loop {
         }
         drop(garbage);
 
-        let now = monotonic();
+        // Poll every iteration, as asyncio does: code written against asyncio
+        // (CPython's own tests among it) expects I/O to be noticed by the
+        // next iteration even while callbacks keep the loop busy.
         let mut events = Vec::new();
-        if timeout_ms != 0 || self.busy_poll_due(now) {
-            let waited = if timeout_ms == 0 {
-                poller.wait(0, &mut events)
-            } else {
-                py.detach(|| poller.wait(timeout_ms, &mut events))
-            };
-            poller.done_sleeping();
-            waited.map_err(|errno| os_error(py, errno))?;
-            self.last_poll.store(monotonic().to_bits(), Ordering::Relaxed);
+        let waited = if timeout_ms == 0 {
+            poller.wait(0, &mut events)
         } else {
-            poller.done_sleeping();
-        }
+            py.detach(|| poller.wait(timeout_ms, &mut events))
+        };
+        poller.done_sleeping();
+        waited.map_err(|errno| os_error(py, errno))?;
         // Run Python-level signal handlers (Ctrl-C raises KeyboardInterrupt here).
         py.check_signals()?;
 
@@ -438,32 +423,14 @@ fn queue_signal_handlers(py: Python<'_>, state: &mut LoopState) {
 fn run_job(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
     let py = slf.py();
     match job {
-        Job::Call(handle) => {
-            let handle = handle.bind(py);
-            let inner = handle.get();
-            if inner.is_cancelled() {
-                return Ok(());
-            }
-            match inner.callback.invoke(py) {
-                Ok(()) => Ok(()),
-                Err(err) => {
-                    report_callback_error(slf.as_any(), handle.as_any(), Some(&inner.callback), err)
-                }
-            }
-        }
-        Job::Timer(timer) => {
-            let timer = timer.bind(py);
-            let inner = timer.get();
-            if inner.is_cancelled() {
-                return Ok(());
-            }
-            match inner.callback.invoke(py) {
-                Ok(()) => Ok(()),
-                Err(err) => {
-                    report_callback_error(slf.as_any(), timer.as_any(), Some(&inner.callback), err)
-                }
-            }
-        }
+        Job::Call(handle) => handle
+            .get()
+            .slot
+            .run(py, slf.as_any(), handle.bind(py).as_any()),
+        Job::Timer(timer) => timer
+            .get()
+            .slot
+            .run(py, slf.as_any(), timer.bind(py).as_any()),
         Job::Native {
             target,
             dispatch,
@@ -481,6 +448,13 @@ fn run_job(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
 /// `loop.slow_callback_duration`, as asyncio does.
 fn run_job_timed(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
     let py = slf.py();
+    // A one-shot handle gives its callback up when it runs: keep a reference
+    // to name it in the warning.
+    let callback = match job {
+        Job::Call(handle) => handle.get().slot.copy(py),
+        Job::Timer(timer) => timer.get().slot.copy(py),
+        Job::Native { .. } => None,
+    };
     let started = monotonic();
     let result = run_job(slf, job);
     let elapsed = monotonic() - started;
@@ -489,28 +463,29 @@ fn run_job_timed(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
         .and_then(|value| value.extract())
         .unwrap_or(0.1);
     if elapsed >= threshold {
-        let (handle, callback) = match job {
-            Job::Call(handle) => (
-                handle.bind(py).as_any().clone(),
-                Some(handle.get().callback.func.bind(py).clone()),
-            ),
-            Job::Timer(timer) => (
-                timer.bind(py).as_any().clone(),
-                Some(timer.get().callback.func.bind(py).clone()),
-            ),
-            Job::Native { target, .. } => (target.bind(py).clone(), None),
-        };
+        let described = describe_slow(py, job, callback.as_ref())?;
         let logger = py.import("asyncio.log")?.getattr("logger")?;
         logger.call_method1(
             "warning",
-            (
-                "Executing %s took %.3f seconds",
-                python_api::format_handle(py, &handle, callback.as_ref())?,
-                elapsed,
-            ),
+            ("Executing %s took %.3f seconds", described, elapsed),
         )?;
     }
     result
+}
+
+/// How asyncio names a slow callback: the task it steps, if its callback is
+/// a task's method, else the handle.
+fn describe_slow(py: Python<'_>, job: &Job, callback: Option<&Callback>) -> PyResult<String> {
+    if let Some(task) = callback.and_then(|cb| python_api::owning_task(py, cb.func.bind(py))) {
+        return Ok(task.repr()?.to_string());
+    }
+    match (job, callback) {
+        (Job::Call(handle), Some(callback)) => handle.get().describe_with(py, callback),
+        (Job::Timer(timer), Some(callback)) => timer.get().describe_with(py, callback),
+        (Job::Call(handle), None) => Ok(handle.bind(py).repr()?.to_string()),
+        (Job::Timer(timer), None) => Ok(timer.bind(py).repr()?.to_string()),
+        (Job::Native { target, .. }, _) => Ok(target.bind(py).repr()?.to_string()),
+    }
 }
 
 /// asyncio's argument checks for scheduling calls. Non-callables are refused
@@ -567,7 +542,6 @@ impl Loop {
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
-            last_poll: AtomicU64::new(0),
             task_factory: Mutex::new(None),
         })
     }
@@ -587,8 +561,8 @@ impl Loop {
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         self.check_thread()?;
-        let callback = self.new_callback(py, "call_soon", callback, args, context)?;
-        let handle = Py::new(py, Handle::new(callback, self.source_traceback(py)?))?;
+        let (callback, context) = self.new_callback(py, "call_soon", callback, args, context)?;
+        let handle = Handle::one_shot(py, callback, context, self.source_traceback(py)?)?;
         self.schedule(Job::Call(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -603,8 +577,9 @@ impl Loop {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
-        let callback = self.new_callback(py, "call_soon_threadsafe", callback, args, context)?;
-        let handle = Py::new(py, Handle::new(callback, self.source_traceback(py)?))?;
+        let (callback, context) =
+            self.new_callback(py, "call_soon_threadsafe", callback, args, context)?;
+        let handle = Handle::one_shot(py, callback, context, self.source_traceback(py)?)?;
         self.schedule(Job::Call(handle.clone_ref(py)));
         if let Some(poller) = self.poller.lock().as_ref() {
             poller.wake();
@@ -686,7 +661,9 @@ impl Loop {
         } else if factory.bind(py).is_callable() {
             Some(factory)
         } else {
-            return Err(PyTypeError::new_err("task factory must be a callable or None"));
+            return Err(PyTypeError::new_err(
+                "task factory must be a callable or None",
+            ));
         };
         let previous = std::mem::replace(&mut *self.task_factory.lock(), factory);
         drop(previous);
@@ -822,6 +799,7 @@ impl Loop {
         if self.is_closed() {
             return Ok(false);
         }
+        self.ensure_no_native_owner(py, fd)?;
         self.set_watch(py, fd, Direction::Read, None)
     }
 
@@ -829,6 +807,7 @@ impl Loop {
         if self.is_closed() {
             return Ok(false);
         }
+        self.ensure_no_native_owner(py, fd)?;
         self.set_watch(py, fd, Direction::Write, None)
     }
 
@@ -875,8 +854,9 @@ impl Loop {
     ) -> PyResult<bool> {
         let handle = match (callback, args) {
             (Some(callback), Some(args)) => {
-                let callback = self.new_callback(py, "add_signal_handler", callback, args, None)?;
-                Some(Py::new(py, Handle::new(callback, None))?)
+                let (callback, context) =
+                    self.new_callback(py, "add_signal_handler", callback, args, None)?;
+                Some(Handle::repeating(py, callback, context, None)?)
             }
             _ => None,
         };
@@ -889,7 +869,7 @@ impl Loop {
         };
         match previous {
             Some(old) => {
-                old.get().cancel_now();
+                old.get().cancel_now(py);
                 Ok(true)
             }
             None => Ok(false),
@@ -917,7 +897,7 @@ impl Loop {
         let mut result = Ok(());
         state.timers.visit(|timer| {
             if result.is_ok() {
-                result = visit.call(timer);
+                result = timer.get().slot.visit(&visit);
             }
         });
         result?;
@@ -971,27 +951,33 @@ impl Loop {
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         self.ensure_no_native_owner(py, fd)?;
-        let callback = self.new_callback(py, method, callback, args, None)?;
-        let handle = Py::new(py, Handle::new(callback, self.source_traceback(py)?))?;
+        let (callback, context) = self.new_callback(py, method, callback, args, None)?;
+        let handle = Handle::repeating(py, callback, context, self.source_traceback(py)?)?;
         self.set_watch(py, fd, direction, Some(handle.clone_ref(py)))?;
         Ok(handle)
     }
 
-    /// asyncio refuses add_reader/add_writer on a descriptor a transport owns.
+    /// asyncio refuses add_/remove_reader and add_/remove_writer on a
+    /// descriptor a transport owns. (Listeners and pending sock_* calls are
+    /// native watchers too, but asyncio lets those be replaced.)
     fn ensure_no_native_owner(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
-        let owner = self
-            .state
-            .lock()
-            .watchers
-            .native_owner(fd)
-            .map(|target| target.clone_ref(py));
-        match owner {
-            Some(owner) => Err(PyRuntimeError::new_err(format!(
-                "File descriptor {fd} is used by transport {}",
-                owner.bind(py).repr()?
-            ))),
-            None => Ok(()),
+        let Some(owner) = self.native_owner(py, fd) else {
+            return Ok(());
+        };
+        let owner = owner.bind(py);
+        let kind = owner.get_type().name()?.to_string();
+        if !kind.ends_with("Transport") {
+            return Ok(());
         }
+        // Name the transport the protocol sees, when the native one knows it.
+        let shown = match owner.getattr("_wrapper") {
+            Ok(wrapper) if !wrapper.is_none() => wrapper,
+            _ => owner.clone(),
+        };
+        Err(PyRuntimeError::new_err(format!(
+            "File descriptor {fd} is used by transport {}",
+            shown.repr()?
+        )))
     }
 
     // -- the API native objects (transports, servers, sock_* calls) use ------
@@ -1067,8 +1053,8 @@ impl Loop {
     /// Schedules `func(*args)` like `call_soon`, from Rust.
     pub fn soon(&self, py: Python<'_>, func: Py<PyAny>, args: Py<PyTuple>) -> PyResult<()> {
         self.check_closed()?;
-        let callback = Callback::new(py, func, args, None)?;
-        let handle = Py::new(py, Handle::new(callback, None))?;
+        let context = context_or_copy(py, None)?;
+        let handle = Handle::one_shot(py, Callback { func, args }, context, None)?;
         self.schedule(Job::Call(handle));
         Ok(())
     }

@@ -8,7 +8,17 @@
 //! Both classes are `frozen`: the loop reads them without taking a borrow, and
 //! cancellation is a single atomic store, so a callback may cancel its own
 //! handle while it runs.
+//!
+//! One-shot handles (`call_soon`, `call_later`, ...) are not tracked by the
+//! cyclic garbage collector, and give up their callback and arguments as soon
+//! as they run or are cancelled (asyncio drops them on cancel too). Tracking
+//! them made every collection walk every pending callback: untracking them
+//! made `call_soon` a third faster (docs/performance.md). A reference cycle
+//! through a handle can then only exist while the handle is pending, that is
+//! while the loop holds it, and the loop's own traversal reports the
+//! handle's contents in its place, so an abandoned loop is still collected.
 
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -20,59 +30,41 @@ use pyo3::PyTraverseError;
 
 use crate::python_api::format_callback_source;
 
-/// A callback with its arguments and the context it runs in.
+/// A callback and its arguments.
 pub struct Callback {
     pub func: Py<PyAny>,
     pub args: Py<PyTuple>,
-    pub context: Py<PyAny>,
 }
 
 impl Callback {
-    /// `context=None` means "a copy of the caller's current context", as asyncio does.
-    pub fn new(
-        py: Python<'_>,
-        func: Py<PyAny>,
-        args: Py<PyTuple>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Self> {
-        let context = match context {
-            Some(context) if !context.is_none(py) => context,
-            _ => copy_current_context(py)?,
-        };
-        Ok(Self {
-            func,
-            args,
-            context,
-        })
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        Self {
+            func: self.func.clone_ref(py),
+            args: self.args.clone_ref(py),
+        }
     }
 
-    /// Runs the callback inside its context; an exception is returned, not raised.
-    pub fn invoke(&self, py: Python<'_>) -> PyResult<()> {
-        // SAFETY: all three pointers are owned by `self` and alive for the call;
-        // the GIL is held (we have `py`).
+    /// Runs the callback inside `context`; an exception is returned, not raised.
+    pub fn invoke(&self, py: Python<'_>, context: &Py<PyAny>) -> PyResult<()> {
+        // SAFETY: all pointers are owned by `self`/`context` and alive for the
+        // call; the GIL is held (we have `py`).
         unsafe {
-            if ffi::PyContext_Enter(self.context.as_ptr()) < 0 {
+            if ffi::PyContext_Enter(context.as_ptr()) < 0 {
                 return Err(PyErr::fetch(py));
             }
             let result =
                 ffi::PyObject_Call(self.func.as_ptr(), self.args.as_ptr(), std::ptr::null_mut());
             if result.is_null() {
                 let err = PyErr::fetch(py);
-                ffi::PyContext_Exit(self.context.as_ptr());
+                ffi::PyContext_Exit(context.as_ptr());
                 return Err(err);
             }
             ffi::Py_DECREF(result);
-            if ffi::PyContext_Exit(self.context.as_ptr()) < 0 {
+            if ffi::PyContext_Exit(context.as_ptr()) < 0 {
                 return Err(PyErr::fetch(py));
             }
         }
         Ok(())
-    }
-
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.func)?;
-        visit.call(&self.args)?;
-        visit.call(&self.context)
     }
 
     pub fn describe(&self, py: Python<'_>) -> PyResult<String> {
@@ -80,12 +72,122 @@ impl Callback {
     }
 }
 
-fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an error set.
-    unsafe {
-        let ptr = ffi::PyContext_CopyCurrent();
-        Bound::from_owned_ptr_or_err(py, ptr).map(Bound::unbind)
+/// `context=None` means "a copy of the caller's current context", as asyncio does.
+pub fn context_or_copy(py: Python<'_>, context: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+    match context {
+        Some(context) if !context.is_none(py) => Ok(context),
+        // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an error set.
+        _ => unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind)
+        },
     }
+}
+
+/// What the loop runs: the callback (until it is spent), the context, and
+/// whether the handle was cancelled.
+pub struct Slot {
+    /// Only touched with the GIL held, never across a call into Python.
+    callback: UnsafeCell<Option<Callback>>,
+    context: Py<PyAny>,
+    cancelled: AtomicBool,
+    one_shot: bool,
+}
+
+// SAFETY: `callback` is only read or written by threads holding the GIL, and
+// never while Python code can run (see `Slot::take`/`Slot::copy`), so no two
+// accesses overlap; the other fields are immutable or atomic.
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    fn new(callback: Callback, context: Py<PyAny>, one_shot: bool) -> Self {
+        Self {
+            callback: UnsafeCell::new(Some(callback)),
+            context,
+            cancelled: AtomicBool::new(false),
+            one_shot,
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    pub fn is_one_shot(&self) -> bool {
+        self.one_shot
+    }
+
+    fn take(&self, _py: Python<'_>) -> Option<Callback> {
+        // SAFETY: GIL held, no outstanding reference into the cell (see impl Sync).
+        unsafe { (*self.callback.get()).take() }
+    }
+
+    /// A second reference to the callback (for debug-mode reporting).
+    pub fn copy(&self, py: Python<'_>) -> Option<Callback> {
+        // SAFETY: as in `take`; the reference does not outlive this statement.
+        unsafe { (*self.callback.get()).as_ref().map(|cb| cb.clone_ref(py)) }
+    }
+
+    /// Marks the slot cancelled and lets go of the callback (returned, to be
+    /// dropped by the caller when no lock is held).
+    pub fn cancel(&self, py: Python<'_>) -> Option<Callback> {
+        self.cancelled.store(true, Ordering::Relaxed);
+        self.take(py)
+    }
+
+    /// Runs the callback unless cancelled. A one-shot slot is spent first, so
+    /// the callback's references go as soon as it returns.
+    pub fn run(
+        &self,
+        py: Python<'_>,
+        loop_: &Bound<'_, PyAny>,
+        handle: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        if self.is_cancelled() {
+            return Ok(());
+        }
+        let callback = if self.one_shot {
+            self.take(py)
+        } else {
+            self.copy(py)
+        };
+        let Some(callback) = callback else {
+            return Ok(());
+        };
+        match callback.invoke(py, &self.context) {
+            Ok(()) => Ok(()),
+            Err(err) => report_callback_error(loop_, handle, Some(&callback), err),
+        }
+    }
+
+    fn func(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.copy(py).map(|cb| cb.func)
+    }
+
+    fn args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.copy(py).map(|cb| cb.args)
+    }
+
+    fn describe(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        self.copy(py).map(|cb| cb.describe(py)).transpose()
+    }
+
+    /// Reports what the slot references to the garbage collector.
+    pub fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: the collector runs with the GIL held and no Rust code of ours
+        // is between a `take`/`copy` and its end (they do not call Python).
+        if let Some(callback) = unsafe { &*self.callback.get() } {
+            visit.call(&callback.func)?;
+            visit.call(&callback.args)?;
+        }
+        visit.call(&self.context)
+    }
+}
+
+/// Stops the collector from tracking a freshly made one-shot handle.
+fn untrack<T>(handle: &Py<T>) {
+    // SAFETY: a live object of a GC-enabled type; untracking is always allowed
+    // and its deallocation copes with an untracked object.
+    unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) };
 }
 
 /// Counts cancelled timers still sitting in a loop's heap, so the loop knows
@@ -98,34 +200,63 @@ pub struct TimerStats {
 /// `asyncio.Handle`'s counterpart: a callback scheduled once, or an I/O callback.
 #[pyclass(frozen, weakref, module = "ferroloop._core")]
 pub struct Handle {
-    pub callback: Callback,
-    cancelled: AtomicBool,
+    pub slot: Slot,
     source_traceback: Option<Py<PyAny>>,
 }
 
 impl Handle {
-    pub fn new(callback: Callback, source_traceback: Option<Py<PyAny>>) -> Self {
-        Self {
-            callback,
-            cancelled: AtomicBool::new(false),
-            source_traceback,
-        }
+    /// A handle run once (`call_soon`), untracked by the collector.
+    pub fn one_shot(
+        py: Python<'_>,
+        callback: Callback,
+        context: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Self>> {
+        let handle = Py::new(
+            py,
+            Self {
+                slot: Slot::new(callback, context, true),
+                source_traceback,
+            },
+        )?;
+        untrack(&handle);
+        Ok(handle)
+    }
+
+    /// A handle run every time its event happens (readers, writers, signals).
+    pub fn repeating(
+        py: Python<'_>,
+        callback: Callback,
+        context: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Self>> {
+        Py::new(
+            py,
+            Self {
+                slot: Slot::new(callback, context, false),
+                source_traceback,
+            },
+        )
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.slot.is_cancelled()
     }
 
-    pub fn cancel_now(&self) {
-        self.cancelled.store(true, Ordering::Relaxed);
+    pub fn cancel_now(&self, py: Python<'_>) {
+        drop(self.slot.cancel(py));
+    }
+
+    pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
+        Ok(format!("<Handle {}>", callback.describe(py)?))
     }
 }
 
 #[pymethods]
 impl Handle {
     /// Cancel the callback; a cancelled handle is skipped when its turn comes.
-    fn cancel(&self) {
-        self.cancel_now();
+    fn cancel(&self, py: Python<'_>) {
+        self.cancel_now(py);
     }
 
     fn cancelled(&self) -> bool {
@@ -133,26 +264,22 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.callback.context.clone_ref(py)
+        self.slot.context.clone_ref(py)
     }
 
     /// Run the callback now, reporting an exception to the loop's handler.
     fn _run(slf: &Bound<'_, Self>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        match slf.get().callback.invoke(py) {
-            Ok(()) => Ok(()),
-            Err(err) => report_callback_error(loop_, slf.as_any(), Some(&slf.get().callback), err),
-        }
+        slf.get().slot.run(slf.py(), loop_, slf.as_any())
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        self.callback.func.clone_ref(py)
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.slot.func(py)
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Py<PyTuple> {
-        self.callback.args.clone_ref(py)
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.slot.args(py)
     }
 
     #[getter]
@@ -166,11 +293,11 @@ impl Handle {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        describe_handle(py, "Handle", &self.callback, self.is_cancelled(), None)
+        describe_handle(py, "Handle", &self.slot, None)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.callback.traverse(&visit)?;
+        self.slot.visit(&visit)?;
         visit.call(&self.source_traceback)
     }
 }
@@ -178,9 +305,8 @@ impl Handle {
 /// `asyncio.TimerHandle`'s counterpart: a callback due at a point in loop time.
 #[pyclass(frozen, weakref, module = "ferroloop._core")]
 pub struct TimerHandle {
-    pub callback: Callback,
+    pub slot: Slot,
     pub when: f64,
-    cancelled: AtomicBool,
     /// True while the timer sits in its loop's heap.
     scheduled: AtomicBool,
     stats: Arc<TimerStats>,
@@ -188,41 +314,57 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
-    pub fn new(
+    pub fn schedule(
+        py: Python<'_>,
         callback: Callback,
+        context: Py<PyAny>,
         when: f64,
         stats: Arc<TimerStats>,
         source_traceback: Option<Py<PyAny>>,
-    ) -> Self {
-        Self {
-            callback,
-            when,
-            cancelled: AtomicBool::new(false),
-            scheduled: AtomicBool::new(true),
-            stats,
-            source_traceback,
-        }
+    ) -> PyResult<Py<Self>> {
+        let timer = Py::new(
+            py,
+            Self {
+                slot: Slot::new(callback, context, true),
+                when,
+                scheduled: AtomicBool::new(true),
+                stats,
+                source_traceback,
+            },
+        )?;
+        untrack(&timer);
+        Ok(timer)
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.slot.is_cancelled()
     }
 
     /// Called by the loop when the timer leaves the heap.
     pub fn mark_unscheduled(&self) {
         self.scheduled.store(false, Ordering::Relaxed);
     }
+
+    pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
+        Ok(format!(
+            "<TimerHandle when={} {}>",
+            self.when,
+            callback.describe(py)?
+        ))
+    }
 }
 
 #[pymethods]
 impl TimerHandle {
-    fn cancel(&self) {
-        if self.cancelled.swap(true, Ordering::Relaxed) {
+    fn cancel(&self, py: Python<'_>) {
+        if self.is_cancelled() {
             return;
         }
+        let released = self.slot.cancel(py);
         if self.scheduled.load(Ordering::Relaxed) {
             self.stats.cancelled_in_heap.fetch_add(1, Ordering::Relaxed);
         }
+        drop(released);
     }
 
     fn cancelled(&self) -> bool {
@@ -235,15 +377,11 @@ impl TimerHandle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.callback.context.clone_ref(py)
+        self.slot.context.clone_ref(py)
     }
 
     fn _run(slf: &Bound<'_, Self>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        match slf.get().callback.invoke(py) {
-            Ok(()) => Ok(()),
-            Err(err) => report_callback_error(loop_, slf.as_any(), Some(&slf.get().callback), err),
-        }
+        slf.get().slot.run(slf.py(), loop_, slf.as_any())
     }
 
     #[getter]
@@ -257,13 +395,13 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        self.callback.func.clone_ref(py)
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.slot.func(py)
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Py<PyTuple> {
-        self.callback.args.clone_ref(py)
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.slot.args(py)
     }
 
     #[getter]
@@ -277,13 +415,7 @@ impl TimerHandle {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        describe_handle(
-            py,
-            "TimerHandle",
-            &self.callback,
-            self.is_cancelled(),
-            Some(self.when),
-        )
+        describe_handle(py, "TimerHandle", &self.slot, Some(self.when))
     }
 
     fn __hash__(&self) -> u64 {
@@ -291,27 +423,23 @@ impl TimerHandle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.callback.traverse(&visit)?;
+        self.slot.visit(&visit)?;
         visit.call(&self.source_traceback)
     }
 }
 
-fn describe_handle(
-    py: Python<'_>,
-    kind: &str,
-    callback: &Callback,
-    cancelled: bool,
-    when: Option<f64>,
-) -> PyResult<String> {
+fn describe_handle(py: Python<'_>, kind: &str, slot: &Slot, when: Option<f64>) -> PyResult<String> {
     let mut parts = vec![kind.to_owned()];
-    if cancelled {
+    if slot.is_cancelled() {
         parts.push("cancelled".to_owned());
     }
     if let Some(when) = when {
         parts.push(format!("when={when}"));
     }
-    if !cancelled {
-        parts.push(callback.describe(py)?);
+    if !slot.is_cancelled() {
+        if let Some(description) = slot.describe(py)? {
+            parts.push(description);
+        }
     }
     Ok(format!("<{}>", parts.join(" ")))
 }

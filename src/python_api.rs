@@ -92,20 +92,15 @@ pub fn is_coroutine_function(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult
         .is_truthy()
 }
 
-/// A handle as asyncio names it in slow-callback warnings: the task it steps,
-/// if its callback is a task's method, else the handle itself.
-pub fn format_handle(
-    py: Python<'_>,
-    handle: &Bound<'_, PyAny>,
-    callback: Option<&Bound<'_, PyAny>>,
-) -> PyResult<String> {
-    if let Some(owner) = callback.and_then(|cb| cb.getattr("__self__").ok()) {
-        let task_type = cached(&TASK_TYPE, py, "asyncio.tasks", "Task")?;
-        if owner.is_instance(task_type)? {
-            return Ok(owner.repr()?.to_string());
-        }
-    }
-    Ok(handle.repr()?.to_string())
+/// The task whose method `callback` is, if it is one (asyncio names such
+/// callbacks by their task in slow-callback warnings).
+pub fn owning_task<'py>(
+    py: Python<'py>,
+    callback: &Bound<'py, PyAny>,
+) -> Option<Bound<'py, PyAny>> {
+    let owner = callback.getattr("__self__").ok()?;
+    let task_type = cached(&TASK_TYPE, py, "asyncio.tasks", "Task").ok()?;
+    owner.is_instance(task_type).ok()?.then_some(owner)
 }
 
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -169,6 +164,11 @@ pub fn new_task<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let task_type = cached(&TASK_TYPE, py, "asyncio.tasks", "Task")?;
     let names = kwnames(&TASK_KWNAMES, py, &["loop", "name", "context"])?;
-    let args = [coro.as_ptr(), loop_.as_ptr(), name.as_ptr(), context.as_ptr()];
+    let args = [
+        coro.as_ptr(),
+        loop_.as_ptr(),
+        name.as_ptr(),
+        context.as_ptr(),
+    ];
     vectorcall(py, task_type, &args, 1, names)
 }

@@ -77,6 +77,7 @@ struct StreamState {
     /// A future resolved once the write buffer is empty and the socket
     /// writable (`sendfile` waits on it before writing around the buffer).
     drain_waiter: Option<Py<PyAny>>,
+    sendfile_active: bool,
 }
 
 impl StreamState {
@@ -751,6 +752,7 @@ impl StreamTransport {
                 eof_requested: false,
                 conn_lost: 0,
                 drain_waiter: None,
+                sendfile_active: false,
             }),
         })
     }
@@ -968,6 +970,17 @@ impl StreamTransport {
     #[getter]
     fn _protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.protocol(py)
+    }
+
+    /// The `asyncio.Transport` the protocol sees.
+    #[getter]
+    fn _wrapper(&self, py: Python<'_>) -> Py<PyAny> {
+        self.wrapper(py)
+    }
+
+    /// While `loop.sendfile()` owns the socket, `write()` is refused (asyncio).
+    fn _set_sendfile_active(&self, active: bool) {
+        self.state.lock().sendfile_active = active;
     }
 
     #[getter]

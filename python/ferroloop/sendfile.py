@@ -86,6 +86,7 @@ async def _sendfile_native(
     sock_fd = transport._core._fileno
     resume_reading = transport.is_reading()
     transport.pause_reading()
+    transport._core._set_sendfile_active(True)
     sent_total = 0
     try:
         await _drained(loop, transport)
@@ -107,6 +108,7 @@ async def _sendfile_native(
             sent_total += sent
         return sent_total
     finally:
+        transport._core._set_sendfile_active(False)
         if sent_total > 0:
             file.seek(offset + sent_total)
         if resume_reading:
