@@ -391,14 +391,65 @@ def test_call_soon_threadsafe_hammered_from_many_threads(loop):
     for t in threads:
         t.start()
     loop.call_soon(start_barrier.wait)
+    start = time.perf_counter()
     run_until_stopped(loop, timeout=30)
+    elapsed = time.perf_counter() - start
     for t in threads:
         t.join(10)
+    # The last callback stops the loop (well under a second normally); only a
+    # lost wake-up would leave it asleep until the 30 s safety timer.
+    assert elapsed < 10, f"loop slept with callbacks queued ({elapsed:.1f}s)"
     assert len(seen) == total
     assert len(set(seen)) == total  # each exactly once
     for tid in range(n_threads):
         per = [i for t, i in seen if t == tid]
         assert per == list(range(per_thread))  # FIFO per producing thread
+
+
+def test_call_soon_threadsafe_wakeups_are_never_lost(loop_factory):
+    """Round trips from several threads to an otherwise idle loop.
+
+    Each call_soon_threadsafe() must wake the loop: nothing else will (there
+    is no timer but a far safety net). A wake-up swallowed by a race between
+    threads leaves the loop asleep with the callback queued, and the thread's
+    round trip times out. Many short trials, because such races are rare.
+    """
+    n_threads, rounds = 8, 500
+    for trial in range(25):
+        lp = loop_factory()
+        timed_out: list[int] = []
+
+        def producer(lp=lp, timed_out=timed_out) -> None:
+            done = threading.Event()
+            for i in range(rounds):
+                done.clear()
+                lp.call_soon_threadsafe(done.set)
+                if not done.wait(2.0):
+                    timed_out.append(i)
+                    return
+
+        threads = [threading.Thread(target=producer) for _ in range(n_threads)]
+
+        def finish(lp=lp, threads=threads) -> None:
+            for t in threads:
+                t.join()
+            lp.call_soon_threadsafe(lp.stop)
+
+        def start(threads=threads) -> None:
+            for t in threads:
+                t.start()
+            threading.Thread(target=finish).start()
+
+        try:
+            lp.call_soon(start)
+            guard = lp.call_later(10, lp.stop)
+            lp.run_forever()
+            guard.cancel()
+        finally:
+            for t in threads:
+                t.join(15)
+            lp.close()
+        assert not timed_out, f"trial {trial}: wake-ups lost at rounds {timed_out}"
 
 
 def test_call_soon_threadsafe_wakes_loop_sleeping_in_long_timer(loop):
