@@ -269,7 +269,7 @@ def test_add_signal_handler_outside_main_thread_raises(loop_factory):
         lp = loop_factory()
         try:
             lp.add_signal_handler(signal.SIGUSR1, lambda: None)
-        except Exception as exc:  # noqa: BLE001 - record whatever is raised
+        except Exception as exc:
             errors.append(exc)
         finally:
             lp.close()

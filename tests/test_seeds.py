@@ -273,7 +273,7 @@ def test_blocking_call_in_coroutine_blocks_the_loop(loop_factory):
         t = asyncio.create_task(ticker())
         await asyncio.sleep(0)
         before = ticks
-        time.sleep(0.2)  # noqa: ASYNC251 - blocking on purpose: that is the point
+        time.sleep(0.2)
         during = ticks - before
         t.cancel()
         return during
