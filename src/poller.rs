@@ -163,7 +163,11 @@ impl Poller {
     }
 
     fn consume_wakeup(&self) {
-        self.wake_pending.store(false, Ordering::SeqCst);
+        // Read first, then clear: clearing first would let a waker that runs
+        // in between write a wake-up that this read then swallows, leaving
+        // `wake_pending` set with nothing in the eventfd (a lost wake-up for
+        // every later call_soon_threadsafe).
         let _ = self.waker.read();
+        self.wake_pending.store(false, Ordering::SeqCst);
     }
 }

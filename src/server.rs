@@ -2,7 +2,7 @@
 //!
 //! A [`Listener`] watches a listening socket and, when it is readable,
 //! accepts up to `backlog` connections (non-blocking, close-on-exec) in one
-//! go, handing each new descriptor to the Python `Server`, which builds the
+//! go, handing each new descriptor and its peer address to the Python `Server`, which builds the
 //! protocol and transport (once per connection). Running out of descriptors
 //! (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) is reported to the server, which
 //! pauses accepting for a moment as asyncio does; the server keeps serving.
@@ -15,9 +15,12 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 
+use socket2::SockAddr;
+
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
+use crate::{sockaddr, sys_io};
 
 #[pyclass(frozen, weakref, module = "ferroloop._core")]
 pub struct Listener {
@@ -32,33 +35,22 @@ pub struct Listener {
 }
 
 enum Accepted {
-    Connection(RawFd),
+    Connection(RawFd, SockAddr),
     Exhausted(Errno),
     Nothing,
     Retry,
 }
 
 fn accept_one(fd: RawFd) -> Accepted {
-    // SAFETY: accept4 with null address pointers only returns a descriptor.
-    let accepted = unsafe {
-        libc::accept4(
-            fd,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if accepted >= 0 {
-        return Accepted::Connection(accepted);
-    }
-    match Errno::last() {
-        Errno::EAGAIN => Accepted::Nothing,
-        Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM => {
-            Accepted::Exhausted(Errno::last())
+    match sys_io::accept(fd, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) {
+        Ok(Some((accepted, peer))) => Accepted::Connection(accepted, peer),
+        Ok(None) => Accepted::Nothing,
+        Err(errno @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
+            Accepted::Exhausted(errno)
         }
         // The peer gave up before we got to it (ECONNABORTED, EPROTO, ...):
         // nothing to report, try the next one.
-        _ => Accepted::Retry,
+        Err(_) => Accepted::Retry,
     }
 }
 
@@ -89,11 +81,15 @@ fn dispatch(
             break;
         }
         match accept_one(listener.fd) {
-            Accepted::Connection(fd) => {
+            Accepted::Connection(fd, peer) => {
                 if listener.nodelay {
                     set_nodelay(fd);
                 }
-                listener.on_accept.bind(py).call1((fd,))?;
+                // The peer's address as accept() saw it: it stays known even
+                // if the peer resets before anyone asks (asyncio keeps it too).
+                let peer =
+                    sockaddr::to_python(py, &peer).unwrap_or_else(|_| py.None().into_bound(py));
+                listener.on_accept.bind(py).call1((fd, peer))?;
             }
             Accepted::Exhausted(errno) => {
                 let error = os_error(py, errno);

@@ -18,7 +18,7 @@
 //! the buffer; errors call `connection_lost(exc)`.
 
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
@@ -29,9 +29,10 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::buffers::{with_bytes, with_bytes_mut};
-use crate::errors::os_error;
+use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
+use crate::sys_io;
 
 /// asyncio reads at most this much per `recv`.
 const READ_SIZE: usize = 256 * 1024;
@@ -60,9 +61,6 @@ struct StreamState {
     data_received: Option<Py<PyAny>>,
     buffered: bool,
     owner: SocketOwner,
-    /// A `socket.socket` over a duplicate of our descriptor, made on demand
-    /// for `get_extra_info('socket')` when the user gave us none.
-    socket_view: Option<Py<PyAny>>,
     write_buffer: Vec<u8>,
     write_offset: usize,
     high_water: usize,
@@ -138,49 +136,15 @@ enum WriteOutcome {
     WarnConnLost,
 }
 
+/// Sends what the kernel takes now; 0 when the socket is full.
 fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, Errno> {
-    loop {
-        // SAFETY: `data` is a valid slice for the duration of the call.
-        let sent = unsafe {
-            libc::send(
-                fd,
-                data.as_ptr().cast(),
-                data.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if sent >= 0 {
-            return Ok(sent as usize);
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(0),
-            errno => return Err(errno),
-        }
-    }
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    sys_io::send(fd, data, None, flags).map(|sent| sent.unwrap_or(0))
 }
 
 /// `recv` into `buffer`; `Ok(None)` means "nothing to read right now".
 fn recv_some(fd: RawFd, buffer: &mut [u8]) -> Result<Option<usize>, Errno> {
-    loop {
-        // SAFETY: `buffer` is a valid, writable slice for the duration of the call.
-        let received = unsafe {
-            libc::recv(
-                fd,
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if received >= 0 {
-            return Ok(Some(received as usize));
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(None),
-            errno => return Err(errno),
-        }
-    }
+    sys_io::recv(fd, buffer, libc::MSG_DONTWAIT)
 }
 
 impl StreamTransport {
@@ -630,21 +594,17 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         this.loop_.get().native_unwatch(this.fd);
-        let (owner, view, wrapper, data_received) = {
+        let (owner, wrapper, data_received) = {
             let mut state = this.state.lock();
             state.clear_buffer();
             (
                 std::mem::replace(&mut state.owner, SocketOwner::Closed),
-                state.socket_view.take(),
                 state.wrapper.take(),
                 state.data_received.take(),
             )
         };
         drop(data_received);
         let mut result = Ok(());
-        if let Some(view) = view {
-            result = view.bind(py).call_method0("close").map(|_| ());
-        }
         match owner {
             SocketOwner::Python(sock) => {
                 let closed = sock.bind(py).call_method0("close").map(|_| ());
@@ -678,11 +638,6 @@ fn resolve_waiter(waiter: &Bound<'_, PyAny>, error: Option<PyErr>) -> PyResult<(
         None => waiter.call_method1("set_result", (py.None(),))?,
     };
     Ok(())
-}
-
-fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
-        || err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
 }
 
 /// The loop's entry point for readiness of a stream transport's socket.
@@ -739,7 +694,6 @@ impl StreamTransport {
                 data_received,
                 buffered,
                 owner,
-                socket_view: None,
                 write_buffer: Vec::new(),
                 write_offset: 0,
                 high_water: DEFAULT_HIGH_WATER,
@@ -998,42 +952,37 @@ impl StreamTransport {
         self.state.lock().conn_lost
     }
 
-    /// The Python socket object behind the transport (made on first use).
+    /// The Python socket object behind the transport. For a connection we
+    /// accepted natively it is made on first use, over the same descriptor
+    /// (which it then owns: one descriptor per connection, as in asyncio).
     fn _socket(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        {
-            let state = self.state.lock();
-            match &state.owner {
-                SocketOwner::Python(sock) => return Ok(Some(sock.clone_ref(py))),
-                SocketOwner::Closed => return Ok(None),
-                SocketOwner::Native(_) => {
-                    if let Some(view) = state.socket_view.as_ref() {
-                        return Ok(Some(view.clone_ref(py)));
-                    }
-                }
+        match &self.state.lock().owner {
+            SocketOwner::Python(sock) => return Ok(Some(sock.clone_ref(py))),
+            SocketOwner::Closed => return Ok(None),
+            SocketOwner::Native(_) => {}
+        }
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("fileno", self.fd)?;
+        let sock = py
+            .import("socket")?
+            .getattr("socket")?
+            .call((), Some(&kwargs))?;
+        sock.call_method1("setblocking", (false,))?;
+        let mut state = self.state.lock();
+        match std::mem::replace(&mut state.owner, SocketOwner::Python(sock.clone().unbind())) {
+            SocketOwner::Native(fd) => {
+                // The Python socket closes it from now on.
+                let _ = fd.into_raw_fd();
+                Ok(Some(sock.unbind()))
+            }
+            previous => {
+                // Closed or claimed meanwhile: undo, and let go of the number.
+                state.owner = previous;
+                drop(state);
+                sock.call_method0("detach")?;
+                Ok(None)
             }
         }
-        let duplicate = nix::unistd::dup(
-            // SAFETY: the descriptor is ours and open (owner is Native).
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) },
-        )
-        .map_err(|errno| os_error(py, errno))?;
-        let raw = duplicate.as_raw_fd();
-        let socket = py.import("socket")?.getattr("socket")?;
-        let kwargs = pyo3::types::PyDict::new(py);
-        kwargs.set_item("fileno", raw)?;
-        let view = socket.call((), Some(&kwargs))?;
-        // The Python socket now owns the duplicate.
-        std::mem::forget(duplicate);
-        view.call_method1("setblocking", (false,))?;
-        let mut state = self.state.lock();
-        if let Some(existing) = state.socket_view.as_ref() {
-            let existing = existing.clone_ref(py);
-            drop(state);
-            view.call_method0("close")?;
-            return Ok(Some(existing));
-        }
-        state.socket_view = Some(view.clone().unbind());
-        Ok(Some(view.unbind()))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -1044,7 +993,6 @@ impl StreamTransport {
         visit.call(&state.wrapper)?;
         visit.call(&state.protocol)?;
         visit.call(&state.data_received)?;
-        visit.call(&state.socket_view)?;
         visit.call(&state.drain_waiter)?;
         if let SocketOwner::Python(sock) = &state.owner {
             visit.call(sock)?;

@@ -68,7 +68,11 @@ impl TimerHeap {
         self.next_seq += 1;
         // asyncio accepts a NaN deadline and, comparisons with NaN being
         // false, runs such a timer at once; order it first to do the same.
-        let when = if when.is_nan() { f64::NEG_INFINITY } else { when };
+        let when = if when.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            when
+        };
         self.heap.push(Entry { when, seq, timer });
     }
 

@@ -36,7 +36,6 @@ from helpers_net import (
     raised_nofile,
     run_oracle,
     tcp_pair,
-    xfail_ferroloop,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -1167,10 +1166,6 @@ def test_extra_info_still_available_after_close(
 ) -> None:
     """asyncio records socket/sockname/peername when the transport is made; they
     stay available after the connection is closed (e.g. for logging)."""
-    xfail_ferroloop(
-        request, loop_name, "get_extra_info('socket'/'peername'/'sockname') is None after close"
-    )
-
     async def main() -> tuple[Any, ...]:
         server, side, tr, proto = await tcp_pair()
         sproto = await side.first()
@@ -1196,10 +1191,6 @@ def test_server_side_peername_after_peer_reset(
 ) -> None:
     """The accepted connection's peername is known from accept(); a client that
     resets before the protocol asks for it must not make it disappear."""
-    xfail_ferroloop(
-        request, loop_name, "server-side peername is None when the peer reset before it was asked"
-    )
-
     class AsksLate(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
             self.transport = transport

@@ -95,9 +95,9 @@ class Server(asyncio.AbstractServer):
             listener.start()
             self._listeners.append(listener)
 
-    def _on_accept_for(self, sock: socket.socket) -> Callable[[int], None]:
-        def on_accept(fd: int) -> None:
-            self._accept_connection(sock, fd)
+    def _on_accept_for(self, sock: socket.socket) -> Callable[[int, Any], None]:
+        def on_accept(fd: int, peer: Any) -> None:
+            self._accept_connection(sock, fd, peer)
 
         return on_accept
 
@@ -121,16 +121,19 @@ class Server(asyncio.AbstractServer):
             for listener in self._listeners:
                 listener.start()
 
-    def _accept_connection(self, listening: socket.socket, fd: int) -> None:
+    def _accept_connection(self, listening: socket.socket, fd: int, peer: Any) -> None:
         transport_made = False
+        extra = {"peername": peer}
         try:
             protocol = self._protocol_factory()
             if self._ssl_context is not None:
                 from .tls import accept_tls_connection
 
-                accept_tls_connection(self, listening, fd, protocol)
+                accept_tls_connection(self, listening, fd, protocol, extra)
             else:
-                SocketTransport(self._loop, None, fd, protocol, server=self)
+                SocketTransport(
+                    self._loop, None, fd, protocol, extra=extra, server=self, family=listening.family
+                )
             transport_made = True
         except (SystemExit, KeyboardInterrupt):
             raise

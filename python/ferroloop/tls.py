@@ -79,7 +79,11 @@ def wrap_tls(
 
 
 def accept_tls_connection(
-    server: Server, listening: socket.socket, fd: int, app_protocol: asyncio.BaseProtocol
+    server: Server,
+    listening: socket.socket,
+    fd: int,
+    app_protocol: asyncio.BaseProtocol,
+    extra: dict[str, Any],
 ) -> None:
     """Serve an accepted connection over TLS; handshake errors are logged in debug mode."""
     loop = server._loop
@@ -94,7 +98,9 @@ def accept_tls_connection(
         ssl_handshake_timeout=server._ssl_handshake_timeout,
         ssl_shutdown_timeout=server._ssl_shutdown_timeout,
     )
-    transport = SocketTransport(loop, None, fd, tls_protocol, server=server)
+    transport = SocketTransport(
+        loop, None, fd, tls_protocol, extra=extra, server=server, family=listening.family
+    )
     waiter.add_done_callback(
         lambda done: _report_failed_handshake(loop, done, transport, app_protocol)
     )

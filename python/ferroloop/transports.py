@@ -63,10 +63,15 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         extra: dict[str, Any] | None = None,
         server: Server | None = None,
         waiter: asyncio.Future[Any] | None = None,
+        family: int | None = None,
     ) -> None:
         super().__init__(extra, loop)
         self._server = server
-        self._sock_family = sock.family if sock is not None else None
+        self._family = sock.family if sock is not None else family
+        if sock is not None:
+            # Known now, as asyncio records them: still there after a reset.
+            self._extra.setdefault("sockname", _query(sock.getsockname))
+            self._extra.setdefault("peername", _query(sock.getpeername))
         self._core = _core.StreamTransport(loop, fd, sock, self, protocol, _is_buffered(protocol))
         for name in _DIRECT_METHODS:
             setattr(self, name, getattr(self._core, name))
@@ -118,9 +123,12 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Transport details: 'socket', 'sockname', 'peername', plus anything given at creation."""
         if name in self._extra:
-            return self._extra[name]
+            value = self._extra[name]
+            return default if value is None else value
         sock = self._core._socket()
         if sock is None:
+            if name == "socket":
+                return self._closed_socket()
             return default
         if name == "socket":
             value: Any = trsock.TransportSocket(sock)
@@ -133,6 +141,17 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         if value is None:
             return default
         self._extra[name] = value
+        return value
+
+    def _closed_socket(self) -> trsock.TransportSocket | None:
+        """After close, asyncio still returns a TransportSocket (over a closed
+        socket); give one of the right family."""
+        if self._family is None:
+            return None
+        placeholder = socket.socket(self._family, socket.SOCK_STREAM)
+        placeholder.close()
+        value = trsock.TransportSocket(placeholder)
+        self._extra["socket"] = value
         return value
 
     def _force_close(self, exc: BaseException | None) -> None:
