@@ -332,9 +332,7 @@ class ConnectionsMixin:
         start_serving: bool = True,
     ) -> Server:
         """Listen on `host`/`port` (or `sock`) and serve `protocol_factory` connections."""
-        _check_tls_arguments(
-            ssl, None, ssl_handshake_timeout, ssl_shutdown_timeout, client=False
-        )
+        _check_tls_arguments(ssl, None, ssl_handshake_timeout, ssl_shutdown_timeout, client=False)
         _check_not_ssl_socket(sock)
         if host is not None or port is not None:
             if sock is not None:

@@ -47,7 +47,7 @@ _HEADER_SIZE: int = getattr(selector_events._SelectorDatagramTransport, "_header
 _SEND_EMPTY = sys.version_info >= (3, 13)
 
 
-class DatagramTransport(asyncio.DatagramTransport):
+class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
     """A datagram transport over a UDP or Unix datagram socket."""
 
     def __init__(

@@ -260,8 +260,7 @@ class EventLoop(  # type: ignore[misc]
                 await tasks.wait_for(asyncio.shield(done), timeout)
         except TimeoutError:
             warnings.warn(
-                "The executor did not finishing joining "
-                f"its threads within {timeout} seconds.",
+                f"The executor did not finishing joining its threads within {timeout} seconds.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -481,4 +480,3 @@ def _clear_wakeup_fd() -> None:
 def new_event_loop() -> EventLoop:
     """Create a new ferroloop event loop."""
     return EventLoop()
-

@@ -90,7 +90,10 @@ class _PipeTransportMixin:
             info.append("closing")
         if core is not None:
             info.append(f"fd={core._fileno}")
-            if not core._closed:
+            if not core._closed and self._loop.is_closed():
+                # asyncio can no longer ask its selector and says "open".
+                info.append("open")
+            elif not core._closed:
                 info.append("polling" if core._polling else "idle")
                 if self._direction == "write":
                     info.append(f"bufsize={core.get_write_buffer_size()}")

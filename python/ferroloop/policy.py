@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import warnings
 from asyncio import events
+from typing import Any
 
 from .event_loop import EventLoop
 
@@ -21,6 +23,10 @@ else:
 class EventLoopPolicy(_PolicyBase):  # type: ignore[misc, valid-type]
     """An event-loop policy whose loops are ferroloop loops."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._child_watcher: Any = None
+
     def _loop_factory(self) -> EventLoop:  # type: ignore[override]
         return EventLoop()
 
@@ -28,12 +34,33 @@ class EventLoopPolicy(_PolicyBase):  # type: ignore[misc, valid-type]
         """Create a new ferroloop loop."""
         return EventLoop()
 
+    if sys.version_info < (3, 14):
+        # asyncio's Unix policy has these until 3.14 (deprecated from 3.12).
+        # ferroloop's subprocesses watch their children themselves (pidfd),
+        # so a watcher is only kept for programs that ask for one; the
+        # default is asyncio's own pidfd watcher, which works on any loop.
+
+        def get_child_watcher(self) -> Any:
+            """Return the child watcher (asyncio's PidfdChildWatcher by default)."""
+            if self._child_watcher is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._child_watcher = asyncio.PidfdChildWatcher()
+            return self._child_watcher
+
+        def set_child_watcher(self, watcher: Any) -> None:
+            """Replace the child watcher (None: back to the default)."""
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                abstract = asyncio.AbstractChildWatcher
+            if watcher is not None and not isinstance(watcher, abstract):
+                raise TypeError(f"expected a child watcher or None, got {watcher!r}")
+            self._child_watcher = watcher
+
 
 def install() -> None:
     """Make asyncio create ferroloop loops (sets the event-loop policy)."""
     if sys.version_info >= (3, 14):
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             asyncio.set_event_loop_policy(EventLoopPolicy())

@@ -141,4 +141,3 @@ async def _sendfile_fallback(
         if sent_total > 0 and hasattr(file, "seek"):
             file.seek(offset + sent_total)
         await flow.restore()
-

@@ -131,8 +131,9 @@ class Server(asyncio.AbstractServer):
 
                 accept_tls_connection(self, listening, fd, protocol, extra)
             else:
+                family = listening.family
                 SocketTransport(
-                    self._loop, None, fd, protocol, extra=extra, server=self, family=listening.family
+                    self._loop, None, fd, protocol, extra=extra, server=self, family=family
                 )
             transport_made = True
         except (SystemExit, KeyboardInterrupt):
