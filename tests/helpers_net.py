@@ -209,6 +209,6 @@ def xfail_ferroloop(request: Any, loop_name: str, reason: str) -> None:
 
 def run_oracle(coro_fn: Any, *, debug: bool | None = None) -> Any:
     """Run `coro_fn()` on asyncio's own loop: the expected behaviour."""
-    from conftest import make_loop_factory, run
+    from loop_helpers import make_loop_factory, run
 
     return run(make_loop_factory("asyncio"), coro_fn, debug=debug)

@@ -50,7 +50,7 @@ def outcome(call: Callable[[], Any]) -> tuple[Any, ...]:
     """A comparable summary of calling `call`: its result, or its exception's type and args."""
     try:
         return ("ok", call())
-    except Exception as exc:  # noqa: BLE001 - every exception type is compared
+    except Exception as exc:
         return ("raised", type(exc), exc.args)
 
 

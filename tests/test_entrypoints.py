@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import current_policy, run_python, set_policy
+from loop_helpers import current_policy, run_python, set_policy
 
 
 async def loop_info(value: object = None) -> tuple[object, asyncio.AbstractEventLoop]:

@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from conftest import only_ferroloop, run, run_python
+from loop_helpers import only_ferroloop, run, run_python
 
 
 def _noop(*args):

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import run
+from loop_helpers import run
 
 # -- executor -------------------------------------------------------------------------
 

@@ -312,7 +312,7 @@ def test_many_fds(loop):
 
 
 def test_sock_recv_sendall_on_nonblocking_socketpair(loop_factory):
-    from conftest import run
+    from loop_helpers import run
 
     async def main():
         lp = asyncio.get_running_loop()

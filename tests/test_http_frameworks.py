@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 import pytest
-from conftest import run
+from loop_helpers import run
 
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web

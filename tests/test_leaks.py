@@ -12,7 +12,7 @@ import tracemalloc
 import warnings
 import weakref
 
-from conftest import run
+from loop_helpers import run
 
 
 def open_fds() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run
+from loop_helpers import run
 
 MIB = 1024 * 1024
 
@@ -621,7 +621,7 @@ def test_regular_files_are_rejected(
             for connect, pipe in ((loop.connect_read_pipe, rf), (loop.connect_write_pipe, wf)):
                 try:
                     await connect(asyncio.Protocol, pipe)
-                except Exception as exc:  # noqa: BLE001 - the error is the result
+                except Exception as exc:
                     errors.append((type(exc), str(exc)))
             return errors
 
@@ -649,7 +649,7 @@ def test_closed_and_invalid_pipe_objects(loop_factory: Callable[[], Any]) -> Non
         ):
             try:
                 await connect(asyncio.Protocol, pipe)
-            except Exception as exc:  # noqa: BLE001 - the error is the result
+            except Exception as exc:
                 errors.append(type(exc))
         return errors
 

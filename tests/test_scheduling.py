@@ -13,7 +13,7 @@ import time
 import tracemalloc
 
 import pytest
-from conftest import only_ferroloop
+from loop_helpers import only_ferroloop
 
 CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
@@ -229,7 +229,7 @@ def test_sleep_takes_at_least_its_duration(loop_factory):
             out.append((d, lp.time() - t0, time.perf_counter() - p0))
         return out
 
-    from conftest import run
+    from loop_helpers import run
 
     for d, by_loop, by_perf in run(loop_factory, main):
         assert by_loop >= d - CLOCK_RESOLUTION
@@ -660,7 +660,7 @@ def test_gc_collect_inside_callbacks_is_safe(loop):
 
 
 def test_many_short_sleeps_are_not_slow(loop_factory):
-    from conftest import run
+    from loop_helpers import run
 
     async def main():
         start = time.perf_counter()

@@ -13,7 +13,7 @@ import contextvars
 import time
 
 import pytest
-from conftest import run
+from loop_helpers import run
 
 
 async def fetch_data(name: str, delay: float = 1.0) -> str:

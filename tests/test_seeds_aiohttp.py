@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from conftest import run, xfail_on_ferroloop
+from loop_helpers import run, xfail_on_ferroloop
 
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402 - after the importorskip above

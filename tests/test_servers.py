@@ -18,7 +18,7 @@ from asyncio import trsock
 from typing import Any
 
 import pytest
-from conftest import run
+from loop_helpers import run
 from helpers_net import (
     HAS_IPV6,
     EchoProtocol,

@@ -442,7 +442,7 @@ def test_sendfile_pipe_with_count_falls_back(loop_factory: LoopFactory) -> None:
     os.write(write_fd, b"through a pipe")
     os.close(write_fd)
 
-    pipe = open(read_fd, "rb", buffering=0)  # noqa: SIM115 - closed below
+    pipe = open(read_fd, "rb", buffering=0)
 
     async def body(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> int | None:
         try:
@@ -462,7 +462,7 @@ def test_sendfile_empty_pipe_without_count(loop_factory: LoopFactory) -> None:
     os.write(write_fd, b"never sent")
     os.close(write_fd)
 
-    pipe = open(read_fd, "rb", buffering=0)  # noqa: SIM115 - closed below
+    pipe = open(read_fd, "rb", buffering=0)
 
     async def body(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> int:
         return await loop.sock_sendfile(conn, pipe)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import tls_certs
-from conftest import run
+from loop_helpers import run
 from helpers_net import HAS_IPV6, count_fds, run_oracle
 
 pytestmark = pytest.mark.timeout(60)

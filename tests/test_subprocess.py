@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import only_ferroloop, run
+from loop_helpers import only_ferroloop, run
 
 PIPE = asyncio.subprocess.PIPE
 DEVNULL = asyncio.subprocess.DEVNULL
@@ -541,7 +541,7 @@ def test_missing_program_and_bad_cwd(loop_factory: Callable[[], Any], tmp_path: 
             program = kwargs.pop("program")
             try:
                 await asyncio.create_subprocess_exec(program, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - the type is the result
+            except BaseException as exc:
                 errors.append(type(exc))
         return errors
 
@@ -689,7 +689,7 @@ def test_child_reaped_by_popen_poll_reports_its_status(
         for _ in range(2000):
             if popen.poll() is not None:
                 break
-            time.sleep(0.005)  # noqa: ASYNC251 - blocking on purpose: the loop must not run
+            time.sleep(0.005)
         await asyncio.wait_for(protocol.done, 10)
         return transport.get_returncode()
 

@@ -7,7 +7,7 @@ import contextvars
 import sys
 
 import pytest
-from conftest import run
+from loop_helpers import run
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="default")
 

@@ -23,7 +23,7 @@ from asyncio import trsock
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, run, run_python
+from loop_helpers import REPO_ROOT, run, run_python
 from helpers_net import (
     HAS_IPV6,
     EchoProtocol,

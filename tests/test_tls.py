@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import tls_certs
-from conftest import run
+from loop_helpers import run
 from helpers_net import (
     EchoProtocol,
     RecordingProtocol,
@@ -377,7 +377,7 @@ def test_tls_write_eof_and_abort(loop_factory: Any) -> None:
         try:
             tr.write_eof()
             out.append("write_eof ok")
-        except Exception as exc:  # noqa: BLE001 - compared with asyncio
+        except Exception as exc:
             out.append(type(exc).__name__)
         tr.abort()
         out.append(f"closing={tr.is_closing()}")
@@ -485,7 +485,7 @@ def test_sendfile_over_tls_uses_fallback(
     async def main() -> tuple[int, int, bytes]:
         server, side, tr, proto = await tls_pair()
         sproto = await side.first()
-        with open(blob, "rb") as f:  # noqa: ASYNC230
+        with open(blob, "rb") as f:
             sent = await asyncio.wait_for(
                 asyncio.get_running_loop().sendfile(tr, f, offset, count), 30
             )
@@ -512,7 +512,7 @@ def test_sendfile_over_tls_without_fallback_raises(loop_factory: Any, tmp_path: 
     async def main() -> str:
         server, _side, tr, _proto = await tls_pair()
         try:
-            with open(blob, "rb") as f:  # noqa: ASYNC230
+            with open(blob, "rb") as f:
                 await asyncio.get_running_loop().sendfile(tr, f, fallback=False)
             result = "sent"
         except RuntimeError:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run
+from loop_helpers import run
 from helpers_net import EchoProtocol, RecordingProtocol, ServerSide, close_server, run_oracle
 
 pytestmark = [
@@ -224,7 +224,7 @@ def test_unix_sendfile(loop_factory: Any, sock_path: Path, tmp_path: Path) -> No
         side = ServerSide(RecordingProtocol)
         server = await loop.create_unix_server(side, sock_path)
         tr, _proto = await loop.create_unix_connection(RecordingProtocol, sock_path)
-        with open(blob, "rb") as f:  # noqa: ASYNC230
+        with open(blob, "rb") as f:
             sent = await loop.sendfile(tr, f, 100)
             pos = f.tell()
         tr.write_eof()
