@@ -3,7 +3,9 @@
 Each stop is one of the patterns from the popular asyncio tutorials: running
 coroutines concurrently, handling their errors, background tasks, timeouts,
 task groups, bounded fan-out, blocking code in threads, queues and context
-variables. Nothing here is ferroloop-specific except the last line: the same
+variables, and a small HTTP server and its clients on 127.0.0.1 (the
+tutorials' aiohttp fan-out, with the standard library's streams so that the
+tour needs nothing but ferroloop). Nothing here is ferroloop-specific except the last line: the same
 code runs on the standard loop with ``asyncio.run(main())``.
 
     python examples/tour.py
@@ -249,6 +251,47 @@ async def sequential_vs_concurrent_stop() -> str:
     return f"{sequential / concurrent:.1f}x faster together"
 
 
+async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A tiny HTTP/1.1 server: answers every request with the requested path."""
+    while request_line := await reader.readline():
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # skip the headers
+        body = request_line.split()[1]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+    writer.close()
+
+
+async def http_get(host: str, port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    length = 0
+    while (line := await reader.readline()) != b"\r\n":
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    body = await reader.readexactly(length)
+    writer.close()
+    await writer.wait_closed()
+    return body
+
+
+async def http_stop() -> str:
+    server = await asyncio.start_server(serve_http, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    semaphore = asyncio.Semaphore(10)
+
+    async def fetch(i: int) -> bytes:
+        async with semaphore:
+            return await http_get(host, port, f"/items/{i}")
+
+    async with server:
+        bodies = await asyncio.gather(*(fetch(i) for i in range(200)))
+    assert bodies == [f"/items/{i}".encode() for i in range(200)]
+    say(f"a server on {host}:{port}, 200 GETs, at most 10 connections at a time")
+    return "all 200 answered, in order"
+
+
 async def main() -> None:
     loop = asyncio.get_running_loop()
     cls = type(loop)
@@ -264,6 +307,7 @@ async def main() -> None:
         ("Queue: one producer, three consumers", queue_stop),
         ("contextvars: per-request state", contextvars_stop),
         ("sequential vs concurrent", sequential_vs_concurrent_stop),
+        ("real sockets: HTTP over 127.0.0.1", http_stop),
     ]
     total = 0.0
     for title, body in stops:
