@@ -6,15 +6,19 @@ pass it. ``ferroloop`` is imported lazily inside the fixture so that collection
 works even when the extension is broken; a broken import then *fails* every
 ferroloop test instead of skipping it.
 
-Fixtures and helpers:
+Fixtures:
 
 - ``loop_name``: ``"asyncio"`` or ``"ferroloop"``.
 - ``loop_factory``: a zero-argument callable returning a new, not running loop.
 - ``loop``: a new loop, closed at teardown (asserting it could be closed cleanly).
+
+Helpers (import them from ``loop_helpers``, not from here):
+
 - ``run(loop_factory, coro_fn, debug=None)``: run ``coro_fn()`` with
   ``asyncio.Runner(loop_factory=...)`` and return its result.
 - ``only_ferroloop(loop_name, why)``: skip explicitly on the oracle for tests that
   are only meaningful for ferroloop.
+- ``xfail_on_ferroloop(request, loop_name, reason)``, ``run_python(...)``.
 """
 
 from __future__ import annotations
