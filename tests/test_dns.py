@@ -253,7 +253,7 @@ def test_getaddrinfo_bad_arguments(
         ("localhost", 80, 0, False),
         ("1.2.3", 80, 0, False),
         ("127.0.0.1%lo", 80, 0, False),  # a zone only makes sense on IPv6
-        ("１２７.０.０.１", 80, 0, False),
+        ("\uff11\uff12\uff17.\uff10.\uff10.\uff11", 80, 0, False),  # fullwidth digits
         ("127.0.0.1\x00x", 80, 0, False),
         (bytearray(b"127.0.0.1"), 80, 0, False),
         (type("S", (str,), {})("127.0.0.1"), 80, 0, False),

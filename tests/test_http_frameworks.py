@@ -16,7 +16,7 @@ import pytest
 from loop_helpers import run
 
 aiohttp = pytest.importorskip("aiohttp")
-from aiohttp import web
+from aiohttp import web  # noqa: E402 - after the importorskip above
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,7 +102,7 @@ def test_aiohttp_get_post_and_chunked_stream(loop_factory: Any) -> None:
             }
 
             async def gen() -> Any:
-                for i in range(100):
+                for _i in range(100):
                     yield b"x" * 10000
 
             async with session.post(base + "/echo", data=gen()) as resp:

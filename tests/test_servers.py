@@ -18,7 +18,6 @@ from asyncio import trsock
 from typing import Any
 
 import pytest
-from loop_helpers import run
 from helpers_net import (
     HAS_IPV6,
     EchoProtocol,
@@ -27,6 +26,7 @@ from helpers_net import (
     close_server,
     run_oracle,
 )
+from loop_helpers import run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -359,6 +359,7 @@ def test_protocol_factory_error_is_reported_and_server_keeps_serving(
 ) -> None:
     """asyncio reports a failing protocol factory to the exception handler only in
     debug mode; in both modes the connection is closed and the server keeps serving."""
+
     class Boom(Exception):
         pass
 

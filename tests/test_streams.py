@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import tls_certs
-from loop_helpers import run
 from helpers_net import HAS_IPV6, count_fds, run_oracle
+from loop_helpers import run
 
 pytestmark = pytest.mark.timeout(60)
 

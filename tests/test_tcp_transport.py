@@ -20,10 +20,10 @@ import socket
 import sys
 import textwrap
 from asyncio import trsock
+from pathlib import Path
 from typing import Any
 
 import pytest
-from loop_helpers import REPO_ROOT, run, run_python
 from helpers_net import (
     HAS_IPV6,
     EchoProtocol,
@@ -37,6 +37,7 @@ from helpers_net import (
     run_oracle,
     tcp_pair,
 )
+from loop_helpers import run, run_python
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -409,7 +410,9 @@ def test_write_copies_caller_buffer(loop_factory: Any) -> None:
 
 def test_half_close_peer_can_still_send(loop_factory: Any) -> None:
     async def main() -> None:
-        side_factory = lambda: RecordingProtocol(eof_keeps_open=True)
+        def side_factory():
+            return RecordingProtocol(eof_keeps_open=True)
+
         server, side, tr, proto = await tcp_pair(server_factory=side_factory)
         sproto = await side.first()
         tr.write(b"request")
@@ -1013,7 +1016,7 @@ def test_sendfile_argument_errors(
     assert run(loop_factory, main) == expected
 
 
-# -- scale ------------------------------------------------------------------------------------------
+# -- scale -----------------------------------------------------------------------------
 
 
 def test_thousands_of_connections_served_and_no_fd_leak(loop_factory: Any) -> None:
@@ -1133,7 +1136,12 @@ def test_accept_out_of_descriptors_is_reported_and_server_recovers(
     loop_name: str, tmp_path: Any
 ) -> None:
     script = tmp_path / "exhaust.py"
-    script.write_text(_EXHAUSTION_SCRIPT.format(python_dir=str(REPO_ROOT / "python")))
+    # The child imports the very ferroloop this test run uses (in-tree build
+    # or installed package).
+    import ferroloop
+
+    package_parent = str(Path(ferroloop.__file__).resolve().parent.parent)
+    script.write_text(_EXHAUSTION_SCRIPT.format(python_dir=package_parent))
 
     def outcome(name: str) -> dict[str, Any]:
         proc = run_python(str(script), name, timeout=40)
@@ -1166,6 +1174,7 @@ def test_extra_info_still_available_after_close(
 ) -> None:
     """asyncio records socket/sockname/peername when the transport is made; they
     stay available after the connection is closed (e.g. for logging)."""
+
     async def main() -> tuple[Any, ...]:
         server, side, tr, proto = await tcp_pair()
         sproto = await side.first()
@@ -1191,6 +1200,7 @@ def test_server_side_peername_after_peer_reset(
 ) -> None:
     """The accepted connection's peername is known from accept(); a client that
     resets before the protocol asks for it must not make it disappear."""
+
     class AsksLate(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
             self.transport = transport

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import tls_certs
-from loop_helpers import run
 from helpers_net import (
     EchoProtocol,
     RecordingProtocol,
@@ -29,6 +28,7 @@ from helpers_net import (
     listening_socket,
     run_oracle,
 )
+from loop_helpers import run
 
 pytestmark = pytest.mark.timeout(60)
 

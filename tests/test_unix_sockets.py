@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loop_helpers import run
 from helpers_net import EchoProtocol, RecordingProtocol, ServerSide, close_server, run_oracle
+from loop_helpers import run
 
 pytestmark = [
     pytest.mark.timeout(60),

@@ -218,6 +218,11 @@ def _child(args: argparse.Namespace) -> int:
         import ferroloop
         from ferroloop import event_loop as fl_event_loop
 
+        expected = os.environ.get("CONFORMANCE_FERROLOOP_DIR")
+        got = os.path.dirname(os.path.abspath(ferroloop.__file__))
+        if expected and os.path.realpath(got) != os.path.realpath(expected):
+            sys.exit(f"conformance child imported ferroloop from {got}, expected {expected}")
+
         base_policy = ferroloop.EventLoopPolicy
         target_cls: type = fl_event_loop.EventLoop
     else:
@@ -544,6 +549,8 @@ def run_module(
     env["PYTHONPATH"] = pyroot + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONFAULTHANDLER", "1")
     env["PYTHONUNBUFFERED"] = "1"
+    # the child checks that it imports this copy, not another one on sys.path
+    env["CONFORMANCE_FERROLOOP_DIR"] = os.path.join(pyroot, "ferroloop")
 
     plan: list[str] = []
     results: dict[str, dict[str, Any]] = {}
@@ -808,8 +815,13 @@ def run_modules(
             )
             report["meta"]["ferroloop_snapshot"] = package_root
         report["meta"]["ferroloop_build"] = _build_id(package_root)
+        warning = _stale_build_warning(source)
+        if warning:
+            report["meta"]["ferroloop_warning"] = warning
         if progress:
             print(f"ferroloop from {source}", file=sys.stderr, flush=True)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
 
     def one(item: tuple[str, str]) -> tuple[str, str, dict[str, Any]]:
         loop, m = item
@@ -844,22 +856,35 @@ def run_modules(
 def _ferroloop_package_dir() -> str:
     """The ferroloop package to test.
 
-    $FERROLOOP_PACKAGE_DIR if set; else the repository's python/ferroloop when
-    it holds a built extension (make dev); else the copy this interpreter
-    imports (pip install . on a clean checkout, as in CI).
+    $FERROLOOP_PACKAGE_DIR if set; else the copy this interpreter imports, i.e.
+    the same one the rest of the test suite (tests/conftest.py) tests: the
+    pip-installed package in CI (`pip install '.[test]'`, no PYTHONPATH), the
+    repository's python/ferroloop with PYTHONPATH=python after `make dev`.
+    Only when ferroloop is not importable at all: python/ferroloop.
     """
-    import glob
     import importlib.util
 
     if os.environ.get("FERROLOOP_PACKAGE_DIR"):
         return os.path.abspath(os.environ["FERROLOOP_PACKAGE_DIR"])
-    in_repo = os.path.join(REPO, "python", "ferroloop")
-    if glob.glob(os.path.join(in_repo, "_core*.so")):
-        return in_repo
     spec = importlib.util.find_spec("ferroloop")
     if spec is not None and spec.origin:
         return os.path.dirname(os.path.abspath(spec.origin))
     return os.path.join(REPO, "python", "ferroloop")
+
+
+def _stale_build_warning(source: str) -> str:
+    """A warning when a `make dev` build in python/ferroloop is not what runs."""
+    import glob
+
+    in_repo = os.path.join(REPO, "python", "ferroloop")
+    if os.path.realpath(source) == os.path.realpath(in_repo):
+        return ""
+    if not glob.glob(os.path.join(in_repo, "_core*.so")):
+        return ""
+    return (
+        f"note: testing {source}, not the build in {in_repo}; "
+        "run with PYTHONPATH=python (or FERROLOOP_PACKAGE_DIR) to test that one"
+    )
 
 
 def _build_id(root: str) -> dict[str, Any]:
