@@ -792,7 +792,7 @@ def run_modules(
 ) -> dict[str, Any]:
     """Run `modules` on each loop in `loops`; return the full JSON-able report.
 
-    With `snapshot` (the default) python/ferroloop is copied to a temporary
+    With `snapshot` (the default) the chosen ferroloop package is copied to a temporary
     directory first and every child imports that copy: other people rebuild
     the extension in place (make dev) while we run, and a shared object
     overwritten under a running process crashes it.
@@ -1024,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-snapshot",
         action="store_true",
-        help="import python/ferroloop in place instead of a private copy",
+        help="import the chosen ferroloop package in place instead of a private copy",
     )
     p.add_argument("--brief", action="store_true", help="omit per-test records from the JSON")
     # child mode (internal)
