@@ -35,6 +35,14 @@ internal tables), so they do not affect the choice.
 A fast-path call completes without suspending the awaiting task, so unlike
 asyncio's implementation it is not a point where the task can be cancelled.
 
+Fast-path results are also memoised (`cached`): for a numeric host without a
+zone, an exact ``int`` port and exact ``int`` family/type/proto/flags, glibc's
+answer depends on the arguments alone, so the loop keeps the last few hundred
+results and hands out a fresh list copy of one (the entries are immutable
+tuples). The memo remembers which ``socket.getaddrinfo`` produced it and is
+dropped when that attribute changes (tests patch it), and it is not used in
+debug mode, where every call must be logged.
+
 In debug mode (`loop.get_debug()`), every call is logged like asyncio does:
 ``Get address info ...`` at DEBUG before the call and ``Getting address info
 ... took ...ms: ...`` after it, at INFO when the call took at least
@@ -128,6 +136,53 @@ def _is_fast(host: object, port: object, flags: object) -> bool:
     )
 
 
+_INT_TYPES = frozenset({int, socket.AddressFamily, socket.SocketKind, socket.AddressInfo})
+_MEMO_MAX = 512
+_memo: dict[tuple[Any, ...], list[AddrInfo]] = {}
+_memo_func: list[Any] = [None]  # the socket.getaddrinfo that produced _memo
+
+
+def cached(host: Any, port: Any, family: Any, type: Any, proto: Any, flags: Any) -> Any:
+    """A fresh copy of a memoised fast-path result, or None (then resolve normally)."""
+    if (
+        # Exact types only (checked first: the key must be hashable): equal keys
+        # of other types (8080.0, int subclasses) may behave differently in
+        # socket.getaddrinfo.
+        host.__class__ is not str
+        or port.__class__ is not int
+        or family.__class__ not in _INT_TYPES
+        or type.__class__ not in _INT_TYPES
+        or proto.__class__ not in _INT_TYPES
+        or flags.__class__ not in _INT_TYPES
+        or _memo_func[0] is not socket.getaddrinfo
+    ):
+        return None
+    hit = _memo.get((host, port, family, type, proto, flags))
+    if hit is None:
+        return None
+    return hit.copy()
+
+
+def _remember(
+    result: list[AddrInfo], host: Any, port: Any, family: Any, type: Any, proto: Any, flags: Any
+) -> None:
+    """Memoise a fast-path `result` if its arguments are ones `cached` accepts."""
+    if (
+        host.__class__ is str
+        and "%" not in host  # a zone names an interface: its index can change
+        and port.__class__ is int
+        and family.__class__ in _INT_TYPES
+        and type.__class__ in _INT_TYPES
+        and proto.__class__ in _INT_TYPES
+        and flags.__class__ in _INT_TYPES
+    ):
+        func = socket.getaddrinfo
+        if _memo_func[0] is not func or len(_memo) >= _MEMO_MAX:
+            _memo.clear()
+            _memo_func[0] = func
+        _memo[(host, port, family, type, proto, flags)] = result.copy()
+
+
 def _describe(host: Any, port: Any, family: Any, type: Any, proto: Any, flags: Any) -> str:
     """The call description asyncio's debug log uses: ``host:port, family=..``."""
     parts = [f"{host}:{port!r}"]
@@ -182,7 +237,10 @@ async def getaddrinfo(
     else:
         func = socket.getaddrinfo
     if _is_fast(host, port, flags):
-        return func(host, port, family, type, proto, flags)
+        result = func(host, port, family, type, proto, flags)
+        if func is socket.getaddrinfo and result.__class__ is list:
+            _remember(result, host, port, family, type, proto, flags)
+        return result
     return await loop.run_in_executor(None, func, host, port, family, type, proto, flags)
 
 

@@ -292,6 +292,10 @@ class EventLoop(  # type: ignore[misc]
         flags: int = 0,
     ) -> list[tuple[Any, ...]]:
         """Resolve like `socket.getaddrinfo`, without blocking the loop."""
+        if not self.get_debug():
+            hit = dns.cached(host, port, family, type, proto, flags)
+            if hit is not None:
+                return hit
         return await dns.getaddrinfo(
             self, host, port, family=family, type=type, proto=proto, flags=flags
         )
