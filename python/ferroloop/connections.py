@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .server import Server, resolve_hosts
+from .sockets import SocketOpsMixin
 from .transports import SocketTransport
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -33,6 +34,8 @@ SSL_HANDSHAKE_TIMEOUT = 60.0
 SSL_SHUTDOWN_TIMEOUT = 30.0
 
 _HAS_IPV6 = hasattr(socket, "AF_INET6")
+_SOCK_CONNECT = SocketOpsMixin.sock_connect
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 
 def _check_tls_arguments(
@@ -128,11 +131,18 @@ class ConnectionsMixin:
         family, type_, proto, _, address = info
         sock = None
         try:
-            sock = socket.socket(family=family, type=type_, proto=proto)
-            sock.setblocking(False)
+            # Non-blocking from the start (CPython then sets the timeout to 0,
+            # as setblocking(False) would): one system call instead of two.
+            sock = socket.socket(family=family, type=type_ | _SOCK_NONBLOCK, proto=proto)
             if local_infos is not None:
                 self._bind_local(sock, family, local_infos, mine)
-            await self.sock_connect(sock, address)
+            sock_connect = self.sock_connect
+            if getattr(sock_connect, "__func__", None) is _SOCK_CONNECT:
+                # Our own sock_connect, minus its checks: the socket is ours,
+                # non-blocking, and getaddrinfo's address is numeric.
+                await self._sock_ops().connect(sock, address)
+            else:  # overridden (a subclass or a test's mock): honour it
+                await sock_connect(sock, address)
             return sock
         except OSError as exc:
             mine.append(exc)
@@ -197,9 +207,11 @@ class ConnectionsMixin:
         _check_not_ssl_socket(sock)
         if happy_eyeballs_delay is not None and interleave is None:
             interleave = 1
+        connected_here = False
         if host is not None or port is not None:
             if sock is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
+            connected_here = _SOCK_NONBLOCK != 0
             sock = await self._connect_to_host(
                 host,
                 port,
@@ -222,6 +234,7 @@ class ConnectionsMixin:
             server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
+            nonblocking=connected_here,
         )
         if self.get_debug():
             logger.debug(
@@ -247,7 +260,11 @@ class ConnectionsMixin:
         interleave: int | None,
         all_errors: bool,
     ) -> socket.socket:
-        infos = await self._resolve_stream(host, port, family=family, proto=proto, flags=flags)
+        infos = await self.getaddrinfo(
+            host, port, family=family, type=socket.SOCK_STREAM, proto=proto, flags=flags
+        )
+        if not infos:
+            raise OSError("getaddrinfo() returned empty list")
         local_infos = None
         if local_addr is not None:
             local_infos = await self._resolve_stream(
@@ -284,8 +301,10 @@ class ConnectionsMixin:
         server_side: bool = False,
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
+        nonblocking: bool = False,
     ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
-        sock.setblocking(False)
+        if not nonblocking:  # true: the socket was created non-blocking here
+            sock.setblocking(False)
         protocol = protocol_factory()
         waiter = self.create_future()
         if ssl:

@@ -8,6 +8,7 @@ implements the `Server` object's life cycle exactly as asyncio documents it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import sys
@@ -96,10 +97,9 @@ class Server(asyncio.AbstractServer):
             self._listeners.append(listener)
 
     def _on_accept_for(self, sock: socket.socket) -> Callable[[int, Any], None]:
-        def on_accept(fd: int, peer: Any) -> None:
-            self._accept_connection(sock, fd, peer)
-
-        return on_accept
+        # A partial, not a closure: the native listener calls straight into
+        # _accept_connection (one Python frame per connection, not two).
+        return functools.partial(self._accept_connection, sock, sock.family)
 
     def _on_exhausted_for(self, sock: socket.socket) -> Callable[[OSError], None]:
         def on_exhausted(exc: OSError) -> None:
@@ -121,7 +121,7 @@ class Server(asyncio.AbstractServer):
             for listener in self._listeners:
                 listener.start()
 
-    def _accept_connection(self, listening: socket.socket, fd: int, peer: Any) -> None:
+    def _accept_connection(self, listening: socket.socket, family: int, fd: int, peer: Any) -> None:
         transport_made = False
         extra = {"peername": peer}
         try:
@@ -131,7 +131,6 @@ class Server(asyncio.AbstractServer):
 
                 accept_tls_connection(self, listening, fd, protocol, extra)
             else:
-                family = listening.family
                 SocketTransport(
                     self._loop, None, fd, protocol, extra=extra, server=self, family=family
                 )

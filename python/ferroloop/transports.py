@@ -9,6 +9,7 @@ runs rarely.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import socket
 import warnings
@@ -37,6 +38,32 @@ _DIRECT_METHODS = (
     "set_write_buffer_limits",
 )
 
+_INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+#: The C getter behind `socket.socket.family`: the plain int, without the
+#: Python-level property's AddressFamily conversion.
+_raw_family = _socket.socket.family.__get__
+
+
+class _Direct:
+    """A native method of the transport's core, bound onto the instance on first use.
+
+    After the first access the bound native method sits in the instance
+    `__dict__` (this is a non-data descriptor), so later calls cost no Python
+    frame; connections that never use a method never pay for binding it.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        method = getattr(instance._core, self.name)
+        instance.__dict__[self.name] = method
+        return method
+
 
 def _is_buffered(protocol: object) -> bool:
     return isinstance(protocol, asyncio.BufferedProtocol)
@@ -53,6 +80,10 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _start_tls_compatible = True
 
+    # asyncio's defaults; the native core owns the real limits (set_write_buffer_limits).
+    _high_water = 64 * 1024
+    _low_water = 16 * 1024
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -65,25 +96,33 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         waiter: asyncio.Future[Any] | None = None,
         family: int | None = None,
     ) -> None:
-        super().__init__(extra, loop)
+        # What BaseTransport.__init__ and _FlowControlMixin.__init__ do, inline
+        # (once per connection; the flow-control state itself is native).
+        self._extra = {} if extra is None else extra
+        self._loop = loop
         self._server = server
-        self._family = sock.family if sock is not None else family
         if sock is not None:
+            family = _raw_family(sock)
             # Known now, as asyncio records them: still there after a reset.
-            self._extra.setdefault("sockname", _query(sock.getsockname))
-            self._extra.setdefault("peername", _query(sock.getpeername))
-        self._core = _core.StreamTransport(loop, fd, sock, self, protocol, _is_buffered(protocol))
-        for name in _DIRECT_METHODS:
-            setattr(self, name, getattr(self._core, name))
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            extra = self._extra
+            if "sockname" not in extra:
+                extra["sockname"] = _query(sock.getsockname)
+            if "peername" not in extra:
+                extra["peername"] = _query(sock.getpeername)
+        self._family = family
+        core = self._core = _core.StreamTransport(
+            loop, fd, sock, self, protocol, isinstance(protocol, asyncio.BufferedProtocol)
+        )
+        if sock is not None and family in _INET_FAMILIES:
             _set_nodelay(sock)
-        self._core._attach()
+        core._attach()
         if server is not None:
             server._attach(self)
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._core._start_reading)
+        call_soon = loop.call_soon
+        call_soon(protocol.connection_made, self)
+        call_soon(core._start_reading)
         if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            call_soon(futures._set_result_unless_cancelled, waiter, None)
 
     def __repr__(self) -> str:
         core = self._core
@@ -162,6 +201,11 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         if server is not None:
             self._server = None
             server._detach(self)
+
+
+for _name in _DIRECT_METHODS:
+    setattr(SocketTransport, _name, _Direct(_name))
+del _name
 
 
 def _query(getter: Callable[[], Any]) -> Any:
