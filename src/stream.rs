@@ -412,6 +412,12 @@ impl StreamTransport {
                 "Cannot call write() after write_eof()",
             ));
         }
+        if state.sendfile_active {
+            // asyncio refuses: the bytes would interleave with the file's.
+            return Err(PyRuntimeError::new_err(
+                "unable to write; sendfile is in progress",
+            ));
+        }
         if state.conn_lost > 0 {
             state.conn_lost += 1;
             return Ok(if state.conn_lost > CONNLOST_WRITE_WARNING_THRESHOLD {
