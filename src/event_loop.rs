@@ -689,6 +689,12 @@ impl Loop {
                 "Cannot run the event loop while another loop is running",
             ));
         }
+        if !this.poller()?.owned_by_this_process() {
+            return Err(PyRuntimeError::new_err(
+                "this event loop was created before fork(); \
+                 create a new event loop in the child process",
+            ));
+        }
         slf.call_method1("_set_coroutine_origin_tracking", (this.is_debug(),))?;
         let sys = python_api::sys(py)?;
         let old_hooks = sys.call_method0("get_asyncgen_hooks")?;

@@ -17,6 +17,8 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::fork;
+
 /// Readiness of one descriptor, as reported by one `wait`.
 #[derive(Clone, Copy, Debug)]
 pub struct Readiness {
@@ -55,6 +57,8 @@ const EVENT_CAPACITY: usize = 1024;
 
 pub struct Poller {
     epoll: Epoll,
+    /// The fork generation the epoll instance belongs to (see `fork.rs`).
+    generation: u64,
     /// Reused across waits (only the loop thread waits).
     events: parking_lot::Mutex<Vec<EpollEvent>>,
     waker: EventFd,
@@ -74,6 +78,7 @@ impl Poller {
         )?;
         Ok(Self {
             epoll,
+            generation: fork::generation(),
             events: parking_lot::Mutex::new(vec![EpollEvent::empty(); EVENT_CAPACITY]),
             waker,
             sleeping: AtomicBool::new(false),
@@ -84,6 +89,10 @@ impl Poller {
     /// Starts, changes or stops watching `fd`. `previous` is what the caller
     /// had registered before, so that the right `epoll_ctl` is chosen.
     pub fn set_interest(&self, fd: RawFd, previous: Interest, next: Interest) -> nix::Result<()> {
+        if !self.owned_by_this_process() {
+            // An inherited epoll instance is the parent's too: leave it alone.
+            return Ok(());
+        }
         // SAFETY: the caller guarantees `fd` was valid when it was handed to us;
         // epoll only records the number, it never takes ownership.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -108,6 +117,12 @@ impl Poller {
                 other => other,
             }
         }
+    }
+
+    /// False in a child forked after the poller was made: the epoll instance
+    /// is shared with the parent and must not be used from here.
+    pub fn owned_by_this_process(&self) -> bool {
+        self.generation == fork::generation()
     }
 
     /// Marks the loop as about to sleep. Call before deciding the timeout, so
