@@ -64,3 +64,35 @@ fn not_bytes_like(data: &Bound<'_, PyAny>, what: &str) -> PyErr {
         type_name(data)
     ))
 }
+
+/// The bytes of a bytes-like object, borrowed for as long as the view lives
+/// (for `writelines`, which sends several of them in one system call).
+pub enum BytesView<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    Buffer(PyUntypedBuffer),
+}
+
+impl<'py> BytesView<'py> {
+    pub fn new(data: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
+        if let Ok(bytes) = data.cast::<PyBytes>() {
+            return Ok(Self::Bytes(bytes.clone()));
+        }
+        let buffer = PyUntypedBuffer::get(data).map_err(|_| not_bytes_like(data, what))?;
+        if !buffer.is_c_contiguous() {
+            return Err(PyBufferError::new_err("data must be a C-contiguous buffer"));
+        }
+        Ok(Self::Buffer(buffer))
+    }
+
+    /// Valid while `self` lives and no Python code runs (which could resize
+    /// a bytearray under it).
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Bytes(bytes) => bytes.as_bytes(),
+            // SAFETY: the buffer stays acquired while `self` lives.
+            Self::Buffer(buffer) => unsafe {
+                std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes())
+            },
+        }
+    }
+}

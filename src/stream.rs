@@ -28,7 +28,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use pyo3::PyTraverseError;
 
-use crate::buffers::{with_bytes, with_bytes_mut};
+use crate::buffers::{with_bytes, with_bytes_mut, BytesView};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
@@ -140,6 +140,38 @@ enum WriteOutcome {
 fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, Errno> {
     let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
     sys_io::send(fd, data, None, flags).map(|sent| sent.unwrap_or(0))
+}
+
+/// Sends several buffers with one `sendmsg` (at most IOV_MAX of them; the
+/// rest is left for the caller to buffer); 0 when the socket is full.
+fn send_parts(fd: RawFd, parts: &[&[u8]]) -> Result<usize, Errno> {
+    const IOV_MAX: usize = 1024;
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .take(IOV_MAX)
+        .map(|part| libc::iovec {
+            iov_base: part.as_ptr() as *mut libc::c_void,
+            iov_len: part.len(),
+        })
+        .collect();
+    // SAFETY: a zeroed msghdr is valid; we fill in the iovec array, which
+    // points at slices that outlive the call and are only read.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    message.msg_iovlen = iov.len() as _;
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    loop {
+        // SAFETY: `message` describes valid memory for the duration of the call.
+        let sent = unsafe { libc::sendmsg(fd, &message, flags) };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(0),
+            errno => return Err(errno),
+        }
+    }
 }
 
 /// `recv` into `buffer`; `Ok(None)` means "nothing to read right now".
@@ -404,8 +436,9 @@ impl StreamTransport {
         }
     }
 
-    /// Buffers (or sends) `data`; the caller acts on the outcome with no lock held.
-    fn write_bytes(&self, data: &[u8]) -> PyResult<WriteOutcome> {
+    /// Buffers (or sends) `parts`, in order; the caller acts on the outcome
+    /// with no lock held. Several parts go out in one `sendmsg`, with no copy.
+    fn write_parts(&self, parts: &[&[u8]]) -> PyResult<WriteOutcome> {
         let mut state = self.state.lock();
         if state.eof_requested {
             return Err(PyRuntimeError::new_err(
@@ -426,18 +459,30 @@ impl StreamTransport {
                 WriteOutcome::Done
             });
         }
-        if data.is_empty() {
+        let total: usize = parts.iter().map(|part| part.len()).sum();
+        if total == 0 {
             return Ok(WriteOutcome::Done);
         }
-        let mut rest = data;
+        let mut already_sent = 0;
         if state.buffered_len() == 0 {
-            match send_some(self.fd, data) {
-                Ok(sent) if sent == data.len() => return Ok(WriteOutcome::Done),
-                Ok(sent) => rest = &data[sent..],
+            let sent = match parts {
+                [single] => send_some(self.fd, single),
+                _ => send_parts(self.fd, parts),
+            };
+            match sent {
+                Ok(sent) if sent == total => return Ok(WriteOutcome::Done),
+                Ok(sent) => already_sent = sent,
                 Err(errno) => return Ok(WriteOutcome::Failed(errno)),
             }
         }
-        state.append(rest);
+        for part in parts {
+            if already_sent >= part.len() {
+                already_sent -= part.len();
+                continue;
+            }
+            state.append(&part[already_sent..]);
+            already_sent = 0;
+        }
         Ok(self.after_buffering(&mut state))
     }
 
@@ -746,23 +791,25 @@ impl StreamTransport {
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let this = slf.get();
-        let outcome = with_bytes(data, "data", |bytes| this.write_bytes(bytes))??;
+        let outcome = with_bytes(data, "data", |bytes| this.write_parts(&[bytes]))??;
         Self::finish_write(slf, outcome)
     }
 
     /// Writes a sequence of buffers with one `writev` where possible.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
         let items: Vec<Bound<'_, PyAny>> = match list_of_data.cast::<PyList>() {
             Ok(list) => list.iter().collect(),
             Err(_) => list_of_data.try_iter()?.collect::<PyResult<_>>()?,
         };
-        let mut joined = Vec::new();
-        for item in &items {
-            with_bytes(item, "data", |bytes| joined.extend_from_slice(bytes))?;
-        }
-        let data = PyBytes::new(py, &joined);
-        Self::write(slf, data.as_any())
+        let views = items
+            .iter()
+            .map(|item| BytesView::new(item, "data"))
+            .collect::<PyResult<Vec<_>>>()?;
+        let parts: Vec<&[u8]> = views.iter().map(BytesView::as_slice).collect();
+        let outcome = slf.get().write_parts(&parts)?;
+        drop(parts);
+        drop(views);
+        Self::finish_write(slf, outcome)
     }
 
     fn write_eof(&self) -> PyResult<()> {

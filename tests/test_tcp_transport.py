@@ -354,6 +354,35 @@ def test_echo_write_writelines_and_callback_order(loop_factory: Any) -> None:
     run(loop_factory, main)
 
 
+def test_writelines_many_parts_to_a_slow_reader_keeps_order(loop_factory: Any) -> None:
+    """writelines of thousands of mixed buffers (more than one sendmsg takes),
+    some sent at once and the rest buffered while the peer does not read."""
+
+    async def main() -> bool:
+        server, side, tr, proto = await tcp_pair()
+        sproto = await side.first()
+        sproto.transport.pause_reading()
+        parts: list[Any] = []
+        for i in range(3000):
+            chunk = f"{i:06d}|".encode() * 50
+            kind = i % 3
+            parts.append(
+                chunk if kind == 0 else bytearray(chunk) if kind == 1 else memoryview(chunk)
+            )
+        expected = b"".join(bytes(p) for p in parts)
+        tr.writelines(iter(parts))  # any iterable, as asyncio accepts
+        tr.writelines([])
+        tr.write(b"END")
+        sproto.transport.resume_reading()
+        got = await sproto.wait_for_bytes(len(expected) + 3, timeout=20)
+        tr.close()
+        await proto.lost
+        await close_server(server)
+        return got == expected + b"END"
+
+    assert run(loop_factory, main)
+
+
 def test_write_type_errors(loop_factory: Any) -> None:
     async def main() -> list[str]:
         server, _side, tr, proto = await tcp_pair()
