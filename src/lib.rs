@@ -7,6 +7,7 @@ mod buffers;
 mod errors;
 mod event_loop;
 mod fd_watchers;
+mod flow_control;
 mod fork;
 mod handles;
 mod pipes;

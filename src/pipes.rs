@@ -37,12 +37,12 @@ use pyo3::PyTraverseError;
 use crate::buffers::with_bytes;
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
+use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::poller::{Interest, Readiness};
 use crate::sys_io;
 
 /// asyncio reads at most this much per iteration (`max_size`).
 const READ_SIZE: usize = 256 * 1024;
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES.
 const CONNLOST_WRITE_WARNING_THRESHOLD: u32 = 5;
 /// A drained write buffer larger than this gives its memory back.
@@ -863,21 +863,11 @@ impl PipeTransport {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let (high, low) = match (high, low) {
-            (None, None) => (DEFAULT_HIGH_WATER as i64, DEFAULT_HIGH_WATER as i64 / 4),
-            (None, Some(low)) => (4 * low, low),
-            (Some(high), None) => (high, high.div_euclid(4)),
-            (Some(high), Some(low)) => (high, low),
-        };
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
+        let (high, low) = flow_control::water_marks(high, low)?;
         let pause = {
             let mut state = slf.get().state.lock();
-            state.high_water = high as usize;
-            state.low_water = low as usize;
+            state.high_water = high;
+            state.low_water = low;
             state.should_pause()
         };
         if pause {

@@ -31,12 +31,12 @@ use pyo3::PyTraverseError;
 use crate::buffers::{with_bytes, with_bytes_mut, BytesView};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
+use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::poller::{Interest, Readiness};
 use crate::sys_io;
 
 /// asyncio reads at most this much per `recv`.
 const READ_SIZE: usize = 256 * 1024;
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES.
 const CONNLOST_WRITE_WARNING_THRESHOLD: u32 = 5;
 /// A drained write buffer larger than this gives its memory back.
@@ -931,22 +931,12 @@ impl StreamTransport {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let (high, low) = match (high, low) {
-            (None, None) => (DEFAULT_HIGH_WATER as i64, DEFAULT_HIGH_WATER as i64 / 4),
-            (None, Some(low)) => (4 * low, low),
-            (Some(high), None) => (high, high / 4),
-            (Some(high), Some(low)) => (high, low),
-        };
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
+        let (high, low) = flow_control::water_marks(high, low)?;
         let this = slf.get();
         let outcome = {
             let mut state = this.state.lock();
-            state.high_water = high as usize;
-            state.low_water = low as usize;
+            state.high_water = high;
+            state.low_water = low;
             this.after_buffering(&mut state)
         };
         Self::finish_write(slf, outcome)
