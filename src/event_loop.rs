@@ -243,6 +243,12 @@ impl Loop {
         }
     }
 
+    /// True when no descriptor (and no signal channel) is watched.
+    fn watches_nothing(&self) -> bool {
+        let state = self.state.lock();
+        state.watchers.is_empty() && state.signal_channel.is_none()
+    }
+
     /// Steps 1-4 of an iteration: sleep as long as allowed, then queue
     /// everything that became ready.
     fn collect_ready(&self, py: Python<'_>) -> PyResult<()> {
@@ -260,8 +266,13 @@ impl Loop {
         // Poll every iteration, as asyncio does: code written against asyncio
         // (CPython's own tests among it) expects I/O to be noticed by the
         // next iteration even while callbacks keep the loop busy.
+        // A non-blocking poll with nothing but the waker registered can only
+        // report wake-ups, and those matter only to a sleeping loop (what
+        // they announce is already in the ready queue): skip the system call.
         let mut events = Vec::new();
-        let waited = if timeout_ms == 0 {
+        let waited = if timeout_ms == 0 && self.watches_nothing() {
+            Ok(())
+        } else if timeout_ms == 0 {
             poller.wait(0, &mut events)
         } else {
             py.detach(|| poller.wait(timeout_ms, &mut events))

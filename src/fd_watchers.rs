@@ -115,6 +115,10 @@ impl FdWatchers {
         self.watches.get(&fd)?.native.as_ref().map(|n| &n.target)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty()
+    }
+
     pub fn get(&self, fd: RawFd) -> Option<&Watch> {
         self.watches.get(&fd)
     }
