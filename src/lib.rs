@@ -21,6 +21,7 @@ mod sockaddr;
 mod stream;
 mod sys_io;
 mod timers;
+mod transport_common;
 mod udp;
 
 use pyo3::prelude::*;

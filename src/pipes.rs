@@ -40,6 +40,7 @@ use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::poller::{Interest, Readiness};
 use crate::sys_io;
+use crate::transport_common;
 
 /// asyncio reads at most this much per iteration (`max_size`).
 const READ_SIZE: usize = 256 * 1024;
@@ -460,23 +461,8 @@ impl PipeTransport {
     fn call_protocol_flow(slf: &Bound<'_, Self>, method: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let Some(protocol) = this.protocol(py) else {
-            return Ok(());
-        };
-        if let Err(err) = protocol.bind(py).call_method0(method) {
-            if is_fatal(py, &err) {
-                return Err(err);
-            }
-            let context = PyDict::new(py);
-            context.set_item("message", format!("protocol.{method}() failed"))?;
-            context.set_item("exception", err.value(py))?;
-            context.set_item("transport", this.wrapper(py))?;
-            context.set_item("protocol", protocol)?;
-            this.loop_
-                .bind(py)
-                .call_method1("call_exception_handler", (context,))?;
-        }
-        Ok(())
+        let (transport, protocol) = (this.wrapper(py), this.protocol(py));
+        transport_common::call_flow_method(this.loop_.bind(py), transport, protocol, method)
     }
 
     /// An exception escaped a protocol callback run from the I/O handler:
@@ -575,28 +561,19 @@ impl PipeTransport {
     }
 
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
         if this.loop_.get().closed() {
             // Nothing will run scheduled callbacks any more: close the pipe now.
             return Self::release(slf);
         }
-        let callback = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-        let args = PyTuple::new(py, [exc.unwrap_or_else(|| py.None())])?;
-        this.loop_.get().soon(py, callback.unbind(), args.unbind())
+        transport_common::schedule_connection_lost(this.loop_.get(), slf.as_any(), exc)
     }
 
     /// Calls `connection_lost(exc)` once, then closes the pipe whatever it did.
     fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let protocol = slf.get().state.lock().protocol.take();
-        let result = match protocol {
-            Some(protocol) => protocol
-                .bind(py)
-                .call_method1(pyo3::intern!(py, "connection_lost"), (exc,))
-                .map(|_| ()),
-            None => Ok(()),
-        };
+        let result = transport_common::notify_connection_lost(py, protocol, exc);
         let released = Self::release(slf);
         result.and(released)
     }

@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList};
 use pyo3::PyTraverseError;
 
 use crate::buffers::{with_bytes, with_bytes_mut, BytesView};
@@ -34,6 +34,7 @@ use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::poller::{Interest, Readiness};
 use crate::sys_io;
+use crate::transport_common;
 
 /// asyncio reads at most this much per `recv`.
 const READ_SIZE: usize = 256 * 1024;
@@ -530,22 +531,8 @@ impl StreamTransport {
     fn call_protocol_flow(slf: &Bound<'_, Self>, method: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let Some(protocol) = this.protocol(py) else {
-            return Ok(());
-        };
-        if let Err(err) = protocol.bind(py).call_method0(method) {
-            if is_fatal(py, &err) {
-                return Err(err);
-            }
-            let context = pyo3::types::PyDict::new(py);
-            context.set_item("message", format!("protocol.{method}() failed"))?;
-            context.set_item("exception", err.value(py))?;
-            context.set_item("transport", this.wrapper(py))?;
-            context.set_item("protocol", protocol)?;
-            this.loop_ref(py)
-                .call_method1("call_exception_handler", (context,))?;
-        }
-        Ok(())
+        let (transport, protocol) = (this.wrapper(py), this.protocol(py));
+        transport_common::call_flow_method(this.loop_.bind(py), transport, protocol, method)
     }
 
     /// asyncio's `_fatal_error`: report (OS errors only in debug mode), then
@@ -612,15 +599,11 @@ impl StreamTransport {
         slf: &Bound<'_, Self>,
         exc: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let callback = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-        let exc = exc.unwrap_or_else(|| py.None());
-        let args = PyTuple::new(py, [exc])?;
         if self.loop_.get().closed() {
             // Nothing will run scheduled callbacks any more: release the socket now.
             return Self::release_socket(slf);
         }
-        self.loop_.get().soon(py, callback.unbind(), args.unbind())
+        transport_common::schedule_connection_lost(self.loop_.get(), slf.as_any(), exc)
     }
 
     /// Calls `connection_lost(exc)` once, then closes the socket and lets go of
@@ -630,13 +613,7 @@ impl StreamTransport {
         let this = slf.get();
         this.fail_drain_waiter(py)?;
         let protocol = this.state.lock().protocol.take();
-        let result = match protocol {
-            Some(protocol) => protocol
-                .bind(py)
-                .call_method1(pyo3::intern!(py, "connection_lost"), (exc,))
-                .map(|_| ()),
-            None => Ok(()),
-        };
+        let result = transport_common::notify_connection_lost(py, protocol, exc);
         let released = Self::release_socket(slf);
         result.and(released)
     }
