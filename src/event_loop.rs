@@ -230,23 +230,20 @@ impl Loop {
     }
 
     /// How long the next wait may sleep: 0 if anything is ready or a stop
-    /// is pending, until the earliest timer otherwise, or forever (-1).
-    fn sleep_budget_ms(&self, garbage: &mut Garbage) -> i32 {
+    /// is pending, until the earliest timer otherwise, or forever (-1); and
+    /// whether any descriptor (or the signal channel) is watched at all.
+    fn sleep_budget_ms(&self, garbage: &mut Garbage) -> (i32, bool) {
         let mut state = self.state.lock();
         state.timers.discard_cancelled(&mut garbage.timers);
+        let watching = !state.watchers.is_empty() || state.signal_channel.is_some();
         if !state.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
-            return 0;
+            return (0, watching);
         }
-        match state.timers.next_deadline() {
+        let timeout = match state.timers.next_deadline() {
             Some(deadline) => sleep_ms_until(deadline),
             None => -1,
-        }
-    }
-
-    /// True when no descriptor (and no signal channel) is watched.
-    fn watches_nothing(&self) -> bool {
-        let state = self.state.lock();
-        state.watchers.is_empty() && state.signal_channel.is_none()
+        };
+        (timeout, watching)
     }
 
     /// Steps 1-4 of an iteration: sleep as long as allowed, then queue
@@ -254,12 +251,12 @@ impl Loop {
     fn collect_ready(&self, py: Python<'_>) -> PyResult<()> {
         let poller = self.poller()?;
         let mut garbage = Garbage::default();
-        let mut timeout_ms = self.sleep_budget_ms(&mut garbage);
+        let (mut timeout_ms, mut watching) = self.sleep_budget_ms(&mut garbage);
         if timeout_ms != 0 {
             // Announce the sleep, then look again: a call_soon_threadsafe that
             // slipped in between either is seen now or writes the eventfd.
             poller.prepare_to_sleep();
-            timeout_ms = self.sleep_budget_ms(&mut garbage);
+            (timeout_ms, watching) = self.sleep_budget_ms(&mut garbage);
         }
         drop(garbage);
 
@@ -270,7 +267,7 @@ impl Loop {
         // report wake-ups, and those matter only to a sleeping loop (what
         // they announce is already in the ready queue): skip the system call.
         let mut events = Vec::new();
-        let waited = if timeout_ms == 0 && self.watches_nothing() {
+        let waited = if timeout_ms == 0 && !watching {
             Ok(())
         } else if timeout_ms == 0 {
             poller.wait(0, &mut events)
