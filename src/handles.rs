@@ -17,6 +17,10 @@
 //! through a handle can then only exist while the handle is pending, that is
 //! while the loop holds it, and the loop's own traversal reports the
 //! handle's contents in its place, so an abandoned loop is still collected.
+//! The context copy a handle makes for itself is untracked likewise while
+//! the handle is pending. Once a one-shot callback has run, the handle and
+//! its copy go back to the collector if anything else still references them,
+//! since the callback may have stored the handle in that very context.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -91,6 +95,8 @@ pub struct Slot {
     context: Py<PyAny>,
     cancelled: AtomicBool,
     one_shot: bool,
+    /// The context is this handle's own copy, untracked while it is pending.
+    private_context: bool,
 }
 
 // SAFETY: `callback` is only read or written by threads holding the GIL, and
@@ -100,11 +106,37 @@ unsafe impl Sync for Slot {}
 
 impl Slot {
     fn new(callback: Callback, context: Py<PyAny>, one_shot: bool) -> Self {
+        // A context nobody else references (the copy `call_soon` makes for
+        // `context=None`) is left out of the collector while the handle is
+        // pending, like the handle itself: tracked, thousands of pending
+        // copies made every collection walk them all. Until the callback runs
+        // in it, a fresh copy holds only the caller's values, which cannot
+        // reach this handle, so no cycle can pass through it.
+        let private_context = one_shot && refcount(context.as_ptr()) == 1;
+        if private_context {
+            untrack_object(context.as_ptr());
+        }
         Self {
             callback: UnsafeCell::new(Some(callback)),
             context,
             cancelled: AtomicBool::new(false),
             one_shot,
+            private_context,
+        }
+    }
+
+    /// After a one-shot callback ran: whatever still references the handle
+    /// or its context beyond the loop may now form a cycle with them (the
+    /// callback may have stored anything in the context), so both go back to
+    /// the collector. The common case, the loop's reference being the only
+    /// one, costs two reads.
+    fn return_to_collector(&self, handle: &Bound<'_, PyAny>) {
+        let context_shared = self.private_context && refcount(self.context.as_ptr()) > 1;
+        if refcount(handle.as_ptr()) > 1 || context_shared {
+            track_object(handle.as_ptr());
+            if self.private_context {
+                track_object(self.context.as_ptr());
+            }
         }
     }
 
@@ -153,10 +185,14 @@ impl Slot {
         let Some(callback) = callback else {
             return Ok(());
         };
-        match callback.invoke(py, &self.context) {
+        let outcome = match callback.invoke(py, &self.context) {
             Ok(()) => Ok(()),
             Err(err) => report_callback_error(loop_, handle, Some(&callback), err),
+        };
+        if self.one_shot {
+            self.return_to_collector(handle);
         }
+        outcome
     }
 
     fn func(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -183,11 +219,42 @@ impl Slot {
     }
 }
 
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A context must be tracked when it is deallocated (its destructor
+        // unlinks it from the collector's list unconditionally).
+        if self.private_context {
+            track_object(self.context.as_ptr());
+        }
+    }
+}
+
 /// Stops the collector from tracking a freshly made one-shot handle.
 fn untrack<T>(handle: &Py<T>) {
-    // SAFETY: a live object of a GC-enabled type; untracking is always allowed
-    // and its deallocation copes with an untracked object.
-    unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) };
+    untrack_object(handle.as_ptr());
+}
+
+fn refcount(object: *mut ffi::PyObject) -> isize {
+    // SAFETY: a live object; reading its reference count needs the GIL,
+    // which every caller holds.
+    unsafe { ffi::Py_REFCNT(object) }
+}
+
+fn untrack_object(object: *mut ffi::PyObject) {
+    // SAFETY: a live object of a GC-enabled type (handles, contexts);
+    // untracking is always allowed and their deallocation copes with an
+    // untracked object.
+    unsafe { ffi::PyObject_GC_UnTrack(object.cast()) };
+}
+
+fn track_object(object: *mut ffi::PyObject) {
+    // SAFETY: a live object of a GC-enabled type with a working tp_traverse;
+    // tracking twice is not allowed, hence the check.
+    unsafe {
+        if ffi::PyObject_GC_IsTracked(object) == 0 {
+            ffi::PyObject_GC_Track(object.cast());
+        }
+    }
 }
 
 /// Counts cancelled timers still sitting in a loop's heap, so the loop knows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import os
 import socket
@@ -149,6 +150,57 @@ def test_reader_args_released_after_remove(loop):
     finally:
         a.close()
         b.close()
+
+
+HELD = contextvars.ContextVar("held")
+
+
+def test_cycle_through_a_handles_own_context_is_collected(loop):
+    # The callback stores its own handle in the context copy it runs in:
+    # handle -> context -> handle, plus a payload we can watch.
+    box = {}
+
+    def remember_myself(payload):
+        HELD.set((box["handle"], payload))
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    box["handle"] = loop.call_soon(remember_myself, payload)
+    handle_ref = weakref.ref(box["handle"])
+    del payload
+    loop.run_until_complete(asyncio.sleep(0))
+    del box["handle"]
+    gc.collect()
+    assert handle_ref() is None
+    assert ref() is None
+
+
+def test_cycle_through_a_timers_own_context_is_collected(loop):
+    box = {}
+
+    def remember_myself(payload):
+        HELD.set((box["timer"], payload))
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    box["timer"] = loop.call_later(0.001, remember_myself, payload)
+    del payload
+    loop.run_until_complete(asyncio.sleep(0.01))
+    del box["timer"]
+    gc.collect()
+    assert ref() is None
+
+
+def test_many_pending_callbacks_keep_their_context_values(loop):
+    # Pending handles' contexts are left out of the collector while queued:
+    # a full collection in the middle must not disturb them.
+    seen = []
+    for i in range(2000):
+        HELD.set(i)
+        loop.call_soon(lambda i=i: seen.append(HELD.get() == i))
+    gc.collect()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert len(seen) == 2000 and all(seen)
 
 
 def test_loop_itself_is_collectable_after_close(loop_factory):
