@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import datetime
 import fnmatch
+import importlib.util
 import json
 import os
 import platform
@@ -39,6 +40,35 @@ SIZES = {"1KiB": 1024, "10KiB": 10 * 1024, "100KiB": 100 * 1024}
 RUST = "rust"
 SHORT = {"asyncio": "aio", "uvloop": "uv", "ferroloop": "fl", RUST: "rust"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+BENCH_DEPS_HINT = "pip install '.[bench]' from the repository root, or run benchmarks/run.sh"
+
+# For the run-time estimate printed at the start ("plan: N samples, ~M min").
+# Wall seconds of one sample beyond its warm-up + duration: process start-up,
+# connecting, stopping (measured on the 2-CPU development VM: 0.1-0.35 s).
+LOAD_OVERHEAD_S = 0.25
+# Wall seconds of one micro-benchmark sample at --scale 1, mean of the three
+# loops (measured on the 2-CPU development VM; asyncio is the slowest). The
+# interpreter start-up (~0.1 s) does not scale with --scale.
+MICRO_STARTUP_S = 0.1
+MICRO_S = {
+    "call_soon": 0.8,
+    "call_later_fire": 0.4,
+    "call_later_cancel": 2.9,
+    "gather_tasks": 1.2,
+    "sleep0_pingpong": 0.4,
+    "queue": 0.3,
+    "future_roundtrip": 0.9,
+    "run_in_executor": 0.7,
+    "getaddrinfo_numeric": 0.6,
+    "connect_storm": 0.6,
+    "loop_create_close": 0.9,
+    "subprocess_spawn": 1.0,
+    "subprocess_pipe": 0.7,
+}
+# One RSS sample beyond --rss-hold: start-up, 10k connects, closing them.
+RSS_OVERHEAD_S = 3.0
+# Once per run: probing the loops, the (no-op) cargo build of the helpers.
+FIXED_S = 2.0
 
 
 # ----------------------------------------------------------------- helpers
@@ -114,6 +144,10 @@ def fmt_num(v):
     return f"{v:.2f}"
 
 
+def fmt_dur(secs):
+    return f"{secs:.0f} s" if secs < 90 else f"{secs / 60:.1f} min"
+
+
 def ratio(a, b):
     if a is None or b is None or b == 0:
         return None
@@ -139,12 +173,16 @@ class Bench:
 
 
 class Driver:
-    def __init__(self, args, exes):
+    def __init__(self, args, exes, unavailable=None):
         self.a = args
         self.exes = exes
         self.pin = args.pin
+        # benchmark name -> why it cannot run (a missing module); left out.
+        self.unavailable = unavailable or {}
         self.samples = []
         self.errors = []
+        self.retry_s = 0.0  # wall time spent re-running disturbed samples
+        self.elapsed = None
         self.tmp = Path(tempfile.mkdtemp(prefix="ferroloop-bench-"))
 
     # -- process plumbing -------------------------------------------------
@@ -485,7 +523,7 @@ class Driver:
 
     # -- the plan ---------------------------------------------------------------
 
-    def plan(self):
+    def plan(self, include_unavailable=False):
         a = self.a
         items = []  # (name, group, loops, fn(loop) -> sample)
         loops = a.loops
@@ -579,7 +617,43 @@ class Driver:
             items = [
                 it for it in items if any(fnmatch.fnmatch(it[0], p) or p in it[0] for p in pats)
             ]
+        if not include_unavailable:
+            items = [it for it in items if it[0] not in self.unavailable]
         return items
+
+    def skipped(self):
+        """Names of selected benchmarks that cannot run (see self.unavailable)."""
+        return [it[0] for it in self.plan(include_unavailable=True) if it[0] in self.unavailable]
+
+    def estimate(self, items):
+        """(samples, estimated wall seconds without re-runs, most seconds re-runs
+        can add) of a plan; the last is bounded by --retry-budget."""
+        a = self.a
+        n = 0
+        secs = FIXED_S
+        retry = 0.0
+        for name, group, loops, _ in items:
+            k = len(loops) * a.rounds
+            n += k
+            if group == "micro":
+                each = MICRO_STARTUP_S + MICRO_S.get(name.split("/", 1)[1], 1.0) * a.scale
+            elif group == "rss":
+                each = RSS_OVERHEAD_S + a.rss_hold
+            elif group == "http" and a.http_client == "wrk":
+                each = max(1, round(a.duration)) + LOAD_OVERHEAD_S
+            else:
+                each = a.warmup + a.duration + LOAD_OVERHEAD_S
+            secs += k * each
+            if group != "rss":  # RSS samples are never flagged as disturbed
+                retry += k * a.max_retries * (a.quiet_wait + each)
+        return n, secs, min(retry, a.retry_budget)
+
+    def plan_line(self, items):
+        n, secs, retry = self.estimate(items)
+        line = f"plan: {n} samples, ~{fmt_dur(secs)} (estimated"
+        if retry > 0:
+            line += f"; re-running disturbed samples can add up to ~{fmt_dur(retry)}"
+        return line + ")"
 
     def log(self, msg):
         print(msg, flush=True)
@@ -587,22 +661,28 @@ class Driver:
     def run(self):
         items = self.plan()
         total = sum(len(loops) for _, _, loops, _ in items) * self.a.rounds
+        self.estimated_s = self.estimate(items)[1] - FIXED_S  # comparable with elapsed
         self.log(
-            f"{len(items)} benchmarks, {total} samples "
-            f"({self.a.rounds} rounds; loops: {', '.join(self.a.loops)})"
+            f"{len(items)} benchmarks, {self.a.rounds} rounds; loops: {', '.join(self.a.loops)}"
         )
+        self.log(self.plan_line(items))
         n = 0
         self.t_start = t_start = time.monotonic()
         for name, group, loops, fn in items:
             for rnd in range(1, self.a.rounds + 1):
                 for loop in loops:
                     n += 1
-                    s = self.one(name, group, loop, rnd, fn)
+                    # Re-runs may use the --retry-budget pro rata: by sample n
+                    # at most budget * n / total seconds in all, so a busy
+                    # spell early on cannot use up what later samples need.
+                    allowance = self.a.retry_budget * n / total
+                    s = self.one(name, group, loop, rnd, fn, allowance)
                     self.log(f"[{n:3}/{total}] {name:24} r{rnd} {loop:9} {self.describe(group, s)}")
         self.elapsed = time.monotonic() - t_start
 
-    def one(self, name, group, loop, rnd, fn):
+    def one(self, name, group, loop, rnd, fn, allowance=float("inf")):
         attempts = 0
+        t_retry = None
         while True:
             attempts += 1
             try:
@@ -611,17 +691,28 @@ class Driver:
                 s = {"error": str(e)}
             except Exception as e:
                 s = {"error": f"driver: {type(e).__name__}: {e}"}
+            if t_retry is not None:
+                self.retry_s += time.monotonic() - t_retry
             if s.get("error") or not s.get("disturbed") or attempts > self.a.max_retries:
+                break
+            left = allowance - self.retry_s
+            if left <= 0:
+                self.log(
+                    f"      {name} {loop}: foreign CPU load {s.get('foreign_cpu', 0):.2f} cores "
+                    f"during the sample; re-run budget used up ({self.retry_s:.0f} s of "
+                    f"{self.a.retry_budget:.0f} s), keeping it flagged as disturbed"
+                )
                 break
             self.log(
                 f"      {name} {loop}: foreign CPU load {s.get('foreign_cpu', 0):.2f} cores "
                 f"during the sample, re-running ({attempts}/{self.a.max_retries})"
             )
-            # Give whatever else is running a chance to finish first.
-            if not wait_quiet(self.a.quiet_wait):
-                self.log(
-                    f"      (machine still busy after {self.a.quiet_wait:.0f} s, re-running anyway)"
-                )
+            t_retry = time.monotonic()
+            # Give whatever else is running a chance to finish first (bounded
+            # by --quiet-wait and by what is left of the re-run budget).
+            wait = min(self.a.quiet_wait, left)
+            if wait > 0 and not wait_quiet(wait):
+                self.log(f"      (machine still busy after {wait:.0f} s, re-running anyway)")
         s.update(bench=name, group=group, loop=loop, round=rnd, attempts=attempts)
         self.samples.append(s)
         if s.get("error"):
@@ -843,14 +934,22 @@ def report(data, path):
     used = sum(v.get("n_disturbed_used", 0) for b in summary.values() for v in b.values())
     note = None
     if disturbed:
+        budget = cfg.get("retry_budget")
         note = (
             f"{len(disturbed)} of {len(samples)} samples stayed disturbed by foreign CPU load "
-            f"after {cfg['max_retries']} re-runs; medians use undisturbed samples where a "
+            f"after up to {cfg['max_retries']} re-runs"
+            + (f" (re-run budget {budget:.0f} s)" if budget is not None else "")
+            + "; medians use undisturbed samples where a "
             f"benchmark/loop has any ({used} disturbed samples had to be used)"
         )
         print("\n" + note)
     if m.get("wall_s"):
-        print(f"\nwall time: {m['wall_s'] / 60:.1f} min")
+        extra = []
+        if m.get("estimated_s"):
+            extra.append(f"estimated ~{fmt_dur(m['estimated_s'])} without re-runs")
+        if m.get("retry_s"):
+            extra.append(f"{fmt_dur(m['retry_s'])} of it re-running disturbed samples")
+        print(f"\nwall time: {fmt_dur(m['wall_s'])}" + (f" ({'; '.join(extra)})" if extra else ""))
     if path is None:
         return
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
@@ -869,7 +968,8 @@ def report(data, path):
         if m.get("pinning")
         else "- unpinned",
         f"- raw data: `{path.relative_to(ROOT)}`"
-        + (f"; wall time {m['wall_s'] / 60:.1f} min" if m.get("wall_s") else ""),
+        + (f"; wall time {fmt_dur(m['wall_s'])}" if m.get("wall_s") else "")
+        + (f" ({fmt_dur(m['retry_s'])} re-running disturbed samples)" if m.get("retry_s") else ""),
     ]
     if note:
         md.append(f"- {note}")
@@ -877,6 +977,8 @@ def report(data, path):
         md.append(f"- {m['note']}")
     for lp, err in m.get("unavailable_loops", {}).items():
         md.append(f"- **{lp} was not usable**: `{err}`")
+    for bench, why in m.get("unavailable_benchmarks", {}).items():
+        md.append(f"- **{bench} was not run**: {why}")
     md.append(render_md(tbls))
     if errors:
         md += ["", "### Errors", ""]
@@ -909,6 +1011,19 @@ def check_loops(requested):
             err = (r.stderr.strip().splitlines() or ["no output"])[-1]
             missing[lp] = err
     return ok, info, missing
+
+
+def missing_http_modules():
+    """{benchmark name: why it cannot run} for HTTP servers whose module is missing."""
+    out = {}
+    for kind in HTTP_KINDS:  # the kinds are named after the module they need
+        try:
+            found = importlib.util.find_spec(kind) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            out[f"http/{kind}"] = f"{kind} is not installed"
+    return out
 
 
 def meta(args, info, missing, build_how):
@@ -952,9 +1067,13 @@ def parse_args(argv):
         help="comma-separated loops to run (default: %(default)s)",
     )
     p.add_argument("--rounds", type=int, help="rounds of A B C interleaving (default 3)")
-    p.add_argument("--duration", type=float, help="measured seconds per load sample (default 4)")
     p.add_argument(
-        "--warmup", type=float, help="unmeasured warm-up seconds per load sample (default 0.5)"
+        "--duration",
+        type=float,
+        help="measured seconds per load sample (default 2, 1 with --quick)",
+    )
+    p.add_argument(
+        "--warmup", type=float, help="unmeasured warm-up seconds per load sample (default 0.25)"
     )
     p.add_argument("--sizes", help="echo message sizes, from 1KiB,10KiB,100KiB (default: all)")
     p.add_argument("--connections", type=int, default=10, help="client connections (default 10)")
@@ -982,10 +1101,19 @@ def parse_args(argv):
         "--quiet-wait",
         type=float,
         help="before re-running a disturbed sample, wait up to this many seconds "
-        "for the machine to be idle (default 10, 3 with --quick)",
+        "for the machine to be idle (default 3)",
+    )
+    p.add_argument(
+        "--retry-budget",
+        type=float,
+        help="total seconds the whole run may spend on re-runs of disturbed samples "
+        "(quiet waits included), shared out pro rata over the samples "
+        "(default 600, 60 with --quick)",
     )
     p.add_argument("--rss-connections", type=int, default=10_000)
-    p.add_argument("--rss-hold", type=float, help="seconds the idle connections are held")
+    p.add_argument(
+        "--rss-hold", type=float, help="seconds the idle connections are held (default 1)"
+    )
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not use taskset")
@@ -999,11 +1127,14 @@ def parse_args(argv):
     a = p.parse_args(argv)
     q = a.quick
     a.rounds = a.rounds or 3
-    a.duration = a.duration if a.duration is not None else (1.0 if q else 4.0)
-    a.warmup = a.warmup if a.warmup is not None else (0.25 if q else 0.5)
+    # Defaults sized so that a full run takes ~8 min on 2 CPUs (~18 with every
+    # re-run the budget allows; estimated): see "Budget" in benchmarks/README.md.
+    a.duration = a.duration if a.duration is not None else (1.0 if q else 2.0)
+    a.warmup = a.warmup if a.warmup is not None else 0.25
     a.scale = a.scale if a.scale is not None else (0.25 if q else 1.0)
-    a.quiet_wait = a.quiet_wait if a.quiet_wait is not None else (3.0 if q else 10.0)
-    a.rss_hold = a.rss_hold if a.rss_hold is not None else (1.0 if q else 2.0)
+    a.quiet_wait = a.quiet_wait if a.quiet_wait is not None else 3.0
+    a.retry_budget = a.retry_budget if a.retry_budget is not None else (60.0 if q else 600.0)
+    a.rss_hold = a.rss_hold if a.rss_hold is not None else 1.0
     a.sizes = a.sizes.split(",") if a.sizes else (["1KiB", "100KiB"] if q else list(SIZES))
     for s in a.sizes:
         if s not in SIZES:
@@ -1014,6 +1145,8 @@ def parse_args(argv):
             p.error(f"unknown loop {lp!r} (choose from {', '.join(LOOPS)})")
     if a.rounds < 1 or a.duration <= 0 or a.duration > 600 or a.warmup < 0:
         p.error("need --rounds >= 1 and 0 < --duration <= 600, --warmup >= 0")
+    if a.max_retries < 0 or a.quiet_wait < 0 or a.retry_budget < 0:
+        p.error("need --max-retries, --quiet-wait and --retry-budget >= 0")
     return a
 
 
@@ -1024,8 +1157,11 @@ def main(argv=None):
         report(json.loads(path.read_text()), path)
         return 0
     if a.list:
-        for name, group, loops, _ in Driver(a, {}).plan():
+        d = Driver(a, {})
+        items = d.plan()
+        for name, group, loops, _ in items:
             print(f"{name:28} {group:6} {','.join(loops)}")
+        print(d.plan_line(items))
         return 0
     if a.pin and (
         shutil.which("taskset") is None
@@ -1042,11 +1178,11 @@ def main(argv=None):
     requested = a.loops
     ok, info, missing = check_loops(requested)
     for lp, err in missing.items():
-        hint = (
-            " (build and install it with `pip install .` from the repository root)"
-            if lp == "ferroloop"
-            else ""
-        )
+        hint = ""
+        if lp == "ferroloop":
+            hint = f" (build and install it: {BENCH_DEPS_HINT})"
+        elif lp == "uvloop":
+            hint = f" (install the benchmark dependencies: {BENCH_DEPS_HINT})"
         print(f"*** {lp} is not usable, running without it: {err}{hint}", flush=True)
     for lp in ok:
         print(f"{lp}: {info[lp]['type']} {info[lp]['version']} ({info[lp]['file']})")
@@ -1065,7 +1201,13 @@ def main(argv=None):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    d = Driver(a, exes)
+    d = Driver(a, exes, unavailable=missing_http_modules())
+    skipped = {name: d.unavailable[name] for name in d.skipped()}
+    for name, why in skipped.items():
+        print(
+            f"*** {name} is skipped: {why} (install the benchmark dependencies: {BENCH_DEPS_HINT})",
+            flush=True,
+        )
     try:
         d.run()
     except KeyboardInterrupt:
@@ -1074,6 +1216,9 @@ def main(argv=None):
     m = meta(a, info, missing, how)
     m["config"]["loops_requested"] = requested
     m["wall_s"] = d.elapsed
+    m["estimated_s"] = getattr(d, "estimated_s", None)
+    m["retry_s"] = d.retry_s
+    m["unavailable_benchmarks"] = skipped
     path = None
     if not a.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
