@@ -93,6 +93,11 @@ impl Poller {
             // An inherited epoll instance is the parent's too: leave it alone.
             return Ok(());
         }
+        if previous == next {
+            // Nothing registered changes: spare the system call (transports
+            // forget descriptors they may never have watched).
+            return Ok(());
+        }
         // SAFETY: the caller guarantees `fd` was valid when it was handed to us;
         // epoll only records the number, it never takes ownership.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
