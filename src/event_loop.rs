@@ -186,6 +186,23 @@ impl Loop {
         self.state.lock().ready.push_back(job);
     }
 
+    /// `call_soon(callback, *args, context=context)`; the method itself is a
+    /// raw fast call (see `fast_calls`).
+    pub fn call_soon(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_closed()?;
+        self.check_thread()?;
+        let (callback, context) = self.new_callback(py, "call_soon", callback, args, context)?;
+        let handle = Handle::one_shot(py, callback, context, self.source_traceback(py)?)?;
+        self.schedule(Job::Call(handle.clone_ref(py)));
+        Ok(handle)
+    }
+
     fn schedule_timer(
         &self,
         py: Python<'_>,
@@ -505,14 +522,19 @@ fn check_callback(
     callback: &Bound<'_, PyAny>,
     debug: bool,
 ) -> PyResult<()> {
-    let is_coroutine = python_api::is_coroutine(py, callback)?
-        || (debug && python_api::is_coroutine_function(py, callback)?);
+    // Coroutine objects are not callable: the common case costs one slot test.
+    let callable = callback.is_callable();
+    let is_coroutine = if callable {
+        debug && python_api::is_coroutine_function(py, callback)?
+    } else {
+        python_api::is_coroutine(py, callback)?
+    };
     if is_coroutine {
         return Err(PyTypeError::new_err(format!(
             "coroutines cannot be used with {method}()"
         )));
     }
-    if !callback.is_callable() {
+    if !callable {
         return Err(PyTypeError::new_err(format!(
             "a callable object was expected by {method}(), got {}",
             callback.repr()?
@@ -557,22 +579,6 @@ impl Loop {
     /// The loop's clock: `time.monotonic()`.
     fn time(&self) -> f64 {
         monotonic()
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        &self,
-        py: Python<'_>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        self.check_closed()?;
-        self.check_thread()?;
-        let (callback, context) = self.new_callback(py, "call_soon", callback, args, context)?;
-        let handle = Handle::one_shot(py, callback, context, self.source_traceback(py)?)?;
-        self.schedule(Job::Call(handle.clone_ref(py)));
-        Ok(handle)
     }
 
     /// Like `call_soon`, from any thread; wakes the loop if it sleeps.

@@ -6,6 +6,7 @@
 mod buffers;
 mod errors;
 mod event_loop;
+mod fast_calls;
 mod fd_watchers;
 mod flow_control;
 mod fork;
@@ -29,6 +30,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Loop>()?;
+    fast_calls::install(m.py(), &m.py().get_type::<event_loop::Loop>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<stream::StreamTransport>()?;

@@ -45,6 +45,39 @@ def test_call_soon_passes_positional_args(loop):
     assert out == [(1, "two", None)]
 
 
+def test_call_soon_argument_shapes_match_asyncio(loop):
+    seen = []
+    ctx = contextvars.copy_context()
+    loop.call_soon(callback=lambda: seen.append("by keyword"))
+    loop.call_soon(seen.append, "with context", context=ctx)
+    loop.call_soon(seen.append, "context None", context=None)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == ["by keyword", "with context", "context None"]
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'callback'"):
+        loop.call_soon()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'delay'"):
+        loop.call_soon(print, delay=1)
+    with pytest.raises(TypeError, match="multiple values for argument 'callback'"):
+        loop.call_soon(print, callback=print)
+
+
+def test_call_soon_context_keyword_from_c_futures(loop):
+    # CPython's C Future schedules its callbacks with call_soon(cb, fut, context=ctx).
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+
+    async def main():
+        fut = loop.create_future()
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "theirs")
+        fut.add_done_callback(lambda f: seen.append(var.get()), context=ctx)
+        fut.set_result(None)
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    assert seen == ["theirs"]
+
+
 def test_call_soon_from_callback_runs_in_next_iteration(loop):
     out = []
 
