@@ -122,6 +122,129 @@ def test_shutdown_default_executor_waits_then_refuses_new_jobs(loop_factory):
     run(loop_factory, main)
 
 
+def test_job_cancelled_before_it_starts_never_runs(loop_factory):
+    ran = []
+    gate = threading.Event()
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            blocker = lp.run_in_executor(pool, gate.wait, 5)
+            queued = lp.run_in_executor(pool, ran.append, "queued")
+            queued.cancel()
+            await asyncio.sleep(0)  # asyncio passes the cancel on in a callback
+            gate.set()
+            await blocker
+            await asyncio.sleep(0.05)
+        assert queued.cancelled()
+
+    run(loop_factory, main)
+    assert ran == []
+
+
+def test_default_executor_threads_are_named_like_asyncios(loop_factory):
+    async def main():
+        lp = asyncio.get_running_loop()
+        return await lp.run_in_executor(None, lambda: threading.current_thread().name)
+
+    assert run(loop_factory, main).startswith("asyncio_")
+
+
+def test_executor_exception_types_are_asyncios(loop_factory):
+    def raise_concurrent_cancel():
+        raise concurrent.futures.CancelledError("from the job")
+
+    def raise_system_exit():
+        raise SystemExit(3)
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        with pytest.raises(asyncio.CancelledError):
+            await lp.run_in_executor(None, raise_concurrent_cancel)
+        with pytest.raises(SystemExit):
+            await lp.run_in_executor(None, raise_system_exit)
+
+    run(loop_factory, main)
+
+
+def test_pool_shutdown_with_cancel_futures_cancels_queued_jobs(loop_factory):
+    gate = threading.Event()
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        blocker = lp.run_in_executor(pool, gate.wait, 5)
+        queued = [lp.run_in_executor(pool, time.sleep, 0) for _ in range(3)]
+        await asyncio.sleep(0.02)
+        pool.shutdown(wait=False, cancel_futures=True)
+        gate.set()
+        await blocker
+        results = await asyncio.gather(*queued, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            lp.run_in_executor(pool, print)
+
+    run(loop_factory, main)
+
+
+def test_pool_with_failing_initializer_reports_broken_pool(loop_factory):
+    def bad_initializer():
+        raise ValueError("no")
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, initializer=bad_initializer)
+        try:
+            with pytest.raises(concurrent.futures.thread.BrokenThreadPool):
+                await asyncio.wait_for(lp.run_in_executor(pool, print), 5)
+        finally:
+            pool.shutdown(wait=True)
+
+    logging.getLogger("concurrent.futures").disabled = True
+    try:
+        run(loop_factory, main)
+    finally:
+        logging.getLogger("concurrent.futures").disabled = False
+
+
+def test_thread_pool_subclass_submit_is_honoured(loop_factory):
+    class CountingPool(concurrent.futures.ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, fn, /, *args, **kwargs):
+            CountingPool.submitted += 1
+            return super().submit(fn, *args, **kwargs)
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        with CountingPool(max_workers=2) as pool:
+            assert await lp.run_in_executor(pool, pow, 2, 5) == 32
+
+    run(loop_factory, main)
+    assert CountingPool.submitted == 1
+
+
+def test_loop_closed_while_job_runs_is_harmless(loop_factory):
+    gate = threading.Event()
+    finished = threading.Event()
+    lp = loop_factory()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def job():
+        gate.wait(5)
+        finished.set()
+        return 1
+
+    async def start():
+        return lp.run_in_executor(pool, job)
+
+    lp.run_until_complete(start())
+    lp.close()
+    gate.set()
+    assert finished.wait(5)
+    pool.shutdown(wait=True)
+
+
 # -- signals ---------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from . import _core, dns
 from .connections import ConnectionsMixin
 from .datagram import DatagramMixin
+from .executor import can_submit_directly, submit_to_thread_pool
 from .fileobj import fileobj_to_fd
 from .pipes import PipesMixin
 from .process import SubprocessMixin
@@ -237,6 +238,8 @@ class EventLoop(  # type: ignore[misc]
             if executor is None:
                 executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
                 self._default_executor = executor
+        if can_submit_directly(executor):
+            return submit_to_thread_pool(self, executor, func, args)
         return futures.wrap_future(executor.submit(func, *args), loop=self)
 
     def set_default_executor(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
