@@ -31,7 +31,7 @@ use pyo3::PyTraverseError;
 use crate::errors::os_error;
 use crate::fd_watchers::{Direction, Dispatch, FdWatchers, NativeWatch};
 use crate::handles::{
-    context_or_copy, report_callback_error, Callback, Handle, TimerHandle, TimerStats,
+    context_or_copy, report_callback_error, Callback, Handle, HandlePool, TimerHandle, TimerStats,
 };
 use crate::poller::{Interest, Poller, Readiness};
 use crate::python_api;
@@ -106,6 +106,7 @@ pub struct Loop {
     /// The running thread's id, or 0 when the loop is not running.
     thread_id: AtomicU64,
     task_factory: Mutex<Option<Py<PyAny>>>,
+    handle_pool: HandlePool,
 }
 
 fn current_thread_id() -> u64 {
@@ -198,7 +199,8 @@ impl Loop {
         self.check_closed()?;
         self.check_thread()?;
         let (callback, context) = self.new_callback(py, "call_soon", callback, args, context)?;
-        let handle = Handle::one_shot(py, callback, context, self.source_traceback(py)?)?;
+        let source = self.source_traceback(py)?;
+        let handle = self.handle_pool.one_shot(py, callback, context, source)?;
         self.schedule(Job::Call(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -328,7 +330,10 @@ impl Loop {
             } else {
                 run_job(slf, &job)
             };
-            drop(job);
+            match job {
+                Job::Call(handle) => self.handle_pool.recycle(handle),
+                other => drop(other),
+            }
             if let Err(err) = result {
                 // Whatever did not run yet stays queued, ahead of newer callbacks.
                 let mut state = self.state.lock();
@@ -360,6 +365,8 @@ impl Loop {
             .handles
             .extend(state.signal_handlers.drain().map(|(_, handle)| handle));
         state.signal_channel = None;
+        drop(state);
+        garbage.handles.extend(self.handle_pool.clear());
         garbage
     }
 }
@@ -573,6 +580,7 @@ impl Loop {
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
             task_factory: Mutex::new(None),
+            handle_pool: HandlePool::default(),
         })
     }
 
@@ -1074,7 +1082,9 @@ impl Loop {
     pub fn soon(&self, py: Python<'_>, func: Py<PyAny>, args: Py<PyTuple>) -> PyResult<()> {
         self.check_closed()?;
         let context = context_or_copy(py, None)?;
-        let handle = Handle::one_shot(py, Callback { func, args }, context, None)?;
+        let handle = self
+            .handle_pool
+            .one_shot(py, Callback { func, args }, context, None)?;
         self.schedule(Job::Call(handle));
         Ok(())
     }

@@ -26,6 +26,8 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -92,11 +94,13 @@ pub fn context_or_copy(py: Python<'_>, context: Option<Py<PyAny>>) -> PyResult<P
 pub struct Slot {
     /// Only touched with the GIL held, never across a call into Python.
     callback: UnsafeCell<Option<Callback>>,
-    context: Py<PyAny>,
+    /// Like `callback`; empty only while a spent handle waits in the loop's
+    /// pool for reuse.
+    context: UnsafeCell<Option<Py<PyAny>>>,
     cancelled: AtomicBool,
     one_shot: bool,
     /// The context is this handle's own copy, untracked while it is pending.
-    private_context: bool,
+    private_context: AtomicBool,
 }
 
 // SAFETY: `callback` is only read or written by threads holding the GIL, and
@@ -112,17 +116,53 @@ impl Slot {
         // copies made every collection walk them all. Until the callback runs
         // in it, a fresh copy holds only the caller's values, which cannot
         // reach this handle, so no cycle can pass through it.
-        let private_context = one_shot && refcount(context.as_ptr()) == 1;
-        if private_context {
-            untrack_object(context.as_ptr());
-        }
+        let private_context = one_shot && claim_private_context(&context);
         Self {
             callback: UnsafeCell::new(Some(callback)),
-            context,
+            context: UnsafeCell::new(Some(context)),
             cancelled: AtomicBool::new(false),
             one_shot,
-            private_context,
+            private_context: AtomicBool::new(private_context),
         }
+    }
+
+    fn context(&self) -> Option<&Py<PyAny>> {
+        // SAFETY: GIL held; the context is only replaced by `refill`/`empty`,
+        // whose callers hold the only reference to the handle.
+        unsafe { (*self.context.get()).as_ref() }
+    }
+
+    fn has_private_context(&self) -> bool {
+        self.private_context.load(Ordering::Relaxed)
+    }
+
+    /// Gives a spent one-shot slot a new callback (the handle is reused).
+    ///
+    /// # Safety
+    /// The caller holds the GIL and the only reference to the handle.
+    unsafe fn refill(&self, callback: Callback, context: Py<PyAny>) {
+        let private_context = claim_private_context(&context);
+        unsafe {
+            *self.callback.get() = Some(callback);
+            *self.context.get() = Some(context);
+        }
+        self.private_context
+            .store(private_context, Ordering::Relaxed);
+        self.cancelled.store(false, Ordering::Relaxed);
+    }
+
+    /// Takes everything out of a spent slot, to be dropped by the caller.
+    ///
+    /// # Safety
+    /// The caller holds the GIL and the only reference to the handle.
+    unsafe fn empty(&self) -> (Option<Callback>, Option<Py<PyAny>>) {
+        let (callback, context) =
+            unsafe { ((*self.callback.get()).take(), (*self.context.get()).take()) };
+        if let Some(context) = context.as_ref().filter(|_| self.has_private_context()) {
+            track_object(context.as_ptr());
+        }
+        self.private_context.store(false, Ordering::Relaxed);
+        (callback, context)
     }
 
     /// After a one-shot callback ran: whatever still references the handle
@@ -131,11 +171,12 @@ impl Slot {
     /// the collector. The common case, the loop's reference being the only
     /// one, costs two reads.
     fn return_to_collector(&self, handle: &Bound<'_, PyAny>) {
-        let context_shared = self.private_context && refcount(self.context.as_ptr()) > 1;
+        let private = self.context().filter(|_| self.has_private_context());
+        let context_shared = private.is_some_and(|context| refcount(context.as_ptr()) > 1);
         if refcount(handle.as_ptr()) > 1 || context_shared {
             track_object(handle.as_ptr());
-            if self.private_context {
-                track_object(self.context.as_ptr());
+            if let Some(context) = private {
+                track_object(context.as_ptr());
             }
         }
     }
@@ -185,7 +226,12 @@ impl Slot {
         let Some(callback) = callback else {
             return Ok(());
         };
-        let outcome = match callback.invoke(py, &self.context) {
+        // Borrowed across the call: a slot is only refilled or emptied by the
+        // loop after its job ran, never while it runs.
+        let Some(context) = self.context() else {
+            return Ok(());
+        };
+        let outcome = match callback.invoke(py, context) {
             Ok(()) => Ok(()),
             Err(err) => report_callback_error(loop_, handle, Some(&callback), err),
         };
@@ -215,7 +261,7 @@ impl Slot {
             visit.call(&callback.func)?;
             visit.call(&callback.args)?;
         }
-        visit.call(&self.context)
+        visit.call(self.context())
     }
 }
 
@@ -223,8 +269,8 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // A context must be tracked when it is deallocated (its destructor
         // unlinks it from the collector's list unconditionally).
-        if self.private_context {
-            track_object(self.context.as_ptr());
+        if let Some(context) = self.context().filter(|_| self.has_private_context()) {
+            track_object(context.as_ptr());
         }
     }
 }
@@ -232,6 +278,30 @@ impl Drop for Slot {
 /// Stops the collector from tracking a freshly made one-shot handle.
 fn untrack<T>(handle: &Py<T>) {
     untrack_object(handle.as_ptr());
+}
+
+/// A context nobody else references is ours alone: it is then left out of
+/// the collector while the handle is pending (see `Slot::new`).
+fn claim_private_context(context: &Py<PyAny>) -> bool {
+    let private = refcount(context.as_ptr()) == 1;
+    if private {
+        untrack_object(context.as_ptr());
+    }
+    private
+}
+
+fn has_weak_references(object: *mut ffi::PyObject) -> bool {
+    // SAFETY: a live object; a type with weak reference support keeps the
+    // head of the weak reference list at `tp_weaklistoffset`.
+    unsafe {
+        let offset = (*ffi::Py_TYPE(object)).tp_weaklistoffset;
+        offset > 0
+            && !(*object
+                .cast::<u8>()
+                .add(offset as usize)
+                .cast::<*mut ffi::PyObject>())
+            .is_null()
+    }
 }
 
 fn refcount(object: *mut ffi::PyObject) -> isize {
@@ -254,6 +324,75 @@ fn track_object(object: *mut ffi::PyObject) {
         if ffi::PyObject_GC_IsTracked(object) == 0 {
             ffi::PyObject_GC_Track(object.cast());
         }
+    }
+}
+
+/// Spent one-shot handles kept by a loop for reuse: making and freeing a
+/// Python object per callback was a quarter of `call_soon`'s cost. A handle
+/// is only taken back when nothing but the loop can see it (no other
+/// reference, no weak reference, no debug traceback), so reuse is
+/// unobservable.
+#[derive(Default)]
+pub struct HandlePool {
+    free: Mutex<Vec<Py<Handle>>>,
+    /// `free.len()`, readable without the lock.
+    pooled: AtomicUsize,
+}
+
+impl HandlePool {
+    const CAPACITY: usize = 1024;
+
+    /// A one-shot handle for `callback`: a reused one when available.
+    pub fn one_shot(
+        &self,
+        py: Python<'_>,
+        callback: Callback,
+        context: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        if source_traceback.is_none() {
+            let mut free = self.free.lock();
+            let reused = free.pop();
+            self.pooled.store(free.len(), Ordering::Relaxed);
+            drop(free);
+            if let Some(handle) = reused {
+                // SAFETY: the pool held the only reference; the GIL is held.
+                unsafe { handle.get().slot.refill(callback, context) };
+                return Ok(handle);
+            }
+        }
+        Handle::one_shot(py, callback, context, source_traceback)
+    }
+
+    /// Takes a handle back after its job ran, if it can be reused.
+    pub fn recycle(&self, handle: Py<Handle>) {
+        // A full pool (a burst of callbacks) costs one read per handle.
+        if self.pooled.load(Ordering::Relaxed) >= Self::CAPACITY
+            || !handle.get().is_reusable(&handle)
+        {
+            return;
+        }
+        // SAFETY: `is_reusable` proved ours is the only reference; GIL held.
+        let spent = unsafe { handle.get().slot.empty() };
+        let mut free = self.free.lock();
+        let surplus = if free.len() < Self::CAPACITY {
+            free.push(handle);
+            None
+        } else {
+            Some(handle)
+        };
+        self.pooled.store(free.len(), Ordering::Relaxed);
+        drop(free);
+        // Destructors run Python code, which may schedule callbacks: only now.
+        drop(surplus);
+        drop(spent);
+    }
+
+    /// Lets go of every pooled handle (the loop is closing).
+    pub fn clear(&self) -> Vec<Py<Handle>> {
+        let mut free = self.free.lock();
+        self.pooled.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *free)
     }
 }
 
@@ -310,6 +449,17 @@ impl Handle {
         self.slot.is_cancelled()
     }
 
+    /// True when `this` (this handle) is spent and nobody else can see it.
+    fn is_reusable(&self, this: &Py<Self>) -> bool {
+        let object = this.as_ptr();
+        self.slot.is_one_shot()
+            && self.source_traceback.is_none()
+            && refcount(object) == 1
+            && !has_weak_references(object)
+            // SAFETY: a live object of a GC-enabled type.
+            && unsafe { ffi::PyObject_GC_IsTracked(object) } == 0
+    }
+
     pub fn cancel_now(&self, py: Python<'_>) {
         drop(self.slot.cancel(py));
     }
@@ -330,8 +480,8 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.slot.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.slot.context().map(|context| context.clone_ref(py))
     }
 
     /// Run the callback now, reporting an exception to the loop's handler.
@@ -443,8 +593,8 @@ impl TimerHandle {
         self.when
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.slot.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.slot.context().map(|context| context.clone_ref(py))
     }
 
     fn _run(slf: &Bound<'_, Self>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -78,6 +78,21 @@ def test_call_soon_context_keyword_from_c_futures(loop):
     assert seen == ["theirs"]
 
 
+def test_handles_still_referenced_are_never_reused(loop):
+    import weakref
+
+    kept = [loop.call_soon(lambda: None) for _ in range(5)]
+    watched = loop.call_soon(lambda: None)
+    watcher = weakref.ref(watched)
+    loop.run_until_complete(asyncio.sleep(0))
+    fresh = [loop.call_soon(lambda: None) for _ in range(50)]
+    assert not {id(h) for h in kept} & {id(h) for h in fresh}
+    assert watcher() is watched and watched not in fresh
+    fresh[0].cancel()
+    assert not any(h.cancelled() for h in kept)
+    loop.run_until_complete(asyncio.sleep(0))
+
+
 def test_call_soon_from_callback_runs_in_next_iteration(loop):
     out = []
 
