@@ -480,8 +480,8 @@ fn run_job(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
 /// `loop.slow_callback_duration`, as asyncio does.
 fn run_job_timed(slf: &Bound<'_, Loop>, job: &Job) -> PyResult<()> {
     let py = slf.py();
-    // A one-shot handle gives its callback up when it runs: keep a reference
-    // to name it in the warning.
+    // The callback may cancel its own handle (which drops the callback):
+    // keep a reference to name it in the warning.
     let callback = match job {
         Job::Call(handle) => handle.get().slot.copy(py),
         Job::Timer(timer) => timer.get().slot.copy(py),

@@ -10,12 +10,11 @@
 //! handle while it runs.
 //!
 //! One-shot handles (`call_soon`, `call_later`, ...) are not tracked by the
-//! cyclic garbage collector, and give up their callback and arguments as soon
-//! as they run or are cancelled (asyncio drops them on cancel too). Tracking
-//! them made every collection walk every pending callback: untracking them
-//! made `call_soon` a third faster (docs/performance.md). A reference cycle
-//! through a handle can then only exist while the handle is pending, that is
-//! while the loop holds it, and the loop's own traversal reports the
+//! cyclic garbage collector while they are pending, and give up their
+//! callback and arguments when cancelled (as asyncio does). Tracking them
+//! made every collection walk every pending callback: untracking them made
+//! `call_soon` a third faster (docs/performance.md). A reference cycle through
+//! a pending handle is reported by the loop's own traversal, which visits the
 //! handle's contents in its place, so an abandoned loop is still collected.
 //! The context copy a handle makes for itself is untracked likewise while
 //! the handle is pending. Once a one-shot callback has run, the handle and
@@ -207,8 +206,8 @@ impl Slot {
         self.take(py)
     }
 
-    /// Runs the callback unless cancelled. A one-shot slot is spent first, so
-    /// the callback's references go as soon as it returns.
+    /// Runs the callback unless cancelled. A one-shot slot holds no callback
+    /// while it runs, so that a cancel from inside the callback releases it.
     pub fn run(
         &self,
         py: Python<'_>,
@@ -236,9 +235,19 @@ impl Slot {
             Err(err) => report_callback_error(loop_, handle, Some(&callback), err),
         };
         if self.one_shot {
+            // Like asyncio, a run handle keeps its callback (until cancelled);
+            // it goes with the handle, or when the loop reuses the handle.
+            if !self.is_cancelled() {
+                self.put_back(py, callback);
+            }
             self.return_to_collector(handle);
         }
         outcome
+    }
+
+    fn put_back(&self, _py: Python<'_>, callback: Callback) {
+        // SAFETY: GIL held, no outstanding reference into the cell (see impl Sync).
+        unsafe { *self.callback.get() = Some(callback) };
     }
 
     fn func(&self, py: Python<'_>) -> Option<Py<PyAny>> {

@@ -93,6 +93,27 @@ def test_handles_still_referenced_are_never_reused(loop):
     loop.run_until_complete(asyncio.sleep(0))
 
 
+def test_run_handle_keeps_its_callback_until_cancelled(loop):
+    h = loop.call_soon(print, "x")
+    assert (h._callback, h._args) == (print, ("x",))
+    loop.run_until_complete(asyncio.sleep(0))
+    assert (h._callback, h._args) == (print, ("x",))
+    assert repr(h) == repr(h)  # describes the callback, not "spent"
+    h.cancel()
+    assert h._callback is None and h.cancelled()
+
+
+def test_callback_cancelling_its_own_handle_while_running(loop):
+    box = {}
+
+    def cancel_myself():
+        box["handle"].cancel()
+
+    box["handle"] = loop.call_soon(cancel_myself)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert box["handle"].cancelled() and box["handle"]._callback is None
+
+
 def test_call_soon_from_callback_runs_in_next_iteration(loop):
     out = []
 
