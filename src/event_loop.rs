@@ -305,7 +305,10 @@ impl Loop {
                 queue_io(py, &mut state, &poller, &events, &mut garbage);
             }
             let mut due = Vec::new();
-            state.timers.pop_due(monotonic(), &mut due);
+            if !state.timers.is_empty() {
+                // No clock read in iterations without timers.
+                state.timers.pop_due(monotonic(), &mut due);
+            }
             for timer in due {
                 if timer.get().is_cancelled() {
                     garbage.timers.push(timer);

@@ -80,6 +80,10 @@ impl TimerHeap {
         self.heap.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// The earliest deadline, if any timer is scheduled.
     pub fn next_deadline(&self) -> Option<f64> {
         self.heap.peek().map(|entry| entry.when)
