@@ -11,8 +11,9 @@ function and hands the outcome straight to the loop with
 threads (named ``asyncio_N`` for the default one), their start-up on demand,
 `shutdown()`, `cancel_futures=True`, and the join at interpreter exit.
 
-It relies on three attributes private to `ThreadPoolExecutor` (`_work_queue`,
-`_shutdown_lock`, `_adjust_thread_count`), present from 3.8 through 3.14;
+It relies on attributes private to `ThreadPoolExecutor` (`_work_queue`,
+`_shutdown_lock`, `_adjust_thread_count`, `_broken`, `_shutdown`) and to its
+module (`_global_shutdown_lock`, `_shutdown`), present from 3.9 through 3.14;
 `can_submit_directly` checks for them, and any other executor (a subclass,
 a process pool) goes through `submit()` as in asyncio.
 """
@@ -26,12 +27,16 @@ from collections.abc import Callable
 from typing import Any
 
 _PRIVATE_PARTS = ("_work_queue", "_shutdown_lock", "_adjust_thread_count", "_broken", "_shutdown")
+_MODULE_PARTS = ("_global_shutdown_lock", "_shutdown", "BrokenThreadPool")
+_MODULE_KNOWN = all(hasattr(_thread_pool, name) for name in _MODULE_PARTS)
 
 
 def can_submit_directly(executor: object) -> bool:
     """True for a plain `ThreadPoolExecutor` whose internals we know."""
-    return type(executor) is concurrent.futures.ThreadPoolExecutor and all(
-        hasattr(executor, name) for name in _PRIVATE_PARTS
+    return (
+        _MODULE_KNOWN
+        and type(executor) is concurrent.futures.ThreadPoolExecutor
+        and all(hasattr(executor, name) for name in _PRIVATE_PARTS)
     )
 
 
