@@ -1321,3 +1321,33 @@ def test_protocol_callback_exceptions(loop_factory: Any, where: str) -> None:
     expected = run_oracle(main)
     assert expected[3], "asyncio reported nothing"
     assert run(loop_factory, main) == expected
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def test_alternating_large_and_small_messages_echo_intact(loop_factory: Any) -> None:
+    """Reads switch between the shared buffer (small) and reading straight into
+    the bytes object (large); every byte must arrive, in order, either way."""
+    sizes = [100 * 1024, 10, 300 * 1024, 1, 64 * 1024, 33 * 1024, 5, 2 * MiB, 7]
+
+    async def main() -> None:
+        lp = asyncio.get_running_loop()
+        server = await lp.create_server(_Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for size in sizes:
+            message = os.urandom(size)
+            writer.write(message)
+            echoed = await asyncio.wait_for(reader.readexactly(size), 10)
+            assert echoed == message, size
+        writer.close()
+        await writer.wait_closed()
+        await close_server(server)
+
+    run(loop_factory, main)
