@@ -19,12 +19,10 @@
 
 use std::cell::RefCell;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
-use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
@@ -129,8 +127,6 @@ pub struct StreamTransport {
     fd: RawFd,
     loop_: Py<Loop>,
     state: Mutex<StreamState>,
-    /// The last read was large: read straight into a new `bytes` object.
-    large_reads: AtomicBool,
 }
 
 /// What a write decided under the lock, to be acted on after releasing it.
@@ -182,56 +178,6 @@ fn send_parts(fd: RawFd, parts: &[&[u8]]) -> Result<usize, Errno> {
 /// `recv` into `buffer`; `Ok(None)` means "nothing to read right now".
 fn recv_some(fd: RawFd, buffer: &mut [u8]) -> Result<Option<usize>, Errno> {
     sys_io::recv(fd, buffer, libc::MSG_DONTWAIT)
-}
-
-/// Reads of at least this size are received straight into the `bytes`
-/// object handed to `data_received`, sparing a copy of the data.
-const LARGE_READ: usize = 32 * 1024;
-
-/// Receives into a new `bytes` object: through the shared read buffer and
-/// a copy for small reads (allocating a large object for a few bytes costs
-/// more than copying them), straight into a `READ_SIZE` object, shrunk in
-/// place afterwards, when the previous read was large.
-fn recv_bytes<'py>(
-    py: Python<'py>,
-    fd: RawFd,
-    large: bool,
-) -> Result<Option<Bound<'py, PyBytes>>, Errno> {
-    if !large {
-        return READ_BUFFER.with(|cell| {
-            let mut buffer = cell.borrow_mut();
-            recv_some(fd, &mut buffer).map(|count| count.map(|n| PyBytes::new(py, &buffer[..n])))
-        });
-    }
-    // SAFETY: the writer owns READ_SIZE writable bytes until it is finished
-    // (shrunk to what recv wrote) or discarded; nobody else sees them.
-    unsafe {
-        let writer = ffi::compat::PyBytesWriter_Create(READ_SIZE as ffi::Py_ssize_t);
-        if writer.is_null() {
-            // Reported as the fatal read error ENOMEM, like a failed recv.
-            drop(PyErr::take(py));
-            return Err(Errno::ENOMEM);
-        }
-        let data = std::slice::from_raw_parts_mut(
-            ffi::compat::PyBytesWriter_GetData(writer).cast(),
-            READ_SIZE,
-        );
-        let received = match recv_some(fd, data) {
-            Ok(Some(count)) => count,
-            other => {
-                ffi::compat::PyBytesWriter_Discard(writer);
-                return other.map(|_| None);
-            }
-        };
-        let object = ffi::compat::PyBytesWriter_FinishWithSize(writer, received as ffi::Py_ssize_t);
-        if object.is_null() {
-            drop(PyErr::take(py));
-            return Err(Errno::ENOMEM);
-        }
-        Ok(Some(
-            Bound::from_owned_ptr(py, object).cast_into_unchecked(),
-        ))
-    }
 }
 
 impl StreamTransport {
@@ -289,18 +235,15 @@ impl StreamTransport {
         if buffered {
             return Self::read_into_protocol_buffer(slf, protocol.bind(py));
         }
-        let large = this.large_reads.load(Ordering::Relaxed);
-        let received = recv_bytes(py, this.fd, large);
-        if let Ok(Some(data)) = &received {
-            let now_large = data.as_bytes().len() >= LARGE_READ;
-            if now_large != large {
-                this.large_reads.store(now_large, Ordering::Relaxed);
-            }
-        }
+        let received = READ_BUFFER.with(|cell| {
+            let mut buffer = cell.borrow_mut();
+            recv_some(this.fd, &mut buffer)
+                .map(|count| count.map(|count| (count, PyBytes::new(py, &buffer[..count]))))
+        });
         match received {
             Ok(None) => Ok(()),
-            Ok(Some(data)) if data.as_bytes().is_empty() => Self::eof(slf, protocol.bind(py)),
-            Ok(Some(data)) => {
+            Ok(Some((0, _))) => Self::eof(slf, protocol.bind(py)),
+            Ok(Some((_, data))) => {
                 let result = match data_received {
                     Some(method) => method.bind(py).call1((data,)),
                     None => protocol.bind(py).call_method1("data_received", (data,)),
@@ -771,7 +714,6 @@ impl StreamTransport {
                 .map(Bound::unbind)
         };
         Ok(Self {
-            large_reads: AtomicBool::new(false),
             fd,
             loop_: event_loop.unbind(),
             state: Mutex::new(StreamState {
