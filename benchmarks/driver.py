@@ -183,7 +183,19 @@ class Driver:
         self.errors = []
         self.retry_s = 0.0  # wall time spent re-running disturbed samples
         self.elapsed = None
-        self.tmp = Path(tempfile.mkdtemp(prefix="ferroloop-bench-"))
+        self._tmp = None
+
+    @property
+    def tmp(self):
+        """Scratch directory for server output, made on first use (not by --list)."""
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="ferroloop-bench-"))
+        return self._tmp
+
+    def remove_scratch(self):
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     # -- process plumbing -------------------------------------------------
 
@@ -1213,6 +1225,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted: summarizing the samples taken so far", flush=True)
         d.elapsed = time.monotonic() - d.t_start if hasattr(d, "t_start") else None
+    finally:
+        d.remove_scratch()
     m = meta(a, info, missing, how)
     m["config"]["loops_requested"] = requested
     m["wall_s"] = d.elapsed
@@ -1229,5 +1243,4 @@ def main(argv=None):
             path = RESULTS / f"{base}-{i}.json"
             i += 1
     report({"meta": m, "samples": d.samples, "errors": d.errors}, path)
-    shutil.rmtree(d.tmp, ignore_errors=True)
     return 0
