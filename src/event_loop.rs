@@ -198,9 +198,21 @@ impl Loop {
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         self.check_thread()?;
-        let (callback, context) = self.new_callback(py, "call_soon", callback, args, context)?;
-        let source = self.source_traceback(py)?;
-        let handle = self.handle_pool.one_shot(py, callback, context, source)?;
+        let callback = self.new_callback(py, "call_soon", callback, args, context)?;
+        self.schedule_one_shot(py, callback, self.source_traceback(py)?)
+    }
+
+    /// Queues a one-shot handle (a reused one when possible) for the next
+    /// iteration and returns it.
+    fn schedule_one_shot(
+        &self,
+        py: Python<'_>,
+        (callback, context): (Callback, Py<PyAny>),
+        source_traceback: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let handle = self
+            .handle_pool
+            .one_shot(py, callback, context, source_traceback)?;
         self.schedule(Job::Call(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -602,10 +614,8 @@ impl Loop {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
-        let (callback, context) =
-            self.new_callback(py, "call_soon_threadsafe", callback, args, context)?;
-        let handle = Handle::one_shot(py, callback, context, self.source_traceback(py)?)?;
-        self.schedule(Job::Call(handle.clone_ref(py)));
+        let callback = self.new_callback(py, "call_soon_threadsafe", callback, args, context)?;
+        let handle = self.schedule_one_shot(py, callback, self.source_traceback(py)?)?;
         if let Some(poller) = self.poller.lock().as_ref() {
             poller.wake();
         }
@@ -1085,10 +1095,7 @@ impl Loop {
     pub fn soon(&self, py: Python<'_>, func: Py<PyAny>, args: Py<PyTuple>) -> PyResult<()> {
         self.check_closed()?;
         let context = context_or_copy(py, None)?;
-        let handle = self
-            .handle_pool
-            .one_shot(py, Callback { func, args }, context, None)?;
-        self.schedule(Job::Call(handle));
+        self.schedule_one_shot(py, (Callback { func, args }, context), None)?;
         Ok(())
     }
 

@@ -359,7 +359,8 @@ impl HandlePool {
         context: Py<PyAny>,
         source_traceback: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        if source_traceback.is_none() {
+        // An empty pool (during a burst of callbacks) costs one read.
+        if source_traceback.is_none() && self.pooled.load(Ordering::Relaxed) > 0 {
             let mut free = self.free.lock();
             let reused = free.pop();
             self.pooled.store(free.len(), Ordering::Relaxed);

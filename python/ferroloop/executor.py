@@ -51,8 +51,6 @@ def submit_to_thread_pool(
     Raises what `executor.submit` raises after a shutdown, so callers see
     asyncio's errors.
     """
-    waiter = loop.create_future()
-    item = _LoopWorkItem(loop, waiter, func, args)
     pool: Any = executor
     with pool._shutdown_lock, _thread_pool._global_shutdown_lock:
         if pool._broken:
@@ -61,7 +59,8 @@ def submit_to_thread_pool(
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _thread_pool._shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        pool._work_queue.put(item)
+        waiter = loop.create_future()
+        pool._work_queue.put(_LoopWorkItem(loop, waiter, func, args))
         pool._adjust_thread_count()
     return waiter
 
