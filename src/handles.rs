@@ -42,7 +42,7 @@ pub struct Callback {
 }
 
 impl Callback {
-    fn clone_ref(&self, py: Python<'_>) -> Self {
+    pub fn clone_ref(&self, py: Python<'_>) -> Self {
         Self {
             func: self.func.clone_ref(py),
             args: self.args.clone_ref(py),

@@ -4,6 +4,7 @@
 //! the parts of asyncio's API that run once per loop or per connection.
 
 mod buffers;
+mod connector;
 mod errors;
 mod event_loop;
 mod fast_calls;
@@ -36,6 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::StreamTransport>()?;
     m.add_class::<server::Listener>()?;
     sock_ops::register(m)?;
+    connector::register(m)?;
     udp::register(m)?;
     pipes::register(m)?;
     process::register(m)?;

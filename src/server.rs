@@ -54,7 +54,7 @@ fn accept_one(fd: RawFd) -> Accepted {
     }
 }
 
-fn set_nodelay(fd: RawFd) {
+pub(crate) fn set_nodelay(fd: RawFd) {
     let enable: libc::c_int = 1;
     // SAFETY: a plain setsockopt on a descriptor we just accepted. Failure
     // (not a TCP socket) is harmless and ignored, as asyncio ignores it.

@@ -60,7 +60,7 @@ static SSL_SOCKET_TYPE: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
 static SENDFILE_NOT_AVAILABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// `asyncio.Future(loop=loop)`, through vectorcall (no kwargs dict).
-fn new_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn new_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_.py();
     let future_type = FUTURE_TYPE.import(py, "asyncio", "Future")?;
     let kwnames =
@@ -75,12 +75,12 @@ fn new_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     }
 }
 
-fn set_result(fut: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
+pub(crate) fn set_result(fut: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
     fut.call_method1(intern!(fut.py(), "set_result"), (value,))?;
     Ok(())
 }
 
-fn set_exception(fut: &Bound<'_, PyAny>, err: PyErr) -> PyResult<()> {
+pub(crate) fn set_exception(fut: &Bound<'_, PyAny>, err: PyErr) -> PyResult<()> {
     let py = fut.py();
     fut.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
     Ok(())
@@ -555,7 +555,7 @@ impl SockWaiter {
     }
 }
 
-fn future_done(fut: &Bound<'_, PyAny>) -> PyResult<bool> {
+pub(crate) fn future_done(fut: &Bound<'_, PyAny>) -> PyResult<bool> {
     fut.call_method0(intern!(fut.py(), "done"))?.is_truthy()
 }
 

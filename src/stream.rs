@@ -18,20 +18,23 @@
 //! the buffer; errors call `connection_lost(exc)`.
 
 use std::cell::RefCell;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyList, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::buffers::{with_bytes, with_bytes_mut, BytesView};
+use crate::connector::ConnectedSocket;
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
+use crate::handles::{context_or_copy, report_callback_error, Callback, Handle};
 use crate::poller::{Interest, Readiness};
 use crate::sys_io;
 use crate::transport_common;
@@ -321,6 +324,34 @@ impl StreamTransport {
                 "Fatal read error on socket transport",
             ),
         }
+    }
+
+    /// `protocol.connection_made(transport)`; an exception goes to the loop's
+    /// handler exactly as if the call had been a handle of its own (same
+    /// message and context keys as asyncio), except `SystemExit` and
+    /// `KeyboardInterrupt`, which are returned.
+    fn call_connection_made(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (Some(protocol), wrapper) = (this.protocol(py), this.wrapper(py)) else {
+            return Ok(());
+        };
+        let protocol = protocol.bind(py);
+        let Err(err) = protocol.call_method1(intern!(py, "connection_made"), (&wrapper,)) else {
+            return Ok(());
+        };
+        let callback = Callback {
+            func: protocol.getattr(intern!(py, "connection_made"))?.unbind(),
+            args: PyTuple::new(py, [&wrapper])?.unbind(),
+        };
+        let context = context_or_copy(py, None)?;
+        let handle = Handle::repeating(py, callback.clone_ref(py), context, None)?;
+        report_callback_error(
+            this.loop_ref(py).as_any(),
+            handle.bind(py).as_any(),
+            Some(&callback),
+            err,
+        )
     }
 
     /// The peer closed its side: ask the protocol whether to keep the
@@ -682,27 +713,40 @@ pub fn dispatch(
 impl StreamTransport {
     /// Wraps the connected, non-blocking socket `fd`. With `sock` (a Python
     /// socket object) the transport closes `sock` at the end; without, it
-    /// owns `fd` itself.
+    /// owns `fd` itself. A natively connected `sock` (`ConnectedSocket`)
+    /// hands its descriptor over and `fd` is ignored.
     #[new]
     #[pyo3(signature = (event_loop, fd, sock, wrapper, protocol, buffered))]
     fn py_new(
         py: Python<'_>,
         event_loop: Bound<'_, Loop>,
         fd: RawFd,
-        sock: Option<Py<PyAny>>,
+        sock: Option<Bound<'_, PyAny>>,
         wrapper: Py<PyAny>,
         protocol: Py<PyAny>,
         buffered: bool,
     ) -> PyResult<Self> {
-        if fd < 0 {
-            return Err(PyValueError::new_err(format!(
-                "Invalid file descriptor: {fd}"
-            )));
-        }
         let owner = match sock {
-            Some(sock) => SocketOwner::Python(sock),
+            Some(sock) => match sock.cast::<ConnectedSocket>() {
+                Ok(connected) => SocketOwner::Native(connected.get().take_fd()?),
+                Err(_) => SocketOwner::Python(sock.unbind()),
+            },
+            None if fd < 0 => {
+                return Err(PyValueError::new_err(format!(
+                    "Invalid file descriptor: {fd}"
+                )))
+            }
             // SAFETY: the caller transfers ownership of `fd` to us.
             None => SocketOwner::Native(unsafe { OwnedFd::from_raw_fd(fd) }),
+        };
+        let fd = match &owner {
+            SocketOwner::Native(owned) => owned.as_raw_fd(),
+            _ if fd < 0 => {
+                return Err(PyValueError::new_err(format!(
+                    "Invalid file descriptor: {fd}"
+                )))
+            }
+            _ => fd,
         };
         let data_received = if buffered {
             None
@@ -751,6 +795,34 @@ impl StreamTransport {
             dispatch,
             Interest::default(),
         )
+    }
+
+    /// Schedules the start of the connection for the next iteration: one
+    /// callback (this object, called) doing what asyncio's transports do
+    /// with three in a row: `connection_made`, start reading, resolve
+    /// `waiter`. Callbacks that `connection_made` schedules still run after
+    /// the waiter's task wakes, as they would in asyncio.
+    #[pyo3(signature = (waiter=None))]
+    fn _open(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let args = PyTuple::new(py, [waiter.unwrap_or_else(|| py.None())])?;
+        slf.get()
+            .loop_
+            .get()
+            .soon(py, slf.clone().into_any().unbind(), args.unbind())
+    }
+
+    fn __call__(slf: &Bound<'_, Self>, waiter: &Bound<'_, PyAny>) -> PyResult<()> {
+        let made = Self::call_connection_made(slf);
+        Self::_start_reading(slf)?;
+        if !waiter.is_none()
+            && !waiter
+                .call_method0(intern!(slf.py(), "cancelled"))?
+                .is_truthy()?
+        {
+            waiter.call_method1(intern!(slf.py(), "set_result"), (slf.py().None(),))?;
+        }
+        made
     }
 
     /// Starts reading; scheduled right after `connection_made`.

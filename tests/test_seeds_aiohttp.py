@@ -13,12 +13,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from loop_helpers import run, xfail_on_ferroloop
+from loop_helpers import run
 
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402 - after the importorskip above
-
-NETWORKING = "networking lands in issue 3"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,9 +60,7 @@ async def local_server(stats: Stats) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-def test_client_session_get(loop_factory, loop_name, request):
-    xfail_on_ferroloop(request, loop_name, NETWORKING)
-
+def test_client_session_get(loop_factory):
     async def get_website(url: str) -> tuple[int, str]:
         async with aiohttp.ClientSession() as session, session.get(url) as response:
             return response.status, await response.text()
@@ -82,9 +78,7 @@ def test_client_session_get(loop_factory, loop_name, request):
     assert served == 3
 
 
-def test_semaphore_bounded_500_requests(loop_factory, loop_name, request):
-    xfail_on_ferroloop(request, loop_name, NETWORKING)
-
+def test_semaphore_bounded_500_requests(loop_factory):
     async def fetch_limited(sem, session, url):
         async with sem, session.get(url) as response:  # max 10 requests at the same time
             return await response.json()

@@ -215,6 +215,125 @@ def test_create_connection_refused(loop_factory: Any, host: str) -> None:
     assert run(loop_factory, main) == expected
 
 
+def test_create_connection_refused_message(loop_factory: Any) -> None:
+    port = closed_port()
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        except OSError as exc:
+            return str(exc)
+        return "connected"
+
+    assert run(loop_factory, main) == run_oracle(main)
+
+
+def test_cancelled_connect_closes_its_socket(loop_factory: Any) -> None:
+    """A connect cancelled mid-handshake (the listener's queue is full, so the
+    SYN goes unanswered) leaves no descriptor behind."""
+
+    async def main() -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            address = listener.getsockname()
+            fillers = []
+            try:
+                # Fill the accept queue: later SYNs are dropped, connects hang.
+                for _ in range(4):
+                    filler = socket.socket()
+                    filler.setblocking(False)
+                    filler.connect_ex(address)
+                    fillers.append(filler)
+                await asyncio.sleep(0.1)
+                before = count_fds()
+                try:
+                    await asyncio.wait_for(loop.create_connection(asyncio.Protocol, *address), 0.3)
+                    outcome = "connected"
+                except TimeoutError:
+                    outcome = "timed out"
+                await asyncio.sleep(0.05)
+                return outcome, count_fds() - before
+            finally:
+                for filler in fillers:
+                    filler.close()
+
+    expected = run_oracle(main)
+    assert expected == ("timed out", 0)
+    assert run(loop_factory, main) == expected
+
+
+def test_connection_made_sees_the_callers_context(loop_factory: Any) -> None:
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+
+    seen: list[str] = []
+
+    class Seeing(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            seen.append(request_id.get("unset"))
+            self.transport = transport
+
+    async def main() -> list[str]:
+        seen.clear()
+        server, _, tr, _ = await tcp_pair()
+        request_id.set("req-1")
+        port = server.sockets[0].getsockname()[1]
+        tr2, _ = await asyncio.get_running_loop().create_connection(Seeing, "127.0.0.1", port)
+        tr.close()
+        tr2.close()
+        await close_server(server)
+        return list(seen)
+
+    assert run(loop_factory, main) == run_oracle(main) == ["req-1"]
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_connection_made_exception_is_reported_and_connection_works(
+    loop_factory: Any, side: str
+) -> None:
+    class Boom(Exception):
+        pass
+
+    class FailingMade(RecordingProtocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            raise Boom
+
+    async def main() -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        reports: list[tuple[str, str, list[str]]] = []
+        loop.set_exception_handler(
+            lambda lp, ctx: reports.append(
+                (
+                    ctx["message"].split("(")[0],
+                    type(ctx.get("exception")).__name__,
+                    sorted(ctx),
+                )
+            )
+        )
+        failing = {"server_factory": FailingMade} if side == "server" else {}
+        client = {"client_factory": FailingMade} if side == "client" else {}
+        server, server_side, tr, proto = await tcp_pair(**failing, **client)
+        sproto = await server_side.first()
+        tr.write(b"ping")
+        received = await sproto.wait_for_bytes(4)
+        sproto.transport.write(b"pong")
+        answer = await proto.wait_for_bytes(4)
+        tr.close()
+        await asyncio.wait_for(sproto.lost, 10)
+        await close_server(server)
+        loop.set_exception_handler(None)
+        return received, answer, reports
+
+    expected = run_oracle(main)
+    assert expected[2] and expected[2][0][0].endswith("FailingMade.connection_made")
+    assert run(loop_factory, main) == expected
+
+
 def _with_addresses(loop: Any, infos: list[tuple[Any, ...]]) -> None:
     """Make `loop.getaddrinfo` answer `infos` for the fake host name 'multi.test'.
 

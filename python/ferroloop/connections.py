@@ -22,6 +22,7 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import Any
 
+from . import _core
 from .server import Server, resolve_hosts
 from .sockets import SocketOpsMixin
 from .transports import SocketTransport
@@ -124,11 +125,24 @@ class ConnectionsMixin:
         errors: list[list[OSError]],
         info: AddrInfo,
         local_infos: list[AddrInfo] | None,
-    ) -> socket.socket:
-        """Open a socket for `info`, bind it if asked, and connect it."""
+    ) -> socket.socket | _core.ConnectedSocket:
+        """Open a socket for `info`, bind it if asked, and connect it.
+
+        Without a local address to bind, and unless `sock_connect` was
+        overridden, the socket is made and connected natively and comes back
+        as a `ConnectedSocket` (no Python socket object per connection).
+        """
         mine: list[OSError] = []
         errors.append(mine)
         family, type_, proto, _, address = info
+        if local_infos is None and getattr(self.sock_connect, "__func__", None) is _SOCK_CONNECT:
+            connecting = _core.connect_stream(self, family, type_, proto, address)
+            if connecting is not None:
+                try:
+                    return await connecting
+                except OSError as exc:
+                    mine.append(exc)
+                    raise
         sock = None
         try:
             # Non-blocking from the start (CPython then sets the timeout to 0,
@@ -259,7 +273,7 @@ class ConnectionsMixin:
         happy_eyeballs_delay: float | None,
         interleave: int | None,
         all_errors: bool,
-    ) -> socket.socket:
+    ) -> socket.socket | _core.ConnectedSocket:
         infos = await self.getaddrinfo(
             host, port, family=family, type=socket.SOCK_STREAM, proto=proto, flags=flags
         )
@@ -293,7 +307,7 @@ class ConnectionsMixin:
 
     async def _make_stream_transport(
         self: Any,
-        sock: socket.socket,
+        sock: socket.socket | _core.ConnectedSocket,
         protocol_factory: ProtocolFactory,
         ssl: Any,
         server_hostname: str | None,
@@ -303,14 +317,19 @@ class ConnectionsMixin:
         ssl_shutdown_timeout: float | None = None,
         nonblocking: bool = False,
     ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
-        if not nonblocking:  # true: the socket was created non-blocking here
+        if isinstance(sock, _core.ConnectedSocket):
+            if ssl:
+                sock = _python_socket(sock)
+        elif not nonblocking:  # true: the socket was created non-blocking here
             sock.setblocking(False)
         protocol = protocol_factory()
         waiter = self.create_future()
-        if ssl:
+        if isinstance(sock, _core.ConnectedSocket):
+            transport: Any = SocketTransport(self, sock, -1, protocol, waiter=waiter)
+        elif ssl:
             from .tls import wrap_tls
 
-            transport: Any = wrap_tls(
+            transport = wrap_tls(
                 self,
                 sock,
                 protocol,
@@ -587,6 +606,13 @@ class ConnectionsMixin:
         from .sendfile import sendfile_over_transport
 
         return await sendfile_over_transport(self, transport, file, offset, count, fallback)
+
+
+def _python_socket(connected: _core.ConnectedSocket) -> socket.socket:
+    """The natively connected socket as a Python socket (TLS wraps one)."""
+    sock = socket.socket(connected.family, socket.SOCK_STREAM, 0, fileno=connected.detach())
+    sock.setblocking(False)
+    return sock
 
 
 def _configure_listening(

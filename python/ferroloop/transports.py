@@ -13,7 +13,7 @@ import _socket
 import asyncio
 import socket
 import warnings
-from asyncio import constants, futures, transports, trsock
+from asyncio import constants, transports, trsock
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +87,7 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        sock: socket.socket | None,
+        sock: socket.socket | _core.ConnectedSocket | None,
         fd: int,
         protocol: asyncio.BaseProtocol,
         *,
@@ -101,7 +101,12 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         self._extra = {} if extra is None else extra
         self._loop = loop
         self._server = server
-        if sock is not None:
+        if type(sock) is _core.ConnectedSocket:
+            # Connected natively: the core takes the descriptor from it.
+            family = sock.family
+            self._extra.setdefault("sockname", sock.sockname)
+            self._extra.setdefault("peername", sock.peername)
+        elif sock is not None:
             family = _raw_family(sock)
             # Known now, as asyncio records them: still there after a reset.
             extra = self._extra
@@ -113,16 +118,13 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         core = self._core = _core.StreamTransport(
             loop, fd, sock, self, protocol, isinstance(protocol, asyncio.BufferedProtocol)
         )
-        if sock is not None and family in _INET_FAMILIES:
+        if isinstance(sock, socket.socket) and family in _INET_FAMILIES:
             _set_nodelay(sock)
         core._attach()
         if server is not None:
             server._attach(self)
-        call_soon = loop.call_soon
-        call_soon(protocol.connection_made, self)
-        call_soon(core._start_reading)
-        if waiter is not None:
-            call_soon(futures._set_result_unless_cancelled, waiter, None)
+        # connection_made, then reading, then the waiter: one native callback.
+        core._open(waiter)
 
     def __repr__(self) -> str:
         core = self._core
