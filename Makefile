@@ -2,7 +2,7 @@
 PYTHON ?= python3
 EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 
-.PHONY: dev test lint bench tour
+.PHONY: dev test test-rust lint bench tour
 
 # Build the Rust core in release mode into python/ferroloop (use with PYTHONPATH=python).
 dev:
@@ -13,6 +13,9 @@ dev:
 
 test:
 	$(PYTHON) -m pytest -q tests
+
+test-rust:
+	cargo test --release --lib
 
 lint:
 	cargo fmt --check

@@ -43,6 +43,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::str::FromStr;
 
 use nix::errno::Errno;
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
 use pyo3::{ffi, IntoPyObjectExt};
@@ -105,7 +106,7 @@ fn convert<'py>(py: Python<'py>, addr: &SockAddr, zoned: bool) -> PyResult<Bound
         return Ok(py.None().into_bound(py));
     }
     match addr.as_socket() {
-        Some(SocketAddr::V4(v4)) => (v4.ip().to_string(), v4.port()).into_bound_py_any(py),
+        Some(SocketAddr::V4(v4)) => (ipv4_host(py, v4.ip()), v4.port()).into_bound_py_any(py),
         Some(SocketAddr::V6(v6)) => {
             let zone = zoned && v6.scope_id() != 0;
             let host = zone.then(|| numeric_host(addr)).flatten();
@@ -128,6 +129,42 @@ fn convert<'py>(py: Python<'py>, addr: &SockAddr, zoned: bool) -> PyResult<Bound
             }
         }
     }
+}
+
+/// The last IPv4 host turned into text, and that text: connections mostly
+/// come from and go to a handful of hosts (loopback above all), so repeated
+/// conversions share one string.
+static LAST_IPV4_HOST: Mutex<Option<(Ipv4Addr, Py<PyString>)>> = Mutex::new(None);
+
+/// An IPv4 address in dotted-quad form, as the `socket` module shows it.
+fn ipv4_host<'py>(py: Python<'py>, ip: &Ipv4Addr) -> Bound<'py, PyString> {
+    if let Some((last, text)) = LAST_IPV4_HOST.lock().as_ref() {
+        if last == ip {
+            return text.bind(py).clone();
+        }
+    }
+    let text = PyString::new(py, &dotted_quad(ip));
+    *LAST_IPV4_HOST.lock() = Some((*ip, text.clone().unbind()));
+    text
+}
+
+/// `Ipv4Addr`'s `Display` goes through the formatting machinery (several
+/// times slower); this writes the four decimal numbers directly.
+fn dotted_quad(ip: &Ipv4Addr) -> String {
+    let mut text = String::with_capacity(15);
+    for (index, octet) in ip.octets().into_iter().enumerate() {
+        if index > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 /// The `len()` initialised bytes of `addr`.
@@ -281,4 +318,21 @@ where
         return None;
     }
     value.extract::<T>().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_quad_matches_display() {
+        for ip in [
+            Ipv4Addr::new(0, 0, 0, 0),
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(10, 99, 100, 255),
+            Ipv4Addr::new(9, 10, 199, 200),
+        ] {
+            assert_eq!(dotted_quad(&ip), ip.to_string());
+        }
+    }
 }

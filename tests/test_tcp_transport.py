@@ -229,6 +229,25 @@ def test_create_connection_refused_message(loop_factory: Any) -> None:
     assert run(loop_factory, main) == run_oracle(main)
 
 
+def test_create_connection_honours_an_overridden_sock_connect(loop_factory: Any) -> None:
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        calls: list[Any] = []
+        real = loop.sock_connect
+
+        async def sock_connect(sock: socket.socket, address: Any) -> None:
+            calls.append(address)
+            await real(sock, address)
+
+        loop.sock_connect = sock_connect  # type: ignore[method-assign]
+        server, _, tr, _ = await tcp_pair()
+        tr.close()
+        await close_server(server)
+        return [address[0] for address in calls]
+
+    assert run(loop_factory, main) == run_oracle(main) == ["127.0.0.1"]
+
+
 def test_cancelled_connect_closes_its_socket(loop_factory: Any) -> None:
     """A connect cancelled mid-handshake (the listener's queue is full, so the
     SYN goes unanswered) leaves no descriptor behind."""

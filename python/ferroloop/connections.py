@@ -22,7 +22,7 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import Any
 
-from . import _core
+from . import _core, dns
 from .server import Server, resolve_hosts
 from .sockets import SocketOpsMixin
 from .transports import SocketTransport
@@ -218,6 +218,17 @@ class ConnectionsMixin:
             client=True,
             host=host,
         )
+        if (
+            sock is None
+            and ssl is None
+            and local_addr is None
+            and happy_eyeballs_delay is None
+            and interleave is None
+            and not all_errors
+        ):
+            connecting = self._connect_plain(host, port, family, proto, flags)
+            if connecting is not None:
+                return await self._open_connected(await connecting, protocol_factory)
         _check_not_ssl_socket(sock)
         if happy_eyeballs_delay is not None and interleave is None:
             interleave = 1
@@ -259,6 +270,40 @@ class ConnectionsMixin:
                 transport,
                 protocol,
             )
+        return transport, protocol
+
+    def _connect_plain(
+        self: Any, host: Any, port: Any, family: int, proto: int, flags: int
+    ) -> asyncio.Future[_core.ConnectedSocket] | None:
+        """The common case in one step: a memoised numeric address with a
+        single result, our own resolver and sock_connect, no debug mode.
+        Returns the native connect's future, or None for the general path."""
+        cls = type(self)
+        if (
+            cls.getaddrinfo is not cls._own_getaddrinfo
+            or cls.sock_connect is not _SOCK_CONNECT
+            or "getaddrinfo" in self.__dict__
+            or "sock_connect" in self.__dict__
+            or self.get_debug()
+        ):
+            return None
+        infos = dns.cached(host, port, family, socket.SOCK_STREAM, proto, flags)
+        if infos is None or len(infos) != 1:
+            return None
+        family, type_, proto, _, address = infos[0]
+        return _core.connect_stream(self, family, type_, proto, address)
+
+    async def _open_connected(
+        self: Any, connected: _core.ConnectedSocket, protocol_factory: ProtocolFactory
+    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = SocketTransport(self, connected, -1, protocol, waiter=waiter)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
         return transport, protocol
 
     async def _connect_to_host(

@@ -303,6 +303,10 @@ class EventLoop(  # type: ignore[misc]
             self, host, port, family=family, type=type, proto=proto, flags=flags
         )
 
+    #: create_connection resolves memoised numeric addresses itself unless
+    #: getaddrinfo is overridden (by a subclass or on the instance).
+    _own_getaddrinfo = getaddrinfo
+
     async def getnameinfo(self, sockaddr: tuple[Any, ...], flags: int = 0) -> tuple[str, str]:
         """Resolve like `socket.getnameinfo`, without blocking the loop."""
         return await dns.getnameinfo(self, sockaddr, flags)
