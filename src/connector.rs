@@ -38,22 +38,22 @@ use crate::{sockaddr, sys_io};
 pub struct ConnectedSocket {
     fd: Mutex<Option<OwnedFd>>,
     family: i32,
-    sockname: Py<PyAny>,
-    peername: Py<PyAny>,
+    sockname: Option<SockAddr>,
+    peername: Option<SockAddr>,
 }
 
 #[pymethods]
 impl ConnectedSocket {
     /// The local address, as `socket.getsockname()` gives it (None if unknown).
     #[getter]
-    fn sockname(&self, py: Python<'_>) -> Py<PyAny> {
-        self.sockname.clone_ref(py)
+    fn sockname<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.sockname.as_ref().map(|addr| sockaddr::to_python(py, addr)).transpose()
     }
 
     /// The peer's address, as `socket.getpeername()` gives it (None if unknown).
     #[getter]
-    fn peername(&self, py: Python<'_>) -> Py<PyAny> {
-        self.peername.clone_ref(py)
+    fn peername<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.peername.as_ref().map(|addr| sockaddr::to_python(py, addr)).transpose()
     }
 
     #[getter]
@@ -75,6 +75,11 @@ impl ConnectedSocket {
 }
 
 impl ConnectedSocket {
+    /// The local and the peer's address, as they were once connected.
+    pub fn addresses(&self) -> (Option<SockAddr>, Option<SockAddr>) {
+        (self.sockname.clone(), self.peername.clone())
+    }
+
     /// Gives the descriptor to a transport, which closes it from now on.
     pub fn take_fd(&self) -> PyResult<OwnedFd> {
         self.fd
@@ -84,18 +89,16 @@ impl ConnectedSocket {
     }
 }
 
+/// Kept as the kernel gives them: converted to Python values only if asked
+/// for (most connections never are), which spares two tuples per connection.
 fn connected(py: Python<'_>, fd: OwnedFd, family: i32) -> PyResult<Py<PyAny>> {
     let raw = fd.as_raw_fd();
     if family == libc::AF_INET || family == libc::AF_INET6 {
         set_nodelay(raw);
     }
-    let address = |found: Result<SockAddr, Errno>| match found {
-        Ok(addr) => sockaddr::to_python(py, &addr).map(Bound::unbind),
-        Err(_) => Ok(py.None()),
-    };
     let socket = ConnectedSocket {
-        sockname: address(sockaddr::getsockname(raw))?,
-        peername: address(sockaddr::getpeername(raw))?,
+        sockname: sockaddr::getsockname(raw).ok(),
+        peername: sockaddr::getpeername(raw).ok(),
         fd: Mutex::new(Some(fd)),
         family,
     };

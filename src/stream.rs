@@ -28,6 +28,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use pyo3::PyTraverseError;
+use socket2::SockAddr;
 
 use crate::buffers::{with_bytes, with_bytes_mut, BytesView};
 use crate::connector::ConnectedSocket;
@@ -36,7 +37,7 @@ use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::handles::{context_or_copy, report_callback_error, Callback, Handle};
 use crate::poller::{Interest, Readiness};
-use crate::sys_io;
+use crate::{sockaddr, sys_io};
 use crate::transport_common;
 
 /// asyncio reads at most this much per `recv`.
@@ -51,7 +52,7 @@ thread_local! {
 }
 
 /// Who closes the socket when the transport is done with it.
-enum SocketOwner {
+pub enum SocketOwner {
     /// A Python socket object the user handed us (`sock=`): closed through Python.
     Python(Py<PyAny>),
     /// A descriptor we accepted or created: closed by dropping it.
@@ -80,6 +81,12 @@ struct StreamState {
     /// writable (`sendfile` waits on it before writing around the buffer).
     drain_waiter: Option<Py<PyAny>>,
     sendfile_active: bool,
+    /// The addresses as they were when the transport was made (asyncio
+    /// records them then: still known after a reset), converted on demand.
+    sockname: Option<SockAddr>,
+    peername: Option<SockAddr>,
+    /// A server counts this connection: tell it when the connection is gone.
+    has_server: bool,
 }
 
 impl StreamState {
@@ -653,13 +660,14 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         this.loop_.get().native_unwatch(this.fd);
-        let (owner, wrapper, data_received) = {
+        let (owner, wrapper, data_received, has_server) = {
             let mut state = this.state.lock();
             state.clear_buffer();
             (
                 std::mem::replace(&mut state.owner, SocketOwner::Closed),
                 state.wrapper.take(),
                 state.data_received.take(),
+                std::mem::take(&mut state.has_server),
             )
         };
         drop(data_received);
@@ -672,7 +680,7 @@ impl StreamTransport {
             SocketOwner::Native(fd) => drop(fd),
             SocketOwner::Closed => {}
         }
-        if let Some(wrapper) = wrapper {
+        if let Some(wrapper) = wrapper.filter(|_| has_server) {
             let detached = wrapper
                 .bind(py)
                 .call_method0("_detach_from_server")
@@ -709,55 +717,27 @@ pub fn dispatch(
     StreamTransport::on_ready(transport, readiness)
 }
 
-#[pymethods]
 impl StreamTransport {
-    /// Wraps the connected, non-blocking socket `fd`. With `sock` (a Python
-    /// socket object) the transport closes `sock` at the end; without, it
-    /// owns `fd` itself. A natively connected `sock` (`ConnectedSocket`)
-    /// hands its descriptor over and `fd` is ignored.
-    #[new]
-    #[pyo3(signature = (event_loop, fd, sock, wrapper, protocol, buffered))]
-    fn py_new(
-        py: Python<'_>,
+    /// A transport over `fd`, owned as `owner` says; not yet watched.
+    pub fn create(
         event_loop: Bound<'_, Loop>,
         fd: RawFd,
-        sock: Option<Bound<'_, PyAny>>,
+        owner: SocketOwner,
         wrapper: Py<PyAny>,
         protocol: Py<PyAny>,
         buffered: bool,
-    ) -> PyResult<Self> {
-        let owner = match sock {
-            Some(sock) => match sock.cast::<ConnectedSocket>() {
-                Ok(connected) => SocketOwner::Native(connected.get().take_fd()?),
-                Err(_) => SocketOwner::Python(sock.unbind()),
-            },
-            None if fd < 0 => {
-                return Err(PyValueError::new_err(format!(
-                    "Invalid file descriptor: {fd}"
-                )))
-            }
-            // SAFETY: the caller transfers ownership of `fd` to us.
-            None => SocketOwner::Native(unsafe { OwnedFd::from_raw_fd(fd) }),
-        };
-        let fd = match &owner {
-            SocketOwner::Native(owned) => owned.as_raw_fd(),
-            _ if fd < 0 => {
-                return Err(PyValueError::new_err(format!(
-                    "Invalid file descriptor: {fd}"
-                )))
-            }
-            _ => fd,
-        };
+    ) -> Self {
+        let py = event_loop.py();
         let data_received = if buffered {
             None
         } else {
             protocol
                 .bind(py)
-                .getattr("data_received")
+                .getattr(intern!(py, "data_received"))
                 .ok()
                 .map(Bound::unbind)
         };
-        Ok(Self {
+        Self {
             fd,
             loop_: event_loop.unbind(),
             state: Mutex::new(StreamState {
@@ -779,15 +759,73 @@ impl StreamTransport {
                 conn_lost: 0,
                 drain_waiter: None,
                 sendfile_active: false,
+                sockname: None,
+                peername: None,
+                has_server: false,
             }),
-        })
+        }
+    }
+
+    /// Records the addresses asyncio keeps in the transport's extra info.
+    pub fn set_addresses(&self, sockname: Option<SockAddr>, peername: Option<SockAddr>) {
+        let mut state = self.state.lock();
+        state.sockname = sockname;
+        state.peername = peername;
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    /// Wraps the connected, non-blocking socket `fd`. With `sock` (a Python
+    /// socket object) the transport closes `sock` at the end; without, it
+    /// owns `fd` itself. A natively connected `sock` (`ConnectedSocket`)
+    /// hands its descriptor and addresses over and `fd` is ignored.
+    #[new]
+    #[pyo3(signature = (event_loop, fd, sock, wrapper, protocol, buffered))]
+    fn py_new(
+        event_loop: Bound<'_, Loop>,
+        fd: RawFd,
+        sock: Option<Bound<'_, PyAny>>,
+        wrapper: Py<PyAny>,
+        protocol: Py<PyAny>,
+        buffered: bool,
+    ) -> PyResult<Self> {
+        let invalid = || PyValueError::new_err(format!("Invalid file descriptor: {fd}"));
+        let (owner, addresses) = match sock {
+            Some(sock) => match sock.cast::<ConnectedSocket>() {
+                Ok(connected) => {
+                    let connected = connected.get();
+                    (SocketOwner::Native(connected.take_fd()?), Some(connected.addresses()))
+                }
+                Err(_) if fd < 0 => return Err(invalid()),
+                Err(_) => (SocketOwner::Python(sock.unbind()), None),
+            },
+            None if fd < 0 => return Err(invalid()),
+            // SAFETY: the caller transfers ownership of `fd` to us.
+            None => (SocketOwner::Native(unsafe { OwnedFd::from_raw_fd(fd) }), None),
+        };
+        let fd = match &owner {
+            SocketOwner::Native(owned) => owned.as_raw_fd(),
+            _ => fd,
+        };
+        let (sockname, peername) = addresses.unwrap_or_else(|| {
+            (
+                sockaddr::getsockname(fd).ok(),
+                sockaddr::getpeername(fd).ok(),
+            )
+        });
+        let transport = Self::create(event_loop, fd, owner, wrapper, protocol, buffered);
+        transport.set_addresses(sockname, peername);
+        Ok(transport)
     }
 
     /// Registers the socket with the loop (before `connection_made`), so that
     /// `add_reader` on it is refused as asyncio does.
-    fn _attach(slf: &Bound<'_, Self>) -> PyResult<()> {
+    #[pyo3(signature = (has_server=false))]
+    fn _attach(slf: &Bound<'_, Self>, has_server: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        this.state.lock().has_server = has_server;
         this.loop_.get().native_watch(
             py,
             this.fd,
@@ -1042,6 +1080,14 @@ impl StreamTransport {
     #[getter]
     fn _conn_lost(&self) -> u32 {
         self.state.lock().conn_lost
+    }
+
+    /// The local (or, with `peer`, the remote) address the transport had
+    /// when it was made, as the `socket` module shows it; None if unknown.
+    fn _address<'py>(&self, py: Python<'py>, peer: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let state = self.state.lock();
+        let address = if peer { &state.peername } else { &state.sockname };
+        address.as_ref().map(|addr| sockaddr::to_python(py, addr)).transpose()
     }
 
     /// The Python socket object behind the transport. For a connection we

@@ -39,6 +39,7 @@ _DIRECT_METHODS = (
 )
 
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+_ADDRESSES = frozenset({"sockname", "peername"})
 #: The C getter behind `socket.socket.family`: the plain int, without the
 #: Python-level property's AddressFamily conversion.
 _raw_family = _socket.socket.family.__get__
@@ -102,25 +103,18 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         self._loop = loop
         self._server = server
         if type(sock) is _core.ConnectedSocket:
-            # Connected natively: the core takes the descriptor from it.
-            family = sock.family
-            self._extra.setdefault("sockname", sock.sockname)
-            self._extra.setdefault("peername", sock.peername)
+            family = sock.family  # connected natively: the core takes its descriptor
         elif sock is not None:
             family = _raw_family(sock)
-            # Known now, as asyncio records them: still there after a reset.
-            extra = self._extra
-            if "sockname" not in extra:
-                extra["sockname"] = _query(sock.getsockname)
-            if "peername" not in extra:
-                extra["peername"] = _query(sock.getpeername)
         self._family = family
+        # The core records the socket's addresses now, as asyncio does (they
+        # stay known after a reset); get_extra_info converts them when asked.
         core = self._core = _core.StreamTransport(
             loop, fd, sock, self, protocol, isinstance(protocol, asyncio.BufferedProtocol)
         )
         if isinstance(sock, socket.socket) and family in _INET_FAMILIES:
             _set_nodelay(sock)
-        core._attach()
+        core._attach(server is not None)
         if server is not None:
             server._attach(self)
         # connection_made, then reading, then the waiter: one native callback.
@@ -166,22 +160,17 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         if name in self._extra:
             value = self._extra[name]
             return default if value is None else value
+        if name in _ADDRESSES:
+            value = self._extra[name] = self._core._address(name == "peername")
+            return default if value is None else value
         sock = self._core._socket()
         if sock is None:
             if name == "socket":
                 return self._closed_socket()
             return default
-        if name == "socket":
-            value: Any = trsock.TransportSocket(sock)
-        elif name == "sockname":
-            value = _query(sock.getsockname)
-        elif name == "peername":
-            value = _query(sock.getpeername)
-        else:
+        if name != "socket":
             return default
-        if value is None:
-            return default
-        self._extra[name] = value
+        value = self._extra[name] = trsock.TransportSocket(sock)
         return value
 
     def _closed_socket(self) -> trsock.TransportSocket | None:
@@ -208,13 +197,6 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
 for _name in _DIRECT_METHODS:
     setattr(SocketTransport, _name, _Direct(_name))
 del _name
-
-
-def _query(getter: Callable[[], Any]) -> Any:
-    try:
-        return getter()
-    except OSError:
-        return None
 
 
 def _set_nodelay(sock: socket.socket) -> None:
