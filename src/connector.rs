@@ -47,13 +47,19 @@ impl ConnectedSocket {
     /// The local address, as `socket.getsockname()` gives it (None if unknown).
     #[getter]
     fn sockname<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.sockname.as_ref().map(|addr| sockaddr::to_python(py, addr)).transpose()
+        self.sockname
+            .as_ref()
+            .map(|addr| sockaddr::to_python(py, addr))
+            .transpose()
     }
 
     /// The peer's address, as `socket.getpeername()` gives it (None if unknown).
     #[getter]
     fn peername<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.peername.as_ref().map(|addr| sockaddr::to_python(py, addr)).transpose()
+        self.peername
+            .as_ref()
+            .map(|addr| sockaddr::to_python(py, addr))
+            .transpose()
     }
 
     #[getter]

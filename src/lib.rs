@@ -3,6 +3,7 @@
 //! The Python package `ferroloop` subclasses [`event_loop::Loop`] and adds
 //! the parts of asyncio's API that run once per loop or per connection.
 
+mod accept;
 mod buffers;
 mod connector;
 mod errors;

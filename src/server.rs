@@ -2,8 +2,9 @@
 //!
 //! A [`Listener`] watches a listening socket and, when it is readable,
 //! accepts up to `backlog` connections (non-blocking, close-on-exec) in one
-//! go, handing each new descriptor and its peer address to the Python `Server`, which builds the
-//! protocol and transport (once per connection). Running out of descriptors
+//! go. A plain server's connections are opened right here (protocol and
+//! transport, see [`crate::accept`]); a TLS server gets each new descriptor
+//! and its peer address in Python, which wraps it. Running out of descriptors
 //! (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) is reported to the server, which
 //! pauses accepting for a moment as asyncio does; the server keeps serving.
 
@@ -17,6 +18,7 @@ use pyo3::PyTraverseError;
 
 use socket2::SockAddr;
 
+use crate::accept::ConnectionMaker;
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
@@ -26,12 +28,19 @@ use crate::{sockaddr, sys_io};
 pub struct Listener {
     fd: RawFd,
     loop_: Py<Loop>,
-    on_accept: Py<PyAny>,
+    on_accept: OnAccept,
     on_exhausted: Py<PyAny>,
     backlog: usize,
     /// TCP listeners: disable Nagle on accepted sockets, as asyncio does.
     nodelay: bool,
     watching: AtomicBool,
+}
+
+/// Who opens an accepted connection.
+enum OnAccept {
+    /// Python, called with `(fd, peer)`.
+    Python(Py<PyAny>),
+    Native(ConnectionMaker),
 }
 
 enum Accepted {
@@ -87,9 +96,14 @@ fn dispatch(
                 }
                 // The peer's address as accept() saw it: it stays known even
                 // if the peer resets before anyone asks (asyncio keeps it too).
-                let peer =
-                    sockaddr::to_python(py, &peer).unwrap_or_else(|_| py.None().into_bound(py));
-                listener.on_accept.bind(py).call1((fd, peer))?;
+                match &listener.on_accept {
+                    OnAccept::Native(maker) => maker.open(listener.loop_.bind(py), fd, peer)?,
+                    OnAccept::Python(on_accept) => {
+                        let peer = sockaddr::to_python(py, &peer)
+                            .unwrap_or_else(|_| py.None().into_bound(py));
+                        on_accept.bind(py).call1((fd, peer))?;
+                    }
+                }
             }
             Accepted::Exhausted(errno) => {
                 let error = os_error(py, errno);
@@ -105,7 +119,11 @@ fn dispatch(
 
 #[pymethods]
 impl Listener {
+    /// Accepts on `fd`. With `server` (a plain `Server`) connections are
+    /// opened natively; otherwise `on_accept(fd, peer)` opens them.
     #[new]
+    #[pyo3(signature = (event_loop, fd, on_accept, on_exhausted, backlog, nodelay, server=None, family=0))]
+    #[allow(clippy::too_many_arguments)]
     fn py_new(
         event_loop: Bound<'_, Loop>,
         fd: RawFd,
@@ -113,8 +131,14 @@ impl Listener {
         on_exhausted: Py<PyAny>,
         backlog: usize,
         nodelay: bool,
-    ) -> Self {
-        Self {
+        server: Option<Bound<'_, PyAny>>,
+        family: i32,
+    ) -> PyResult<Self> {
+        let on_accept = match server {
+            Some(server) => OnAccept::Native(ConnectionMaker::new(&server, family)?),
+            None => OnAccept::Python(on_accept),
+        };
+        Ok(Self {
             fd,
             loop_: event_loop.unbind(),
             on_accept,
@@ -122,7 +146,7 @@ impl Listener {
             backlog,
             nodelay,
             watching: AtomicBool::new(false),
-        }
+        })
     }
 
     /// Start accepting connections.
@@ -157,7 +181,10 @@ impl Listener {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.loop_)?;
-        visit.call(&self.on_accept)?;
+        match &self.on_accept {
+            OnAccept::Python(on_accept) => visit.call(on_accept)?,
+            OnAccept::Native(maker) => maker.visit(&visit)?,
+        }
         visit.call(&self.on_exhausted)
     }
 }

@@ -37,8 +37,8 @@ use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::handles::{context_or_copy, report_callback_error, Callback, Handle};
 use crate::poller::{Interest, Readiness};
-use crate::{sockaddr, sys_io};
 use crate::transport_common;
+use crate::{sockaddr, sys_io};
 
 /// asyncio reads at most this much per `recv`.
 const READ_SIZE: usize = 256 * 1024;
@@ -766,6 +766,24 @@ impl StreamTransport {
         }
     }
 
+    /// Gives up a transport that never started (its creation failed half
+    /// way): no protocol callback, the socket unwatched and closed now.
+    pub fn discard(&self) {
+        let (owner, wrapper, protocol, data_received) = {
+            let mut state = self.state.lock();
+            state.closing = true;
+            state.conn_lost += 1;
+            (
+                std::mem::replace(&mut state.owner, SocketOwner::Closed),
+                state.wrapper.take(),
+                state.protocol.take(),
+                state.data_received.take(),
+            )
+        };
+        self.loop_.get().native_unwatch(self.fd);
+        drop((owner, wrapper, protocol, data_received));
+    }
+
     /// Records the addresses asyncio keeps in the transport's extra info.
     pub fn set_addresses(&self, sockname: Option<SockAddr>, peername: Option<SockAddr>) {
         let mut state = self.state.lock();
@@ -795,14 +813,20 @@ impl StreamTransport {
             Some(sock) => match sock.cast::<ConnectedSocket>() {
                 Ok(connected) => {
                     let connected = connected.get();
-                    (SocketOwner::Native(connected.take_fd()?), Some(connected.addresses()))
+                    (
+                        SocketOwner::Native(connected.take_fd()?),
+                        Some(connected.addresses()),
+                    )
                 }
                 Err(_) if fd < 0 => return Err(invalid()),
                 Err(_) => (SocketOwner::Python(sock.unbind()), None),
             },
             None if fd < 0 => return Err(invalid()),
             // SAFETY: the caller transfers ownership of `fd` to us.
-            None => (SocketOwner::Native(unsafe { OwnedFd::from_raw_fd(fd) }), None),
+            None => (
+                SocketOwner::Native(unsafe { OwnedFd::from_raw_fd(fd) }),
+                None,
+            ),
         };
         let fd = match &owner {
             SocketOwner::Native(owned) => owned.as_raw_fd(),
@@ -822,7 +846,7 @@ impl StreamTransport {
     /// Registers the socket with the loop (before `connection_made`), so that
     /// `add_reader` on it is refused as asyncio does.
     #[pyo3(signature = (has_server=false))]
-    fn _attach(slf: &Bound<'_, Self>, has_server: bool) -> PyResult<()> {
+    pub fn _attach(slf: &Bound<'_, Self>, has_server: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         this.state.lock().has_server = has_server;
@@ -841,7 +865,7 @@ impl StreamTransport {
     /// `waiter`. Callbacks that `connection_made` schedules still run after
     /// the waiter's task wakes, as they would in asyncio.
     #[pyo3(signature = (waiter=None))]
-    fn _open(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
+    pub fn _open(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let args = PyTuple::new(py, [waiter.unwrap_or_else(|| py.None())])?;
         slf.get()
@@ -1086,8 +1110,15 @@ impl StreamTransport {
     /// when it was made, as the `socket` module shows it; None if unknown.
     fn _address<'py>(&self, py: Python<'py>, peer: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
         let state = self.state.lock();
-        let address = if peer { &state.peername } else { &state.sockname };
-        address.as_ref().map(|addr| sockaddr::to_python(py, addr)).transpose()
+        let address = if peer {
+            &state.peername
+        } else {
+            &state.sockname
+        };
+        address
+            .as_ref()
+            .map(|addr| sockaddr::to_python(py, addr))
+            .transpose()
     }
 
     /// The Python socket object behind the transport. For a connection we

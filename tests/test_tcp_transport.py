@@ -74,8 +74,14 @@ def test_create_connection_host_port_and_extra_info(loop_factory: Any) -> None:
             assert tr.get_extra_info("no-such-key") is None
             # The server side sees the mirror image.
             sproto = await side.first()
-            assert sproto.transport.get_extra_info("peername") == sockname
-            assert isinstance(sproto.transport, asyncio.Transport)
+            strans = sproto.transport
+            assert strans.get_extra_info("peername") == sockname
+            assert strans.get_extra_info("sockname") == ("127.0.0.1", srv_port)
+            assert strans.get_extra_info("socket").getpeername() == sockname
+            assert isinstance(strans, asyncio.Transport)
+            assert strans.get_protocol() is sproto and not strans.is_closing()
+            assert strans.get_write_buffer_limits() == tr.get_write_buffer_limits()
+            strans.custom_attribute = "libraries patch transports"
             tr.close()
             await asyncio.wait_for(proto.lost, 10)
         finally:

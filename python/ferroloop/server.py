@@ -1,8 +1,9 @@
 """`asyncio.Server` for ferroloop: listening sockets accepted natively.
 
-Accepting runs in the Rust core (`_core.Listener`); this module decides what
-happens with each accepted connection (protocol factory, transport, TLS) and
-implements the `Server` object's life cycle exactly as asyncio documents it.
+Accepting runs in the Rust core (`_core.Listener`), which also opens a plain
+server's connections (protocol factory, transport); this module opens TLS
+connections and implements the `Server` object's life cycle exactly as
+asyncio documents it.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ class Server(asyncio.AbstractServer):
         if self._serving:
             return
         self._serving = True
+        # A plain server's connections are opened natively (src/accept.rs,
+        # which makes the transports as SocketTransport.__init__ would); TLS
+        # ones come to _accept_connection.
+        native = self._ssl_context is None
         for sock in self._sockets or ():
             sock.listen(self._backlog)
             listener = _core.Listener(
@@ -92,6 +97,8 @@ class Server(asyncio.AbstractServer):
                 self._on_exhausted_for(sock),
                 self._backlog,
                 sock.family in (socket.AF_INET, socket.AF_INET6),
+                self if native else None,
+                sock.family,
             )
             listener.start()
             self._listeners.append(listener)
