@@ -187,33 +187,47 @@ fn connect_failed(address: &Bound<'_, PyAny>, err: i32) -> PyResult<PyErr> {
 /// Opens a stream socket of `family`/`type_`/`proto` connected to `address`
 /// (a numeric address, as `getaddrinfo` returns). Returns a future resolving
 /// to a [`ConnectedSocket`], or None when the address is not one this
-/// module parses (the caller then connects through Python's socket).
+/// module parses (the caller then connects through Python's socket). With
+/// `eager`, a connection made at once is returned as is, without a future.
 #[pyfunction]
+#[pyo3(signature = (event_loop, family, type_, proto, address, eager=false))]
 pub fn connect_stream<'py>(
     event_loop: &Bound<'py, Loop>,
     family: i32,
     type_: i32,
     proto: i32,
     address: &Bound<'py, PyAny>,
+    eager: bool,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = event_loop.py();
     let Some(addr) = sockaddr::from_python(address, family) else {
         return Ok(None);
     };
-    let fut = new_future(event_loop.as_any())?;
-    match open_and_connect(family, type_, proto, &addr) {
-        Ok(Started::Connected(fd)) => set_result(&fut, connected(py, fd, family)?)?,
+    let ready = match open_and_connect(family, type_, proto, &addr) {
+        Ok(Started::Connected(fd)) => Ok(fd),
         Ok(Started::InProgress(fd)) => {
             let raw = fd.as_raw_fd();
             match writable_now(raw).then(|| handshake_outcome(raw)) {
-                Some(Outcome::Connected) => set_result(&fut, connected(py, fd, family)?)?,
-                Some(Outcome::Failed(err)) => set_exception(&fut, connect_failed(address, err)?)?,
+                Some(Outcome::Connected) => Ok(fd),
+                Some(Outcome::Failed(err)) => Err(connect_failed(address, err)?),
                 Some(Outcome::Waiting) | None => {
-                    PendingConnect::park(event_loop, &fut, fd, family, address)?
+                    let fut = new_future(event_loop.as_any())?;
+                    PendingConnect::park(event_loop, &fut, fd, family, address)?;
+                    return Ok(Some(fut));
                 }
             }
         }
-        Err(errno) => set_exception(&fut, os_error(py, errno))?,
+        Err(errno) => Err(os_error(py, errno)),
+    };
+    let connected = match ready {
+        Ok(fd) if eager => return Ok(Some(connected(py, fd, family)?.into_bound(py))),
+        Ok(fd) => Ok(connected(py, fd, family)?),
+        Err(err) => Err(err),
+    };
+    let fut = new_future(event_loop.as_any())?;
+    match connected {
+        Ok(socket) => set_result(&fut, socket)?,
+        Err(err) => set_exception(&fut, err)?,
     }
     Ok(Some(fut))
 }

@@ -18,6 +18,7 @@
 //! the buffer; errors call `connection_lost(exc)`.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
@@ -87,6 +88,18 @@ struct StreamState {
     peername: Option<SockAddr>,
     /// A server counts this connection: tell it when the connection is gone.
     has_server: bool,
+    /// Resolved once `connection_made` ran (`create_connection` waits on it).
+    open_waiter: Option<Py<PyAny>>,
+    /// What the callbacks this transport scheduled for itself are for, in
+    /// order (the loop calls the transport object: no bound method and no
+    /// argument tuple to allocate per callback).
+    scheduled: VecDeque<Scheduled>,
+}
+
+enum Scheduled {
+    /// `connection_made`, start reading, resolve `open_waiter`.
+    Open,
+    ConnectionLost(Option<Py<PyAny>>),
 }
 
 impl StreamState {
@@ -331,6 +344,50 @@ impl StreamTransport {
                 "Fatal read error on socket transport",
             ),
         }
+    }
+
+    fn schedule_self(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let no_args = PyTuple::empty(py).unbind();
+        slf.get()
+            .loop_
+            .get()
+            .soon(py, slf.clone().into_any().unbind(), no_args)
+    }
+
+    fn open(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let made = Self::call_connection_made(slf);
+        Self::_start_reading(slf)?;
+        let waiter = slf.get().state.lock().open_waiter.take();
+        if let Some(waiter) = waiter.as_ref().map(|w| w.bind(py)) {
+            if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+                waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+            }
+        }
+        made
+    }
+
+    /// `connection_lost`, scheduled: an exception is reported as a callback
+    /// `_call_connection_lost(exc)` of this transport's would be.
+    fn run_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let exc_value = exc.as_ref().map(|e| e.clone_ref(py));
+        let Err(err) = Self::connection_lost(slf, exc) else {
+            return Ok(());
+        };
+        let callback = Callback {
+            func: slf.getattr(intern!(py, "_call_connection_lost"))?.unbind(),
+            args: PyTuple::new(py, [exc_value.unwrap_or_else(|| py.None())])?.unbind(),
+        };
+        let context = context_or_copy(py, None)?;
+        let handle = Handle::repeating(py, callback.clone_ref(py), context, None)?;
+        report_callback_error(
+            slf.get().loop_ref(py).as_any(),
+            handle.bind(py).as_any(),
+            Some(&callback),
+            err,
+        )
     }
 
     /// `protocol.connection_made(transport)`; an exception goes to the loop's
@@ -641,7 +698,11 @@ impl StreamTransport {
             // Nothing will run scheduled callbacks any more: release the socket now.
             return Self::release_socket(slf);
         }
-        transport_common::schedule_connection_lost(self.loop_.get(), slf.as_any(), exc)
+        self.state
+            .lock()
+            .scheduled
+            .push_back(Scheduled::ConnectionLost(exc));
+        Self::schedule_self(slf)
     }
 
     /// Calls `connection_lost(exc)` once, then closes the socket and lets go of
@@ -762,6 +823,8 @@ impl StreamTransport {
                 sockname: None,
                 peername: None,
                 has_server: false,
+                open_waiter: None,
+                scheduled: VecDeque::new(),
             }),
         }
     }
@@ -866,25 +929,22 @@ impl StreamTransport {
     /// the waiter's task wakes, as they would in asyncio.
     #[pyo3(signature = (waiter=None))]
     pub fn _open(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let args = PyTuple::new(py, [waiter.unwrap_or_else(|| py.None())])?;
-        slf.get()
-            .loop_
-            .get()
-            .soon(py, slf.clone().into_any().unbind(), args.unbind())
+        {
+            let mut state = slf.get().state.lock();
+            state.open_waiter = waiter;
+            state.scheduled.push_back(Scheduled::Open);
+        }
+        Self::schedule_self(slf)
     }
 
-    fn __call__(slf: &Bound<'_, Self>, waiter: &Bound<'_, PyAny>) -> PyResult<()> {
-        let made = Self::call_connection_made(slf);
-        Self::_start_reading(slf)?;
-        if !waiter.is_none()
-            && !waiter
-                .call_method0(intern!(slf.py(), "cancelled"))?
-                .is_truthy()?
-        {
-            waiter.call_method1(intern!(slf.py(), "set_result"), (slf.py().None(),))?;
+    /// Runs the next callback this transport scheduled for itself.
+    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let next = slf.get().state.lock().scheduled.pop_front();
+        match next {
+            Some(Scheduled::Open) => Self::open(slf),
+            Some(Scheduled::ConnectionLost(exc)) => Self::run_connection_lost(slf, exc),
+            None => Ok(()),
         }
-        made
     }
 
     /// Starts reading; scheduled right after `connection_made`.
@@ -1163,6 +1223,12 @@ impl StreamTransport {
         visit.call(&state.protocol)?;
         visit.call(&state.data_received)?;
         visit.call(&state.drain_waiter)?;
+        visit.call(&state.open_waiter)?;
+        for scheduled in &state.scheduled {
+            if let Scheduled::ConnectionLost(exc) = scheduled {
+                visit.call(exc)?;
+            }
+        }
         if let SocketOwner::Python(sock) = &state.owner {
             visit.call(sock)?;
         }
@@ -1178,6 +1244,8 @@ impl StreamTransport {
                 state.wrapper.take(),
                 state.protocol.take(),
                 state.data_received.take(),
+                state.open_waiter.take(),
+                std::mem::take(&mut state.scheduled),
             )
         };
         drop(taken);

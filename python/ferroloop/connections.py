@@ -228,7 +228,19 @@ class ConnectionsMixin:
         ):
             connecting = self._connect_plain(host, port, family, proto, flags)
             if connecting is not None:
-                return await self._open_connected(await connecting, protocol_factory)
+                # Inline rather than a helper coroutine: one object less per
+                # connection on the hot path.
+                if type(connecting) is not _core.ConnectedSocket:
+                    connecting = await connecting
+                protocol = protocol_factory()
+                waiter = self.create_future()
+                transport = SocketTransport(self, connecting, -1, protocol, waiter=waiter)
+                try:
+                    await waiter
+                except BaseException:
+                    transport.close()
+                    raise
+                return transport, protocol
         _check_not_ssl_socket(sock)
         if happy_eyeballs_delay is not None and interleave is None:
             interleave = 1
@@ -274,10 +286,11 @@ class ConnectionsMixin:
 
     def _connect_plain(
         self: Any, host: Any, port: Any, family: int, proto: int, flags: int
-    ) -> asyncio.Future[_core.ConnectedSocket] | None:
+    ) -> _core.ConnectedSocket | asyncio.Future[_core.ConnectedSocket] | None:
         """The common case in one step: a memoised numeric address with a
         single result, our own resolver and sock_connect, no debug mode.
-        Returns the native connect's future, or None for the general path."""
+        Returns the connected socket (connected at once, as loopback ones
+        are), a future of it, or None for the general path."""
         cls = type(self)
         if (
             cls.getaddrinfo is not cls._own_getaddrinfo
@@ -291,20 +304,7 @@ class ConnectionsMixin:
         if infos is None or len(infos) != 1:
             return None
         family, type_, proto, _, address = infos[0]
-        return _core.connect_stream(self, family, type_, proto, address)
-
-    async def _open_connected(
-        self: Any, connected: _core.ConnectedSocket, protocol_factory: ProtocolFactory
-    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
-        protocol = protocol_factory()
-        waiter = self.create_future()
-        transport = SocketTransport(self, connected, -1, protocol, waiter=waiter)
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            raise
-        return transport, protocol
+        return _core.connect_stream(self, family, type_, proto, address, True)
 
     async def _connect_to_host(
         self: Any,
