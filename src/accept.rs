@@ -103,7 +103,7 @@ impl ConnectionMaker {
         wrapper.setattr(intern!(py, "_server"), server)?;
         wrapper.setattr(intern!(py, "_family"), self.family)?;
         wrapper.setattr(intern!(py, "_core"), core)?;
-        StreamTransport::_attach(core, true)?;
+        StreamTransport::_attach(core, Some(self.server.clone_ref(py)))?;
         server.call_method1(intern!(py, "_attach"), (wrapper,))?;
         StreamTransport::_open(core, None)
     }

@@ -86,8 +86,8 @@ struct StreamState {
     /// records them then: still known after a reset), converted on demand.
     sockname: Option<SockAddr>,
     peername: Option<SockAddr>,
-    /// A server counts this connection: tell it when the connection is gone.
-    has_server: bool,
+    /// The server counting this connection: told when the connection is gone.
+    server: Option<Py<PyAny>>,
     /// Resolved once `connection_made` ran (`create_connection` waits on it).
     open_waiter: Option<Py<PyAny>>,
     /// What the callbacks this transport scheduled for itself are for, in
@@ -721,14 +721,14 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         this.loop_.get().native_unwatch(this.fd);
-        let (owner, wrapper, data_received, has_server) = {
+        let (owner, wrapper, data_received, server) = {
             let mut state = this.state.lock();
             state.clear_buffer();
             (
                 std::mem::replace(&mut state.owner, SocketOwner::Closed),
                 state.wrapper.take(),
                 state.data_received.take(),
-                std::mem::take(&mut state.has_server),
+                state.server.take(),
             )
         };
         drop(data_received);
@@ -741,11 +741,13 @@ impl StreamTransport {
             SocketOwner::Native(fd) => drop(fd),
             SocketOwner::Closed => {}
         }
-        if let Some(wrapper) = wrapper.filter(|_| has_server) {
-            let detached = wrapper
+        if let (Some(wrapper), Some(server)) = (wrapper, server) {
+            // asyncio's _call_connection_lost: the server forgets the
+            // transport, which forgets the server.
+            let detached = server
                 .bind(py)
-                .call_method0("_detach_from_server")
-                .map(|_| ());
+                .call_method1(intern!(py, "_detach"), (&wrapper,))
+                .and_then(|_| wrapper.bind(py).setattr(intern!(py, "_server"), py.None()));
             result = result.and(detached);
         }
         result
@@ -822,7 +824,7 @@ impl StreamTransport {
                 sendfile_active: false,
                 sockname: None,
                 peername: None,
-                has_server: false,
+                server: None,
                 open_waiter: None,
                 scheduled: VecDeque::new(),
             }),
@@ -908,11 +910,11 @@ impl StreamTransport {
 
     /// Registers the socket with the loop (before `connection_made`), so that
     /// `add_reader` on it is refused as asyncio does.
-    #[pyo3(signature = (has_server=false))]
-    pub fn _attach(slf: &Bound<'_, Self>, has_server: bool) -> PyResult<()> {
+    #[pyo3(signature = (server=None))]
+    pub fn _attach(slf: &Bound<'_, Self>, server: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        this.state.lock().has_server = has_server;
+        this.state.lock().server = server;
         this.loop_.get().native_watch(
             py,
             this.fd,
@@ -1224,6 +1226,7 @@ impl StreamTransport {
         visit.call(&state.data_received)?;
         visit.call(&state.drain_waiter)?;
         visit.call(&state.open_waiter)?;
+        visit.call(&state.server)?;
         for scheduled in &state.scheduled {
             if let Scheduled::ConnectionLost(exc) = scheduled {
                 visit.call(exc)?;
@@ -1245,6 +1248,7 @@ impl StreamTransport {
                 state.protocol.take(),
                 state.data_received.take(),
                 state.open_waiter.take(),
+                state.server.take(),
                 std::mem::take(&mut state.scheduled),
             )
         };

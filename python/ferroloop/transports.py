@@ -116,7 +116,7 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         )
         if isinstance(sock, socket.socket) and family in _INET_FAMILIES:
             _set_nodelay(sock)
-        core._attach(server is not None)
+        core._attach(server)
         if server is not None:
             server._attach(self)
         # connection_made, then reading, then the waiter: one native callback.
@@ -188,12 +188,6 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
 
     def _force_close(self, exc: BaseException | None) -> None:
         self._core._force_close(exc)
-
-    def _detach_from_server(self) -> None:
-        server = self._server
-        if server is not None:
-            self._server = None
-            server._detach(self)
 
 
 for _name in _DIRECT_METHODS:
