@@ -639,6 +639,25 @@ pub struct SockOps {
     waiters: Mutex<HashMap<RawFd, Py<SockWaiter>>>,
 }
 
+/// An operation's result if it completed at once, else its pending future.
+enum Eager<'py> {
+    Done(Py<PyAny>),
+    Waiting(Bound<'py, PyAny>),
+}
+
+impl<'py> IntoPyObject<'py> for Eager<'py> {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = std::convert::Infallible;
+
+    fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
+        Ok(match self {
+            Eager::Done(value) => value.into_bound(py),
+            Eager::Waiting(fut) => fut,
+        })
+    }
+}
+
 impl SockOps {
     /// Tries `kind` once; returns a done future, or parks it and returns a
     /// pending one. Errors (including argument errors) go into the future,
@@ -649,22 +668,42 @@ impl SockOps {
         make: impl FnOnce(RawFd) -> PyResult<Kind>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let loop_ = slf.get().loop_.bind(py).as_any();
-        let fut = new_future(loop_)?;
-        let prepared = check_socket(sock).and_then(|fd| make(fd).map(|kind| (fd, kind)));
-        let (fd, mut kind) = match prepared {
-            Ok(prepared) => prepared,
+        let outcome = Self::start_eager(slf, sock, make);
+        let fut = match outcome {
+            Ok(Eager::Waiting(fut)) => return Ok(fut),
+            Ok(Eager::Done(value)) => {
+                let fut = new_future(slf.get().loop_.bind(py).as_any())?;
+                set_result(&fut, value)?;
+                fut
+            }
             Err(err) => {
+                let fut = new_future(slf.get().loop_.bind(py).as_any())?;
                 set_exception(&fut, err)?;
-                return Ok(fut);
+                fut
             }
         };
-        match attempt(&mut kind, py, fd) {
-            Ok(Some(value)) => set_result(&fut, value)?,
-            Ok(None) => Self::park(slf, fd, &fut, kind)?,
-            Err(err) => set_exception(&fut, err)?,
-        }
         Ok(fut)
+    }
+
+    /// Like `start`, but an operation that completes at once gives its
+    /// result (or raises) without a future: the coroutine methods that call
+    /// this return it directly, sparing a future per call.
+    fn start_eager<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        make: impl FnOnce(RawFd) -> PyResult<Kind>,
+    ) -> PyResult<Eager<'py>> {
+        let py = slf.py();
+        let fd = check_socket(sock)?;
+        let mut kind = make(fd)?;
+        match attempt(&mut kind, py, fd)? {
+            Some(value) => Ok(Eager::Done(value)),
+            None => {
+                let fut = new_future(slf.get().loop_.bind(py).as_any())?;
+                Self::park(slf, fd, &fut, kind)?;
+                Ok(Eager::Waiting(fut))
+            }
+        }
     }
 
     /// Registers a pending operation with the descriptor's waiter.
@@ -756,24 +795,26 @@ impl SockOps {
         }
     }
 
+    /// The received bytes if some are waiting, else a future of them.
     fn recv<'py>(
         slf: &Bound<'py, Self>,
         sock: &Bound<'py, PyAny>,
         nbytes: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        Self::start(slf, sock, |_| {
+    ) -> PyResult<Eager<'py>> {
+        Self::start_eager(slf, sock, |_| {
             Ok(Kind::Recv {
                 n: extract_size(nbytes, "recv")?,
             })
         })
     }
 
+    /// The byte count if some were waiting, else a future of it.
     fn recv_into<'py>(
         slf: &Bound<'py, Self>,
         sock: &Bound<'py, PyAny>,
         buf: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        Self::start(slf, sock, |_| {
+    ) -> PyResult<Eager<'py>> {
+        Self::start_eager(slf, sock, |_| {
             Ok(Kind::RecvInto {
                 buf: buf.clone().unbind(),
             })
@@ -806,44 +847,38 @@ impl SockOps {
         })
     }
 
+    /// None once everything went out, else a future completed when it has.
     fn sendall<'py>(
         slf: &Bound<'py, Self>,
         sock: &Bound<'py, PyAny>,
         data: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Eager<'py>> {
         let py = slf.py();
         // Fast path: a bytes object that goes out in full needs no Data.
         if let Ok(bytes) = data.cast::<PyBytes>() {
             if let Ok(fd) = check_socket(sock) {
                 let all = bytes.as_bytes();
                 let mut offset = 0;
-                let mut failed = None;
                 while offset < all.len() {
                     match sys_io::send(fd, &all[offset..], None, libc::MSG_NOSIGNAL) {
                         Ok(Some(count)) => offset += count,
                         Ok(None) => break,
-                        Err(errno) => {
-                            failed = Some(errno);
-                            break;
-                        }
+                        Err(errno) => return Err(os_error(py, errno)),
                     }
+                }
+                if offset == all.len() {
+                    return Ok(Eager::Done(py.None()));
                 }
                 let fut = new_future(slf.get().loop_.bind(py).as_any())?;
-                match failed {
-                    Some(errno) => set_exception(&fut, os_error(py, errno))?,
-                    None if offset == all.len() => set_result(&fut, py.None())?,
-                    None => {
-                        let kind = Kind::SendAll {
-                            data: Data::Bytes(bytes.clone().unbind()),
-                            offset,
-                        };
-                        Self::park(slf, fd, &fut, kind)?;
-                    }
-                }
-                return Ok(fut);
+                let kind = Kind::SendAll {
+                    data: Data::Bytes(bytes.clone().unbind()),
+                    offset,
+                };
+                Self::park(slf, fd, &fut, kind)?;
+                return Ok(Eager::Waiting(fut));
             }
         }
-        Self::start(slf, sock, |_| {
+        Self::start_eager(slf, sock, |_| {
             Ok(Kind::SendAll {
                 data: Data::new(data)?,
                 offset: 0,

@@ -23,6 +23,9 @@ from typing import Any
 
 from . import _core
 
+#: The type of the futures the native operations return when they must wait.
+_FUTURE = asyncio.Future
+
 # asyncio.constants.SENDFILE_FALLBACK_READBUFFER_SIZE
 _FALLBACK_BLOCK = 256 * 1024
 
@@ -53,19 +56,28 @@ class SocketOpsMixin:
             ops = self._sock_ops_core = _core.SockOps(self)
         return ops
 
+    # recv, recv_into and sendall answer at once when the system call did not
+    # have to wait (no future made); otherwise they return a future.
+
     async def sock_recv(self, sock: socket.socket, nbytes: int) -> bytes:
         """Receive up to `nbytes` bytes from `sock` (b'' at end of stream)."""
         ops = self._sock_ops_core
         if ops is None:
             ops = self._sock_ops()
-        return await ops.recv(sock, nbytes)
+        data = ops.recv(sock, nbytes)
+        if type(data) is _FUTURE:
+            return await data
+        return data
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         """Receive into the writable buffer `buf`; the result is the byte count."""
         ops = self._sock_ops_core
         if ops is None:
             ops = self._sock_ops()
-        return await ops.recv_into(sock, buf)
+        count = ops.recv_into(sock, buf)
+        if type(count) is _FUTURE:
+            return await count
+        return count
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to `bufsize` bytes: `(data, address)`."""
@@ -82,7 +94,9 @@ class SocketOpsMixin:
         ops = self._sock_ops_core
         if ops is None:
             ops = self._sock_ops()
-        return await ops.sendall(sock, data)
+        sending = ops.sendall(sock, data)
+        if sending is not None:
+            await sending
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         """Send a datagram to `address`; the result is the byte count."""
