@@ -63,7 +63,7 @@ impl ConnectedSocket {
     }
 
     #[getter]
-    fn family(&self) -> i32 {
+    pub fn family(&self) -> i32 {
         self.family
     }
 
@@ -336,5 +336,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ConnectedSocket>()?;
     m.add_class::<PendingConnect>()?;
     m.add_function(wrap_pyfunction!(connect_stream, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        crate::socket_transport::connected_transport,
+        m
+    )?)?;
     Ok(())
 }

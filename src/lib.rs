@@ -3,7 +3,6 @@
 //! The Python package `ferroloop` subclasses [`event_loop::Loop`] and adds
 //! the parts of asyncio's API that run once per loop or per connection.
 
-mod accept;
 mod buffers;
 mod connector;
 mod errors;
@@ -21,6 +20,7 @@ mod server;
 mod signals;
 mod sock_ops;
 mod sockaddr;
+mod socket_transport;
 mod stream;
 mod sys_io;
 mod timers;

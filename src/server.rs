@@ -18,10 +18,10 @@ use pyo3::PyTraverseError;
 
 use socket2::SockAddr;
 
-use crate::accept::ConnectionMaker;
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
+use crate::socket_transport::ConnectionMaker;
 use crate::{sockaddr, sys_io};
 
 #[pyclass(frozen, weakref, module = "ferroloop._core")]

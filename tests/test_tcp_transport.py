@@ -221,6 +221,37 @@ def test_create_connection_refused(loop_factory: Any, host: str) -> None:
     assert run(loop_factory, main) == expected
 
 
+def test_native_and_python_made_transports_alike(loop_factory: Any, loop_name: str) -> None:
+    """ferroloop only: SocketTransport objects made natively (accepted, or by
+    create_connection's common case) carry what SocketTransport.__init__ sets."""
+    if loop_name != "ferroloop":
+        pytest.skip("ferroloop's two ways of making a transport")
+
+    def attributes(tr: Any) -> dict[str, Any]:
+        names = ("_extra", "_loop", "_server", "_family")
+        return {name: type(getattr(tr, name)).__name__ for name in names} | {
+            "dict": sorted(vars(tr))
+        }
+
+    async def main() -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        server, side, native_client, _ = await tcp_pair()
+        native_server = (await side.first()).transport
+        sock = socket.create_connection(server.sockets[0].getsockname())
+        sock.setblocking(False)
+        python_client, _ = await loop.create_connection(RecordingProtocol, sock=sock)
+        found = [attributes(tr) for tr in (native_client, native_server, python_client)]
+        assert native_server._server is server and native_client._server is None
+        for tr in (native_client, python_client):
+            tr.close()
+        await close_server(server)
+        return found
+
+    native_client, native_server, python_client = run(loop_factory, main)
+    assert native_client == python_client
+    assert native_server == python_client | {"_server": "Server"}
+
+
 def test_create_connection_refused_message(loop_factory: Any) -> None:
     port = closed_port()
 

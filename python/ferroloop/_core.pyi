@@ -216,6 +216,9 @@ class ConnectedSocket:
 
 class PendingConnect: ...
 
+def connected_transport(
+    event_loop: Loop, connected: ConnectedSocket, protocol: Any, waiter: Any
+) -> Any: ...
 def connect_stream(
     event_loop: Loop, family: int, type_: int, proto: int, address: Any, eager: bool = False
 ) -> ConnectedSocket | Any | None: ...

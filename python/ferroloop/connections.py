@@ -234,7 +234,7 @@ class ConnectionsMixin:
                     connecting = await connecting
                 protocol = protocol_factory()
                 waiter = self.create_future()
-                transport = SocketTransport(self, connecting, -1, protocol, waiter=waiter)
+                transport = _core.connected_transport(self, connecting, protocol, waiter)
                 try:
                     await waiter
                 except BaseException:

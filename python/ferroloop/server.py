@@ -84,7 +84,7 @@ class Server(asyncio.AbstractServer):
         if self._serving:
             return
         self._serving = True
-        # A plain server's connections are opened natively (src/accept.rs,
+        # A plain server's connections are opened natively (src/socket_transport.rs,
         # which makes the transports as SocketTransport.__init__ would); TLS
         # ones come to _accept_connection.
         native = self._ssl_context is None

@@ -99,7 +99,7 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
     ) -> None:
         # What BaseTransport.__init__ and _FlowControlMixin.__init__ do, inline
         # (once per connection; the flow-control state itself is native).
-        # src/accept.rs sets the same attributes on accepted connections:
+        # src/socket_transport.rs sets the same attributes on transports it makes:
         # keep the two in step.
         self._extra = {} if extra is None else extra
         self._loop = loop
