@@ -4,6 +4,7 @@
 //! Each call is retried on `EINTR`; `Ok(None)` means it would block
 //! (`EAGAIN`); any other failure is the `Errno`. Nothing here touches Python.
 
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
@@ -43,6 +44,30 @@ pub fn write(fd: RawFd, data: &[u8]) -> Result<Option<usize>, Errno> {
 pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> Result<Option<usize>, Errno> {
     // SAFETY: `buf` is valid for writes of its length during the call.
     retry(|| unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) })
+}
+
+/// `recv(2)` into memory not yet initialised (a new `bytes` object's
+/// storage): `recv` only writes to it.
+pub fn recv_uninit(
+    fd: RawFd,
+    buf: &mut [MaybeUninit<u8>],
+    flags: libc::c_int,
+) -> Result<Option<usize>, Errno> {
+    // SAFETY: `buf` is valid for writes of its length during the call.
+    retry(|| unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) })
+}
+
+/// How many bytes are queued for reading on a socket (`FIONREAD`); 0 when
+/// the call fails.
+pub fn queued_bytes(fd: RawFd) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer.
+    let result = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+    if result < 0 {
+        0
+    } else {
+        queued.max(0) as usize
+    }
 }
 
 /// `recvfrom(2)` into `buf`: the size received and the sender.

@@ -1526,3 +1526,68 @@ def test_alternating_large_and_small_messages_echo_intact(loop_factory: Any) -> 
         await close_server(server)
 
     run(loop_factory, main)
+
+
+class _PausingCollector(asyncio.Protocol):
+    """Collects everything received; pauses reading once `pause_after` bytes
+    arrived, so that what the peer sends next queues up in the kernel."""
+
+    def __init__(self, pause_after: int) -> None:
+        self.pause_after = pause_after
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.paused = asyncio.Event()
+        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.received += len(data)
+        if not self.paused.is_set() and self.received >= self.pause_after:
+            self.transport.pause_reading()
+            self.paused.set()
+
+    def eof_received(self) -> None:
+        if not self.done.done():
+            self.done.set_result(b"".join(self.chunks))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("closed before EOF"))
+
+
+def test_large_backlog_then_eof_after_large_read(loop_factory: Any) -> None:
+    """After a large read, much more than one read's worth (and the FIN) is
+    queued at once: it arrives whole, in order, followed by eof_received."""
+    first = os.urandom(64 * 1024)
+    rest = os.urandom(3 * MiB + 12345)
+
+    async def main() -> None:
+        lp = asyncio.get_running_loop()
+        protocols: list[_PausingCollector] = []
+
+        def factory() -> _PausingCollector:
+            protocols.append(_PausingCollector(len(first)))
+            return protocols[-1]
+
+        server = await lp.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(first)
+        while not protocols:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(protocols[0].paused.wait(), 10)
+        writer.write(rest)
+        writer.write_eof()
+        await asyncio.sleep(0.2)
+        protocols[0].transport.resume_reading()
+        received = await asyncio.wait_for(protocols[0].done, 10)
+        assert len(received) == len(first) + len(rest)
+        assert received == first + rest
+        writer.close()
+        await writer.wait_closed()
+        await close_server(server)
+
+    run(loop_factory, main)
