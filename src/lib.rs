@@ -16,6 +16,7 @@ mod pipes;
 mod poller;
 mod process;
 mod python_api;
+mod reads;
 mod server;
 mod signals;
 mod sock_ops;

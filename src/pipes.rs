@@ -23,8 +23,8 @@
 //! the object, and never watch it again after that, since the number may be
 //! reused at once.
 
-use std::cell::RefCell;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
@@ -39,19 +39,16 @@ use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::poller::{Interest, Readiness};
+use crate::reads::{self, ReadCall, Received};
 use crate::sys_io;
 use crate::transport_common;
 
 /// asyncio reads at most this much per iteration (`max_size`).
-const READ_SIZE: usize = 256 * 1024;
+const READ_SIZE: usize = reads::READ_SIZE;
 /// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES.
 const CONNLOST_WRITE_WARNING_THRESHOLD: u32 = 5;
 /// A drained write buffer larger than this gives its memory back.
 const KEEP_WRITE_CAPACITY: usize = 1024 * 1024;
-
-thread_local! {
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -139,6 +136,8 @@ pub struct PipeTransport {
     watch_peer: bool,
     loop_: Py<Loop>,
     state: Mutex<PipeState>,
+    /// The last read was large: the next one goes straight into a `bytes`.
+    large_reads: AtomicBool,
 }
 
 /// What a write decided under the lock, acted on after releasing it.
@@ -250,15 +249,16 @@ impl PipeTransport {
         let Some(protocol) = protocol else {
             return Ok(());
         };
-        let received = READ_BUFFER.with(|cell| {
-            let mut buffer = cell.borrow_mut();
-            sys_io::read(this.fd, &mut buffer)
-                .map(|count| count.map(|count| (count, PyBytes::new(py, &buffer[..count]))))
-        });
+        let large = this.large_reads.load(Ordering::Relaxed);
+        let received = reads::read_adaptive(py, this.fd, ReadCall::Read, READ_SIZE, large);
         match received {
-            Ok(None) => Ok(()),
-            Ok(Some((0, _))) => Self::eof(slf, protocol.bind(py)),
-            Ok(Some((_, data))) => {
+            Ok(Received::WouldBlock) => Ok(()),
+            Ok(Received::Eof) => Self::eof(slf, protocol.bind(py)),
+            Ok(Received::Data(data)) => {
+                let now_large = reads::is_large(&data);
+                if now_large != large {
+                    this.large_reads.store(now_large, Ordering::Relaxed);
+                }
                 let result = match data_received {
                     Some(method) => method.bind(py).call1((data,)),
                     None => protocol.bind(py).call_method1("data_received", (data,)),
@@ -270,11 +270,7 @@ impl PipeTransport {
                     Err(err) => Self::report_callback_error(slf, err, "_read_ready"),
                 }
             }
-            Err(errno) => Self::fatal_error(
-                slf,
-                os_error(py, errno),
-                "Fatal read error on pipe transport",
-            ),
+            Err(err) => Self::fatal_error(slf, err, "Fatal read error on pipe transport"),
         }
     }
 
@@ -650,6 +646,7 @@ impl PipeTransport {
             Kind::Write => None,
         };
         Ok(Self {
+            large_reads: AtomicBool::new(false),
             fd,
             kind,
             watch_peer: writable && watch_peer,

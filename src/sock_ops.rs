@@ -22,7 +22,7 @@
 //! point the Python mixin (`ferroloop/sockets.py`) calls.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
@@ -43,6 +43,7 @@ use crate::buffers::with_bytes_mut;
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
+use crate::reads::{self, ReadCall, Received};
 use crate::{sockaddr, sys_io};
 
 /// Receives of at most this many bytes go through a per-thread scratch
@@ -51,6 +52,8 @@ const SCRATCH_SIZE: usize = 256 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
+    /// Descriptors whose last `sock_recv` was large (see `recv_bytes`).
+    static LARGE_RECVS: RefCell<HashSet<RawFd>> = RefCell::new(HashSet::new());
 }
 
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -353,19 +356,36 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
 }
 
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
-    let got = if n <= SCRATCH_SIZE {
-        SCRATCH.with_borrow_mut(|scratch| {
-            sys_io::recv(fd, &mut scratch[..n], 0)
-                .map(|got| got.map(|count| PyBytes::new(py, &scratch[..count])))
-        })
-    } else {
+    if n > reads::READ_SIZE {
         let mut buffer = vec![0u8; n];
-        sys_io::recv(fd, &mut buffer, 0)
-            .map(|got| got.map(|count| PyBytes::new(py, &buffer[..count])))
+        let got = sys_io::recv(fd, &mut buffer, 0)
+            .map(|got| got.map(|count| PyBytes::new(py, &buffer[..count])));
+        return Ok(got
+            .map_err(|errno| os_error(py, errno))?
+            .map(|bytes| bytes.into_any().unbind()));
+    }
+    // Large messages are received straight into their bytes object, as
+    // stream transports do (reads.rs); which sockets carry them is
+    // remembered per descriptor number, a hint that costs at worst one
+    // `ioctl` if the number is reused.
+    let large = LARGE_RECVS.with_borrow(|fds| fds.contains(&fd));
+    let received = reads::read_adaptive(py, fd, ReadCall::Recv, n, large)?;
+    let data = match received {
+        Received::WouldBlock => return Ok(None),
+        Received::Eof => PyBytes::new(py, b""),
+        Received::Data(data) => data,
     };
-    Ok(got
-        .map_err(|errno| os_error(py, errno))?
-        .map(|bytes| bytes.into_any().unbind()))
+    let now_large = reads::is_large(&data);
+    if now_large != large {
+        LARGE_RECVS.with_borrow_mut(|fds| {
+            if now_large {
+                fds.insert(fd)
+            } else {
+                fds.remove(&fd)
+            }
+        });
+    }
+    Ok(Some(data.into_any().unbind()))
 }
 
 fn accept(py: Python<'_>, fd: RawFd, sock: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {

@@ -18,20 +18,17 @@
 //! written, then calls `connection_lost(None)` exactly once; `abort()` drops
 //! the buffer; errors call `connection_lost(exc)`.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
-use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyList, PyTuple};
 use pyo3::PyTraverseError;
 use socket2::SockAddr;
 
@@ -42,19 +39,15 @@ use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::handles::{context_or_copy, report_callback_error, Callback, Handle};
 use crate::poller::{Interest, Readiness};
+use crate::reads::{self, ReadCall, Received, READ_SIZE};
 use crate::transport_common;
 use crate::{sockaddr, sys_io};
 
 /// asyncio reads at most this much per `recv`.
-const READ_SIZE: usize = 256 * 1024;
 /// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES.
 const CONNLOST_WRITE_WARNING_THRESHOLD: u32 = 5;
 /// A drained write buffer larger than this gives its memory back.
 const KEEP_WRITE_CAPACITY: usize = 1024 * 1024;
-
-thread_local! {
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
-}
 
 /// Who closes the socket when the transport is done with it.
 pub enum SocketOwner {
@@ -209,98 +202,6 @@ fn recv_some(fd: RawFd, buffer: &mut [u8]) -> Result<Option<usize>, Errno> {
     sys_io::recv(fd, buffer, libc::MSG_DONTWAIT)
 }
 
-/// After a read of at least this size the next read goes straight into a
-/// `bytes` object of the size queued: for large messages the copy it spares
-/// outweighs the extra `ioctl`; small reads keep one system call and a copy.
-const LARGE_READ: usize = 32 * 1024;
-/// The largest such object. glibc serves 128 KiB and more (its default
-/// mmap threshold) with a fresh `mmap`, and `munmap` on free: far more
-/// than the copy costs.
-const DIRECT_READ_CAP: usize = 120 * 1024;
-
-extern "C" {
-    /// Exported by CPython 3.11 but not bound by pyo3.
-    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, size: ffi::Py_ssize_t) -> libc::c_int;
-}
-
-/// What one read of a stream socket produced.
-enum Received<'py> {
-    WouldBlock,
-    Eof,
-    Data(Bound<'py, PyBytes>),
-}
-
-impl<'py> Received<'py> {
-    fn from_count(
-        count: Option<usize>,
-        data: impl FnOnce(usize) -> PyResult<Bound<'py, PyBytes>>,
-    ) -> PyResult<Self> {
-        Ok(match count {
-            None => Self::WouldBlock,
-            Some(0) => Self::Eof,
-            Some(count) => Self::Data(data(count)?),
-        })
-    }
-}
-
-/// Receives into the shared buffer and copies what came into a new `bytes`.
-fn recv_copied(py: Python<'_>, fd: RawFd) -> PyResult<Received<'_>> {
-    READ_BUFFER.with(|cell| {
-        let mut buffer = cell.borrow_mut();
-        let count = recv_some(fd, &mut buffer).map_err(|errno| os_error(py, errno))?;
-        Received::from_count(count, |count| Ok(PyBytes::new(py, &buffer[..count])))
-    })
-}
-
-/// Receives straight into a new `bytes` of exactly the size queued (at most
-/// `DIRECT_READ_CAP`), sparing the copy. With nothing queued (end of file,
-/// a pending error, a spurious wake-up) the ordinary path finds out which.
-fn recv_direct(py: Python<'_>, fd: RawFd) -> PyResult<Received<'_>> {
-    let size = sys_io::queued_bytes(fd).min(DIRECT_READ_CAP);
-    if size == 0 {
-        return recv_copied(py, fd);
-    }
-    // SAFETY: with a NULL source, PyBytes_FromStringAndSize returns a new
-    // reference (or NULL with an exception set) to a new object, never a
-    // shared singleton for size > 0, whose `size` bytes are uninitialised.
-    let object = unsafe {
-        let raw = ffi::PyBytes_FromStringAndSize(std::ptr::null(), size as ffi::Py_ssize_t);
-        Bound::from_owned_ptr_or_err(py, raw)?
-    };
-    // SAFETY: the object owns `size` bytes of storage, and nobody else can
-    // see the object until this function returns it.
-    let storage = unsafe {
-        let data = ffi::PyBytes_AS_STRING(object.as_ptr()) as *mut MaybeUninit<u8>;
-        std::slice::from_raw_parts_mut(data, size)
-    };
-    let count = sys_io::recv_uninit(fd, storage, libc::MSG_DONTWAIT)
-        .map_err(|errno| os_error(py, errno))?;
-    Received::from_count(count, |count| {
-        if count < size {
-            return shrink_new_bytes(object, count);
-        }
-        // SAFETY: PyBytes_FromStringAndSize made a bytes object.
-        Ok(unsafe { object.cast_into_unchecked() })
-    })
-}
-
-/// Shrinks a new `bytes` that `recv` filled only the first `size` bytes of
-/// (rare: `FIONREAD` said more was queued than `recv` then returned).
-fn shrink_new_bytes(object: Bound<'_, PyAny>, size: usize) -> PyResult<Bound<'_, PyBytes>> {
-    let py = object.py();
-    let mut raw = object.into_ptr();
-    // SAFETY: `raw` is the only reference to a bytes object nobody has seen,
-    // as _PyBytes_Resize requires; on failure it frees the object, sets
-    // `raw` to NULL and sets an exception. `size` > 0, so it stays a new
-    // object rather than becoming the empty singleton.
-    unsafe {
-        if _PyBytes_Resize(&mut raw, size as ffi::Py_ssize_t) < 0 {
-            return Err(PyErr::fetch(py));
-        }
-        Ok(Bound::from_owned_ptr(py, raw).cast_into_unchecked())
-    }
-}
-
 impl StreamTransport {
     fn loop_ref<'py>(&self, py: Python<'py>) -> &Bound<'py, Loop> {
         self.loop_.bind(py)
@@ -357,16 +258,12 @@ impl StreamTransport {
             return Self::read_into_protocol_buffer(slf, protocol.bind(py));
         }
         let large = this.large_reads.load(Ordering::Relaxed);
-        let received = if large {
-            recv_direct(py, this.fd)
-        } else {
-            recv_copied(py, this.fd)
-        };
+        let received = reads::read_adaptive(py, this.fd, ReadCall::Recv, READ_SIZE, large);
         match received {
             Ok(Received::WouldBlock) => Ok(()),
             Ok(Received::Eof) => Self::eof(slf, protocol.bind(py)),
             Ok(Received::Data(data)) => {
-                let now_large = data.as_bytes().len() >= LARGE_READ;
+                let now_large = reads::is_large(&data);
                 if now_large != large {
                     this.large_reads.store(now_large, Ordering::Relaxed);
                 }

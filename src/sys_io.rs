@@ -28,8 +28,8 @@ fn retry(mut call: impl FnMut() -> isize) -> Result<Option<usize>, Errno> {
     }
 }
 
-/// `read(2)` into `buf`.
-pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Errno> {
+/// `read(2)` into memory not yet initialised (a new `bytes` object's storage).
+pub fn read_uninit(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> Result<Option<usize>, Errno> {
     // SAFETY: `buf` is valid for writes of its length during the call.
     retry(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
 }

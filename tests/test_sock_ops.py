@@ -131,6 +131,34 @@ def test_large_sendall_to_slow_reader(loop_factory: LoopFactory, pair: Any) -> N
     assert run(loop_factory, main) == data
 
 
+def test_recv_alternating_large_and_small_messages(loop_factory: LoopFactory, pair: Any) -> None:
+    """Large messages, then small ones, then a small nbytes after large reads,
+    then end of stream: every byte arrives once, in order, within nbytes."""
+    a, b = pair
+    messages = [os.urandom(100 * 1024), b"s" * 10, os.urandom(64 * 1024), b"tiny"]
+
+    async def main() -> tuple[bool, list[int]]:
+        loop = asyncio.get_running_loop()
+        received = bytearray()
+        for message in messages:
+            await loop.sock_sendall(b, message)
+            while len(received) < sum(map(len, messages[: messages.index(message) + 1])):
+                received += await loop.sock_recv(a, 256 * 1024)
+        await loop.sock_sendall(b, os.urandom(200 * 1024))
+        await asyncio.sleep(0.01)
+        small_reads = []
+        for _ in range(3):
+            small_reads.append(len(await loop.sock_recv(a, 1000)))
+        b.shutdown(socket.SHUT_WR)
+        rest = 0
+        while chunk := await loop.sock_recv(a, 256 * 1024):
+            rest += len(chunk)
+        small_reads.append(rest)
+        return bytes(received) == b"".join(messages), small_reads
+
+    assert run(loop_factory, main) == (True, [1000, 1000, 1000, 200 * 1024 - 3000])
+
+
 def test_concurrent_recv_and_sendall_same_socket(loop_factory: LoopFactory, pair: Any) -> None:
     a, b = pair
     data = b"x" * (8 << 20)
