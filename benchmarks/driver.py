@@ -979,7 +979,7 @@ def report(data, path):
         f"- server pinned to CPU {cfg['server_cpu']}, client to CPU {cfg['client_cpu']}"
         if m.get("pinning")
         else "- unpinned",
-        f"- raw data: `{path.relative_to(ROOT)}`"
+        f"- raw data: `{shown_path(path)}`"
         + (f"; wall time {fmt_dur(m['wall_s'])}" if m.get("wall_s") else "")
         + (f" ({fmt_dur(m['retry_s'])} re-running disturbed samples)" if m.get("retry_s") else ""),
     ]
@@ -1002,7 +1002,15 @@ def report(data, path):
             for e in errors
         ]
     (RESULTS / "latest.md").write_text("\n".join(md) + "\n")
-    print(f"\nsaved {path.relative_to(ROOT)} and benchmarks/results/latest.md")
+    print(f"\nsaved {shown_path(path)} and benchmarks/results/latest.md")
+
+
+def shown_path(path):
+    """`path` relative to the repository when it is inside it, else as given."""
+    try:
+        return path.relative_to(ROOT)
+    except ValueError:
+        return path
 
 
 def check_loops(requested):
