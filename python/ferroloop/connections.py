@@ -300,10 +300,10 @@ class ConnectionsMixin:
             or self.get_debug()
         ):
             return None
-        infos = dns.cached(host, port, family, socket.SOCK_STREAM, proto, flags)
-        if infos is None or len(infos) != 1:
+        info = dns.cached_single(host, port, family, socket.SOCK_STREAM, proto, flags)
+        if info is None:
             return None
-        family, type_, proto, _, address = infos[0]
+        family, type_, proto, _, address = info
         return _core.connect_stream(self, family, type_, proto, address, True)
 
     async def _connect_to_host(
