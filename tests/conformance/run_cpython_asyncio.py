@@ -202,8 +202,15 @@ OUTCOME_RANK = {
 
 def _child(args: argparse.Namespace) -> int:
     import asyncio
+    import signal
     import unittest
     from asyncio import events
+
+    # A shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: the tests that interrupt
+    # themselves (test_runners) would wait forever. Run them as a foreground
+    # interpreter would.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     # One stream for the child's whole life; os._exit() at the end skips teardown.
     out = open(args.events, "a", buffering=1)
