@@ -61,7 +61,6 @@ pub enum SocketOwner {
 struct StreamState {
     wrapper: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
-    data_received: Option<Py<PyAny>>,
     buffered: bool,
     owner: SocketOwner,
     write_buffer: Vec<u8>,
@@ -240,13 +239,12 @@ impl StreamTransport {
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (data_received, protocol, buffered) = {
+        let (protocol, buffered) = {
             let state = this.state.lock();
             if !state.interest().read {
                 return Ok(());
             }
             (
-                state.data_received.as_ref().map(|m| m.clone_ref(py)),
                 state.protocol.as_ref().map(|p| p.clone_ref(py)),
                 state.buffered,
             )
@@ -267,10 +265,11 @@ impl StreamTransport {
                 if now_large != large {
                     this.large_reads.store(now_large, Ordering::Relaxed);
                 }
-                let result = match data_received {
-                    Some(method) => method.bind(py).call1((data,)),
-                    None => protocol.bind(py).call_method1("data_received", (data,)),
-                };
+                // Looked up on every call, as asyncio does (a protocol may
+                // rebind it); the method call allocates no bound method.
+                let result = protocol
+                    .bind(py)
+                    .call_method1(intern!(py, "data_received"), (data,));
                 match result {
                     Ok(_) => Ok(()),
                     Err(err) => Self::fatal_error(
@@ -717,17 +716,15 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         this.loop_.get().native_unwatch(this.fd);
-        let (owner, wrapper, data_received, server) = {
+        let (owner, wrapper, server) = {
             let mut state = this.state.lock();
             state.clear_buffer();
             (
                 std::mem::replace(&mut state.owner, SocketOwner::Closed),
                 state.wrapper.take(),
-                state.data_received.take(),
                 state.server.take(),
             )
         };
-        drop(data_received);
         let mut result = Ok(());
         match owner {
             SocketOwner::Python(sock) => {
@@ -786,16 +783,6 @@ impl StreamTransport {
         protocol: Py<PyAny>,
         buffered: bool,
     ) -> Self {
-        let py = event_loop.py();
-        let data_received = if buffered {
-            None
-        } else {
-            protocol
-                .bind(py)
-                .getattr(intern!(py, "data_received"))
-                .ok()
-                .map(Bound::unbind)
-        };
         Self {
             large_reads: AtomicBool::new(false),
             fd,
@@ -803,7 +790,6 @@ impl StreamTransport {
             state: Mutex::new(StreamState {
                 wrapper: Some(wrapper),
                 protocol: Some(protocol),
-                data_received,
                 buffered,
                 owner,
                 write_buffer: Vec::new(),
@@ -831,7 +817,7 @@ impl StreamTransport {
     /// Gives up a transport that never started (its creation failed half
     /// way): no protocol callback, the socket unwatched and closed now.
     pub fn discard(&self) {
-        let (owner, wrapper, protocol, data_received) = {
+        let (owner, wrapper, protocol) = {
             let mut state = self.state.lock();
             state.closing = true;
             state.conn_lost += 1;
@@ -839,11 +825,10 @@ impl StreamTransport {
                 std::mem::replace(&mut state.owner, SocketOwner::Closed),
                 state.wrapper.take(),
                 state.protocol.take(),
-                state.data_received.take(),
             )
         };
         self.loop_.get().native_unwatch(self.fd);
-        drop((owner, wrapper, protocol, data_received));
+        drop((owner, wrapper, protocol));
     }
 
     /// Records the addresses asyncio keeps in the transport's extra info.
@@ -1113,25 +1098,13 @@ impl StreamTransport {
     }
 
     #[pyo3(signature = (protocol, buffered))]
-    fn _set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>, buffered: bool) {
-        let data_received = if buffered {
-            None
-        } else {
-            protocol
-                .bind(py)
-                .getattr("data_received")
-                .ok()
-                .map(Bound::unbind)
-        };
-        let (old_protocol, old_method) = {
+    fn _set_protocol(&self, protocol: Py<PyAny>, buffered: bool) {
+        let old_protocol = {
             let mut state = self.state.lock();
             state.buffered = buffered;
-            (
-                state.protocol.replace(protocol),
-                std::mem::replace(&mut state.data_received, data_received),
-            )
+            state.protocol.replace(protocol)
         };
-        drop((old_protocol, old_method));
+        drop(old_protocol);
     }
 
     #[getter]
@@ -1220,7 +1193,6 @@ impl StreamTransport {
         visit.call(&self.loop_)?;
         visit.call(&state.wrapper)?;
         visit.call(&state.protocol)?;
-        visit.call(&state.data_received)?;
         visit.call(&state.drain_waiter)?;
         visit.call(&state.open_waiter)?;
         visit.call(&state.server)?;
@@ -1243,7 +1215,6 @@ impl StreamTransport {
             (
                 state.wrapper.take(),
                 state.protocol.take(),
-                state.data_received.take(),
                 state.open_waiter.take(),
                 state.server.take(),
                 std::mem::take(&mut state.scheduled),

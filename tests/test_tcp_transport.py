@@ -252,6 +252,29 @@ def test_native_and_python_made_transports_alike(loop_factory: Any, loop_name: s
     assert native_server == python_client | {"_server": "Server"}
 
 
+def test_data_received_rebound_by_the_protocol(loop_factory: Any) -> None:
+    """asyncio looks data_received up on every read: a protocol may rebind it."""
+
+    class Rebinding(RecordingProtocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.data_received = self.data_received_later  # type: ignore[method-assign]
+
+        def data_received_later(self, data: bytes) -> None:
+            super().data_received(b"later:" + data)
+
+    async def main() -> bytes:
+        server, side, tr, _ = await tcp_pair(server_factory=Rebinding)
+        tr.write(b"ping")
+        sproto = await side.first()
+        received = await sproto.wait_for_bytes(10)
+        tr.close()
+        await close_server(server)
+        return received
+
+    assert run(loop_factory, main) == run_oracle(main) == b"later:ping"
+
+
 def test_create_connection_refused_message(loop_factory: Any) -> None:
     port = closed_port()
 
