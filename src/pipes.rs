@@ -59,7 +59,6 @@ enum Kind {
 struct PipeState {
     wrapper: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
-    data_received: Option<Py<PyAny>>,
     /// The user's pipe object; `None` once it has been closed ("released").
     pipe: Option<Py<PyAny>>,
     /// Registered with the loop. Descriptors epoll refuses (EPERM: files
@@ -236,15 +235,12 @@ impl PipeTransport {
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (data_received, protocol) = {
+        let protocol = {
             let state = this.state.lock();
             if !this.interest(&state).read {
                 return Ok(());
             }
-            (
-                state.data_received.as_ref().map(|m| m.clone_ref(py)),
-                state.protocol.as_ref().map(|p| p.clone_ref(py)),
-            )
+            state.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         let Some(protocol) = protocol else {
             return Ok(());
@@ -259,10 +255,10 @@ impl PipeTransport {
                 if now_large != large {
                     this.large_reads.store(now_large, Ordering::Relaxed);
                 }
-                let result = match data_received {
-                    Some(method) => method.bind(py).call1((data,)),
-                    None => protocol.bind(py).call_method1("data_received", (data,)),
-                };
+                // Looked up on every call, as asyncio does.
+                let result = protocol
+                    .bind(py)
+                    .call_method1(pyo3::intern!(py, "data_received"), (data,));
                 match result {
                     Ok(_) => Ok(()),
                     // asyncio lets the error escape the reader callback: it is
@@ -579,7 +575,7 @@ impl PipeTransport {
     fn release(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (pipe, wrapper, data_received, attached) = {
+        let (pipe, wrapper, attached) = {
             let mut state = this.state.lock();
             let Some(pipe) = state.pipe.take() else {
                 return Ok(());
@@ -588,17 +584,11 @@ impl PipeTransport {
             state.lost = true;
             state.clear_buffer();
             let attached = std::mem::replace(&mut state.attached, false);
-            (
-                pipe,
-                state.wrapper.take(),
-                state.data_received.take(),
-                attached,
-            )
+            (pipe, state.wrapper.take(), attached)
         };
         if attached {
             this.loop_.get().native_unwatch(this.fd);
         }
-        drop(data_received);
         drop(wrapper);
         pipe.bind(py).call_method0("close").map(|_| ())
     }
@@ -622,7 +612,6 @@ impl PipeTransport {
     #[pyo3(signature = (event_loop, fd, pipe, wrapper, protocol, writable, watch_peer))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
-        py: Python<'_>,
         event_loop: Bound<'_, Loop>,
         fd: RawFd,
         pipe: Py<PyAny>,
@@ -637,14 +626,6 @@ impl PipeTransport {
             )));
         }
         let kind = if writable { Kind::Write } else { Kind::Read };
-        let data_received = match kind {
-            Kind::Read => protocol
-                .bind(py)
-                .getattr("data_received")
-                .ok()
-                .map(Bound::unbind),
-            Kind::Write => None,
-        };
         Ok(Self {
             large_reads: AtomicBool::new(false),
             fd,
@@ -654,7 +635,6 @@ impl PipeTransport {
             state: Mutex::new(PipeState {
                 wrapper: Some(wrapper),
                 protocol: Some(protocol),
-                data_received,
                 pipe: Some(pipe),
                 attached: false,
                 started: false,
@@ -850,22 +830,8 @@ impl PipeTransport {
         Ok(())
     }
 
-    fn _set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
-        let data_received = match self.kind {
-            Kind::Read => protocol
-                .bind(py)
-                .getattr("data_received")
-                .ok()
-                .map(Bound::unbind),
-            Kind::Write => None,
-        };
-        let old = {
-            let mut state = self.state.lock();
-            (
-                state.protocol.replace(protocol),
-                std::mem::replace(&mut state.data_received, data_received),
-            )
-        };
+    fn _set_protocol(&self, protocol: Py<PyAny>) {
+        let old = self.state.lock().protocol.replace(protocol);
         drop(old);
     }
 
@@ -914,7 +880,6 @@ impl PipeTransport {
         visit.call(&self.loop_)?;
         visit.call(&state.wrapper)?;
         visit.call(&state.protocol)?;
-        visit.call(&state.data_received)?;
         visit.call(&state.pipe)?;
         Ok(())
     }
@@ -924,11 +889,7 @@ impl PipeTransport {
             let Some(mut state) = self.state.try_lock() else {
                 return;
             };
-            (
-                state.wrapper.take(),
-                state.protocol.take(),
-                state.data_received.take(),
-            )
+            (state.wrapper.take(), state.protocol.take())
         };
         drop(taken);
     }
