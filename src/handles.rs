@@ -349,7 +349,12 @@ pub struct HandlePool {
 }
 
 impl HandlePool {
-    const CAPACITY: usize = 1024;
+    /// Enough for a burst of 10k+ callbacks (a broadcast, a batch of
+    /// completions) to reuse every handle: callgrind, `call_soon` in batches
+    /// of 10k, 2,450 -> 2,118 instructions per callback against 1,024. A
+    /// pooled handle is an empty shell of ~100 bytes, so a loop keeps at
+    /// most ~1.6 MB after its largest burst.
+    const CAPACITY: usize = 16384;
 
     /// A one-shot handle for `callback`: a reused one when available.
     pub fn one_shot(
