@@ -44,24 +44,6 @@ pub struct ConnectedSocket {
 
 #[pymethods]
 impl ConnectedSocket {
-    /// The local address, as `socket.getsockname()` gives it (None if unknown).
-    #[getter]
-    fn sockname<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.sockname
-            .as_ref()
-            .map(|addr| sockaddr::to_python(py, addr))
-            .transpose()
-    }
-
-    /// The peer's address, as `socket.getpeername()` gives it (None if unknown).
-    #[getter]
-    fn peername<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.peername
-            .as_ref()
-            .map(|addr| sockaddr::to_python(py, addr))
-            .transpose()
-    }
-
     #[getter]
     pub fn family(&self) -> i32 {
         self.family

@@ -24,7 +24,6 @@
 //! reused at once.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
@@ -39,7 +38,7 @@ use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::poller::{Interest, Readiness};
-use crate::reads::{self, ReadCall, Received};
+use crate::reads::{self, ReadCall, ReadSizeHint, Received};
 use crate::sys_io;
 use crate::transport_common;
 
@@ -135,8 +134,8 @@ pub struct PipeTransport {
     watch_peer: bool,
     loop_: Py<Loop>,
     state: Mutex<PipeState>,
-    /// The last read was large: the next one goes straight into a `bytes`.
-    large_reads: AtomicBool,
+    /// How to read next (large messages go straight into their `bytes`).
+    read_size: ReadSizeHint,
 }
 
 /// What a write decided under the lock, acted on after releasing it.
@@ -245,16 +244,11 @@ impl PipeTransport {
         let Some(protocol) = protocol else {
             return Ok(());
         };
-        let large = this.large_reads.load(Ordering::Relaxed);
-        let received = reads::read_adaptive(py, this.fd, ReadCall::Read, READ_SIZE, large);
+        let received = this.read_size.read(py, this.fd, ReadCall::Read, READ_SIZE);
         match received {
             Ok(Received::WouldBlock) => Ok(()),
             Ok(Received::Eof) => Self::eof(slf, protocol.bind(py)),
             Ok(Received::Data(data)) => {
-                let now_large = reads::is_large(&data);
-                if now_large != large {
-                    this.large_reads.store(now_large, Ordering::Relaxed);
-                }
                 // Looked up on every call, as asyncio does.
                 let result = protocol
                     .bind(py)
@@ -627,7 +621,7 @@ impl PipeTransport {
         }
         let kind = if writable { Kind::Write } else { Kind::Read };
         Ok(Self {
-            large_reads: AtomicBool::new(false),
+            read_size: ReadSizeHint::default(),
             fd,
             kind,
             watch_peer: writable && watch_peer,

@@ -8,7 +8,7 @@
 //!   it. One system call more, one copy less: worth it for large messages
 //!   (100 KiB echo: -23% server CPU per request).
 //!
-//! Callers choose by the size of their previous read ([`is_large`]): stream
+//! Callers choose by the size of their previous read ([`ReadSizeHint`]): stream
 //! traffic tends to keep its message size. Direct reads are capped under
 //! glibc's 128 KiB mmap threshold, above which every allocation would be a
 //! fresh `mmap` (and every free a `munmap`), far dearer than the copy.
@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use pyo3::ffi;
@@ -86,12 +87,7 @@ pub fn is_large(data: &Bound<'_, PyBytes>) -> bool {
 
 /// Reads at most `limit` (at most [`READ_SIZE`]) bytes into the shared
 /// buffer and copies them into a new `bytes`.
-pub fn read_copied(
-    py: Python<'_>,
-    fd: RawFd,
-    call: ReadCall,
-    limit: usize,
-) -> PyResult<Received<'_>> {
+fn read_copied(py: Python<'_>, fd: RawFd, call: ReadCall, limit: usize) -> PyResult<Received<'_>> {
     READ_BUFFER.with(|cell| {
         let mut buffer = cell.borrow_mut();
         let limit = limit.min(buffer.len());
@@ -105,12 +101,7 @@ pub fn read_copied(
 /// Reads straight into a new `bytes` of the size queued (at most `limit`
 /// and the cap). With nothing queued (end of file, a pending error, a
 /// spurious wake-up) the copied path finds out which.
-pub fn read_direct(
-    py: Python<'_>,
-    fd: RawFd,
-    call: ReadCall,
-    limit: usize,
-) -> PyResult<Received<'_>> {
+fn read_direct(py: Python<'_>, fd: RawFd, call: ReadCall, limit: usize) -> PyResult<Received<'_>> {
     let size = sys_io::queued_bytes(fd).min(DIRECT_READ_CAP).min(limit);
     if size == 0 {
         return read_copied(py, fd, call, limit);
@@ -138,6 +129,33 @@ pub fn read_direct(
         // SAFETY: PyBytes_FromStringAndSize made a bytes object.
         Ok(unsafe { object.cast_into_unchecked() })
     })
+}
+
+/// Whether a descriptor's last read was large, choosing how to read the
+/// next (one per transport).
+#[derive(Default)]
+pub struct ReadSizeHint(AtomicBool);
+
+impl ReadSizeHint {
+    /// Reads at most `limit` bytes the way the previous read suggests, and
+    /// remembers this read's size for the next one.
+    pub fn read<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+        call: ReadCall,
+        limit: usize,
+    ) -> PyResult<Received<'py>> {
+        let large = self.0.load(Ordering::Relaxed);
+        let received = read_adaptive(py, fd, call, limit, large)?;
+        if let Received::Data(data) = &received {
+            let now_large = is_large(data);
+            if now_large != large {
+                self.0.store(now_large, Ordering::Relaxed);
+            }
+        }
+        Ok(received)
+    }
 }
 
 /// Reads the way the previous read's size suggests.

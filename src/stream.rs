@@ -19,8 +19,7 @@
 //! the buffer; errors call `connection_lost(exc)`.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
@@ -33,13 +32,12 @@ use pyo3::PyTraverseError;
 use socket2::SockAddr;
 
 use crate::buffers::{with_bytes, with_bytes_mut, BytesView};
-use crate::connector::ConnectedSocket;
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::handles::{context_or_copy, report_callback_error, Callback, Handle};
 use crate::poller::{Interest, Readiness};
-use crate::reads::{self, ReadCall, Received, READ_SIZE};
+use crate::reads::{ReadCall, ReadSizeHint, Received, READ_SIZE};
 use crate::transport_common;
 use crate::{sockaddr, sys_io};
 
@@ -146,8 +144,8 @@ pub struct StreamTransport {
     fd: RawFd,
     loop_: Py<Loop>,
     state: Mutex<StreamState>,
-    /// The last read was large: the next one goes straight into a `bytes`.
-    large_reads: AtomicBool,
+    /// How to read next (large messages go straight into their `bytes`).
+    read_size: ReadSizeHint,
 }
 
 /// What a write decided under the lock, to be acted on after releasing it.
@@ -255,16 +253,11 @@ impl StreamTransport {
         if buffered {
             return Self::read_into_protocol_buffer(slf, protocol.bind(py));
         }
-        let large = this.large_reads.load(Ordering::Relaxed);
-        let received = reads::read_adaptive(py, this.fd, ReadCall::Recv, READ_SIZE, large);
+        let received = this.read_size.read(py, this.fd, ReadCall::Recv, READ_SIZE);
         match received {
             Ok(Received::WouldBlock) => Ok(()),
             Ok(Received::Eof) => Self::eof(slf, protocol.bind(py)),
             Ok(Received::Data(data)) => {
-                let now_large = reads::is_large(&data);
-                if now_large != large {
-                    this.large_reads.store(now_large, Ordering::Relaxed);
-                }
                 // Looked up on every call, as asyncio does (a protocol may
                 // rebind it); the method call allocates no bound method.
                 let result = protocol
@@ -784,7 +777,7 @@ impl StreamTransport {
         buffered: bool,
     ) -> Self {
         Self {
-            large_reads: AtomicBool::new(false),
+            read_size: ReadSizeHint::default(),
             fd,
             loop_: event_loop.unbind(),
             state: Mutex::new(StreamState {
@@ -843,50 +836,33 @@ impl StreamTransport {
 impl StreamTransport {
     /// Wraps the connected, non-blocking socket `fd`. With `sock` (a Python
     /// socket object) the transport closes `sock` at the end; without, it
-    /// owns `fd` itself. A natively connected `sock` (`ConnectedSocket`)
-    /// hands its descriptor and addresses over and `fd` is ignored.
+    /// owns `fd` itself. (Natively connected sockets get their transport
+    /// from `socket_transport.rs`.)
     #[new]
     #[pyo3(signature = (event_loop, fd, sock, wrapper, protocol, buffered))]
     fn py_new(
         event_loop: Bound<'_, Loop>,
         fd: RawFd,
-        sock: Option<Bound<'_, PyAny>>,
+        sock: Option<Py<PyAny>>,
         wrapper: Py<PyAny>,
         protocol: Py<PyAny>,
         buffered: bool,
     ) -> PyResult<Self> {
-        let invalid = || PyValueError::new_err(format!("Invalid file descriptor: {fd}"));
-        let (owner, addresses) = match sock {
-            Some(sock) => match sock.cast::<ConnectedSocket>() {
-                Ok(connected) => {
-                    let connected = connected.get();
-                    (
-                        SocketOwner::Native(connected.take_fd()?),
-                        Some(connected.addresses()),
-                    )
-                }
-                Err(_) if fd < 0 => return Err(invalid()),
-                Err(_) => (SocketOwner::Python(sock.unbind()), None),
-            },
-            None if fd < 0 => return Err(invalid()),
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!(
+                "Invalid file descriptor: {fd}"
+            )));
+        }
+        let owner = match sock {
+            Some(sock) => SocketOwner::Python(sock),
             // SAFETY: the caller transfers ownership of `fd` to us.
-            None => (
-                SocketOwner::Native(unsafe { OwnedFd::from_raw_fd(fd) }),
-                None,
-            ),
+            None => SocketOwner::Native(unsafe { OwnedFd::from_raw_fd(fd) }),
         };
-        let fd = match &owner {
-            SocketOwner::Native(owned) => owned.as_raw_fd(),
-            _ => fd,
-        };
-        let (sockname, peername) = addresses.unwrap_or_else(|| {
-            (
-                sockaddr::getsockname(fd).ok(),
-                sockaddr::getpeername(fd).ok(),
-            )
-        });
         let transport = Self::create(event_loop, fd, owner, wrapper, protocol, buffered);
-        transport.set_addresses(sockname, peername);
+        transport.set_addresses(
+            sockaddr::getsockname(fd).ok(),
+            sockaddr::getpeername(fd).ok(),
+        );
         Ok(transport)
     }
 

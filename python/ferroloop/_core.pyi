@@ -127,7 +127,7 @@ class StreamTransport:
         cls,
         event_loop: Loop,
         fd: int,
-        sock: socket.socket | ConnectedSocket | None,
+        sock: socket.socket | None,
         wrapper: Any,
         protocol: Any,
         buffered: bool,
@@ -206,10 +206,6 @@ class SockWaiter: ...
 class ConnectedSocket:
     """A socket connected natively, waiting for its transport (connector.rs)."""
 
-    @property
-    def sockname(self) -> Any: ...
-    @property
-    def peername(self) -> Any: ...
     @property
     def family(self) -> int: ...
     def detach(self) -> int: ...

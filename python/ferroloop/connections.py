@@ -370,7 +370,7 @@ class ConnectionsMixin:
         protocol = protocol_factory()
         waiter = self.create_future()
         if isinstance(sock, _core.ConnectedSocket):
-            transport: Any = SocketTransport(self, sock, -1, protocol, waiter=waiter)
+            transport: Any = _core.connected_transport(self, sock, protocol, waiter)
         elif ssl:
             from .tls import wrap_tls
 

@@ -88,7 +88,7 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        sock: socket.socket | _core.ConnectedSocket | None,
+        sock: socket.socket | None,
         fd: int,
         protocol: asyncio.BaseProtocol,
         *,
@@ -104,9 +104,7 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         self._extra = {} if extra is None else extra
         self._loop = loop
         self._server = server
-        if type(sock) is _core.ConnectedSocket:
-            family = sock.family  # connected natively: the core takes its descriptor
-        elif sock is not None:
+        if sock is not None:
             family = _raw_family(sock)
         self._family = family
         # The core records the socket's addresses now, as asyncio does (they
