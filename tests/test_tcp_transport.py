@@ -252,6 +252,45 @@ def test_native_and_python_made_transports_alike(loop_factory: Any, loop_name: s
     assert native_server == python_client | {"_server": "Server"}
 
 
+def test_connection_lost_exception_is_reported(loop_factory: Any) -> None:
+    """An exception in connection_lost goes to the exception handler, as a
+    failing `_call_connection_lost` callback of the transport, with
+    asyncio's context keys; the loop goes on."""
+
+    class Boom(Exception):
+        pass
+
+    class FailingLost(RecordingProtocol):
+        def connection_lost(self, exc: BaseException | None) -> None:
+            super().connection_lost(exc)
+            raise Boom
+
+    async def main() -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        reports: list[tuple[str, str, list[str]]] = []
+        loop.set_exception_handler(
+            lambda lp, ctx: reports.append(
+                (ctx["message"], type(ctx.get("exception")).__name__, sorted(ctx))
+            )
+        )
+        server, _, tr, proto = await tcp_pair(client_factory=FailingLost)
+        tr.close()
+        await asyncio.wait_for(proto.lost, 10)
+        await asyncio.sleep(0.01)
+        await close_server(server)
+        loop.set_exception_handler(None)
+        (message, kind, keys), *rest = reports
+        shown = (
+            message.startswith("Exception in callback ")
+            and "._call_connection_lost(None)" in message
+        )
+        return shown, kind, keys, rest
+
+    expected = run_oracle(main)
+    assert expected == (True, "Boom", ["exception", "handle", "message"], [])
+    assert run(loop_factory, main) == expected
+
+
 def test_data_received_rebound_by_the_protocol(loop_factory: Any) -> None:
     """asyncio looks data_received up on every read: a protocol may rebind it."""
 
