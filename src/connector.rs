@@ -247,10 +247,7 @@ impl PendingConnect {
                 fd: Mutex::new(Some(fd)),
             },
         )?;
-        let writable = Interest {
-            read: false,
-            write: true,
-        };
+        let writable = Interest::level(false, true);
         event_loop.get().native_watch(
             py,
             raw_fd,

@@ -873,10 +873,7 @@ impl Loop {
             .set_interest(
                 channel.read_fd(),
                 Default::default(),
-                crate::poller::Interest {
-                    read: true,
-                    write: false,
-                },
+                crate::poller::Interest::level(true, false),
             )
             .map_err(|errno| os_error(py, errno))?;
         let fd = channel.write_fd();
@@ -1076,6 +1073,33 @@ impl Loop {
             }
         }
         Ok(())
+    }
+
+    /// True if `target` is the native watcher of `fd`.
+    pub fn is_native_owner(&self, fd: RawFd, target: &Bound<'_, PyAny>) -> bool {
+        self.state.lock().watchers.is_native_owner(fd, target)
+    }
+
+    /// `native_interest` for a watcher that may have been replaced meanwhile
+    /// (a long-lived `sock_*` waiter): only the owner's interest changes.
+    pub fn native_interest_if_owner(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        target: &Bound<'_, PyAny>,
+        interest: Interest,
+    ) -> PyResult<()> {
+        if !self.is_native_owner(fd, target) {
+            return Ok(());
+        }
+        self.native_interest(py, fd, interest)
+    }
+
+    /// `native_unwatch` for a watcher that may have been replaced meanwhile.
+    pub fn native_unwatch_if_owner(&self, fd: RawFd, target: &Bound<'_, PyAny>) {
+        if self.is_native_owner(fd, target) {
+            self.native_unwatch(fd);
+        }
     }
 
     /// Stops watching `fd` natively (the descriptor may already be closed).

@@ -31,9 +31,12 @@ pub struct Watch {
 impl Watch {
     pub fn interest(&self) -> Interest {
         let native = self.native.as_ref().map(|n| n.interest).unwrap_or_default();
+        let handles = self.reader.is_some() || self.writer.is_some();
         Interest {
             read: self.reader.is_some() || native.read,
             write: self.writer.is_some() || native.write,
+            // add_reader/add_writer callbacks need level-triggering.
+            edge: native.edge && !handles,
         }
     }
 
@@ -109,6 +112,11 @@ impl FdWatchers {
         let before = watch.interest();
         watch.native.as_mut()?.interest = interest;
         Some((before, watch.interest()))
+    }
+
+    /// True if `target` is the native watcher of `fd`.
+    pub fn is_native_owner(&self, fd: RawFd, target: &Bound<'_, PyAny>) -> bool {
+        self.native_owner(fd).is_some_and(|owner| owner.is(target))
     }
 
     pub fn native_owner(&self, fd: RawFd) -> Option<&Py<PyAny>> {

@@ -164,14 +164,8 @@ impl PipeTransport {
             return Interest::default();
         }
         match self.kind {
-            Kind::Read => Interest {
-                read: !state.reading_paused && !state.closing,
-                write: false,
-            },
-            Kind::Write => Interest {
-                read: self.watch_peer,
-                write: state.buffered_len() > 0,
-            },
+            Kind::Read => Interest::level(!state.reading_paused && !state.closing, false),
+            Kind::Write => Interest::level(self.watch_peer, state.buffered_len() > 0),
         }
     }
 

@@ -5,6 +5,8 @@
 //! that a callback which does not drain its file descriptor is called again on
 //! the next iteration. mio only offers edge-triggered readiness, which would
 //! silently break that contract, so epoll is driven directly through `nix`.
+//! (Native `sock_*` waiters opt into edge-triggering per descriptor: they stay
+//! registered between calls, see `sock_ops.rs`.)
 //!
 //! Guarantees: `wait` never holds the GIL (the caller detaches around it), a
 //! wake-up requested while the loop is not sleeping costs no system call, and
@@ -27,20 +29,37 @@ pub struct Readiness {
     pub writable: bool,
 }
 
-/// Which directions a descriptor is watched for.
+/// Which directions a descriptor is watched for, and how.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Interest {
     pub read: bool,
     pub write: bool,
+    /// Edge-triggered: reported when the descriptor's state changes, not for
+    /// as long as it stays ready. Only for native watchers that always try
+    /// their system call before waiting (see `sock_ops.rs`); everything
+    /// asyncio-facing is level-triggered.
+    pub edge: bool,
 }
 
 impl Interest {
+    /// Level-triggered interest, asyncio's `add_reader`/`add_writer` kind.
+    pub const fn level(read: bool, write: bool) -> Self {
+        Self {
+            read,
+            write,
+            edge: false,
+        }
+    }
+
     pub fn is_empty(self) -> bool {
         !self.read && !self.write
     }
 
     fn flags(self) -> EpollFlags {
         let mut flags = EpollFlags::empty();
+        if self.edge {
+            flags |= EpollFlags::EPOLLET;
+        }
         if self.read {
             flags |= EpollFlags::EPOLLIN;
         }

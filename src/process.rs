@@ -179,10 +179,7 @@ impl ChildWatcher {
             raw,
             watcher.clone_ref(py).into_any(),
             dispatch,
-            Interest {
-                read: true,
-                write: false,
-            },
+            Interest::level(true, false),
         );
         if let Err(err) = registered {
             let callback = watcher.get().stop();

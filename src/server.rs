@@ -155,10 +155,7 @@ impl Listener {
         if this.watching.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
-        let read = Interest {
-            read: true,
-            write: false,
-        };
+        let read = Interest::level(true, false);
         this.loop_.get().native_watch(
             slf.py(),
             this.fd,

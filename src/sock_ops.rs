@@ -9,8 +9,10 @@
 //! for its descriptor (so a `sock_recv` and a `sock_sendall` on the same
 //! socket wait together, with combined interest). When epoll reports the
 //! descriptor ready, the waiter retries the call in Rust and completes the
-//! future; once nothing is pending it stops watching the descriptor, so
-//! `add_reader()` or a transport can use it afterwards.
+//! future. A socket that is read in turns stays registered (edge-triggered)
+//! between its receives, so that the next one waits without a system call;
+//! see [`SockWaiter`] for when it lets go. `add_reader()` and transports can
+//! take the descriptor over at any time.
 //!
 //! Cancellation: the waiter is registered as a done-callback of each pending
 //! future (and removed again before we complete the future ourselves), so a
@@ -35,7 +37,7 @@ use pyo3::exceptions::{
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBytes, PyTuple, PyWeakrefReference};
 use pyo3::{ffi, intern, PyTraverseError};
 use socket2::SockAddr;
 
@@ -479,50 +481,99 @@ struct Pending {
 struct Slots {
     reader: Option<Pending>,
     writer: Option<Pending>,
+    /// Keep watching for reads while no read is pending (see `SockWaiter`).
+    linger_read: bool,
 }
 
 impl Slots {
     fn interest(&self) -> Interest {
         Interest {
-            read: self.reader.is_some(),
+            read: self.reader.is_some() || self.linger_read,
             write: self.writer.is_some(),
+            edge: true,
         }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.reader.is_none() && self.writer.is_none()
     }
 }
 
-/// The native watcher of one descriptor with pending `sock_*` calls: at most
-/// one pending read and one pending write. Also the done-callback of its
-/// pending futures, to notice cancellation.
+/// The native watcher of one socket's descriptor for its pending `sock_*`
+/// calls: at most one pending read and one pending write. Also the
+/// done-callback of its pending futures, to notice cancellation.
+///
+/// Edge-triggered, and kept registered for reads between calls: a program
+/// that alternates `sock_recv` and `sock_sendall` parks its next receive
+/// while the last one's registration is still in place, so a request costs
+/// no `epoll_ctl` (two before: one to watch, one to stop). This is safe
+/// because every call tries its system call before it parks, and an edge is
+/// reported for any data that arrives after that attempt. An idle waiter lets
+/// go of the descriptor at the first read event nobody waits for (a program
+/// not reading any more), when `add_reader()` takes the descriptor, or when
+/// another socket object turns up with the same number (the first was closed;
+/// its registration went with it). Edge-triggering also means that a
+/// registration which outlives its socket (closed here, still open in a
+/// forked child) reports each new arrival once instead of on every poll.
 #[pyclass(frozen, module = "ferroloop._core")]
 pub struct SockWaiter {
     fd: RawFd,
     ops: Py<SockOps>,
+    /// The socket served, weakly: a closed and collected socket whose number
+    /// was reused must not be taken for the new one.
+    sock: Option<Py<PyWeakrefReference>>,
     slots: Mutex<Slots>,
 }
 
 impl SockWaiter {
-    /// Re-arms or drops the watch after the slots changed.
+    /// True if this waiter was made for `sock` (the same object, alive).
+    /// One that cannot tell never lingers, so only pending calls share it.
+    fn serves(&self, sock: &Bound<'_, PyAny>) -> bool {
+        match self.sock.as_ref() {
+            Some(weak) => weak.bind(sock.py()).upgrade().is_some_and(|s| s.is(sock)),
+            None => true,
+        }
+    }
+
+    /// Re-arms or drops the watch after the slots changed. A waiter that was
+    /// replaced in the registry (its descriptor reused) leaves the poller to
+    /// the new one.
     fn sync(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         let py = slf.py();
         let interest = this.slots.lock().interest();
         let ops = this.ops.get();
-        if interest.is_empty() {
-            let removed = {
-                let mut waiters = ops.waiters.lock();
-                match waiters.get(&this.fd) {
-                    Some(current) if current.is(slf) => waiters.remove(&this.fd),
-                    _ => None,
-                }
-            };
-            if removed.is_some() {
-                ops.loop_.get().native_unwatch(this.fd);
+        let event_loop = ops.loop_.get();
+        if !interest.is_empty() {
+            if !ops.is_current(this.fd, slf) {
+                return Ok(());
             }
-            drop(removed);
-            Ok(())
-        } else {
-            ops.loop_.get().native_interest(py, this.fd, interest)
+            return event_loop.native_interest_if_owner(py, this.fd, slf.as_any(), interest);
         }
+        let removed = {
+            let mut waiters = ops.waiters.lock();
+            match waiters.get(&this.fd) {
+                Some(current) if current.is(slf) => waiters.remove(&this.fd),
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            event_loop.native_unwatch_if_owner(this.fd, slf.as_any());
+        }
+        drop(removed);
+        Ok(())
+    }
+
+    /// Stops lingering: the waiter goes once nothing is pending.
+    fn release_if_idle(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut slots = slf.get().slots.lock();
+            if !slots.is_idle() {
+                return Ok(());
+            }
+            slots.linger_read = false;
+        }
+        Self::sync(slf)
     }
 
     fn run_slot(slf: &Bound<'_, Self>, write: bool) -> PyResult<()> {
@@ -537,6 +588,11 @@ impl SockWaiter {
             }
         };
         let Some(mut pending) = taken else {
+            if !write {
+                // Data arrived with nobody waiting for it: the program is not
+                // (or no longer) reading in turns; stop lingering.
+                this.slots.lock().linger_read = false;
+            }
             return Ok(());
         };
         let fut = pending.fut.bind(py).clone();
@@ -635,6 +691,7 @@ impl SockWaiter {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.ops)?;
+        visit.call(&self.sock)?;
         let Some(slots) = self.slots.try_lock() else {
             return Ok(());
         };
@@ -720,40 +777,73 @@ impl SockOps {
             Some(value) => Ok(Eager::Done(value)),
             None => {
                 let fut = new_future(slf.get().loop_.bind(py).as_any())?;
-                Self::park(slf, fd, &fut, kind)?;
+                Self::park(slf, sock, fd, &fut, kind)?;
                 Ok(Eager::Waiting(fut))
             }
         }
     }
 
-    /// Registers a pending operation with the descriptor's waiter.
-    fn park(slf: &Bound<'_, Self>, fd: RawFd, fut: &Bound<'_, PyAny>, kind: Kind) -> PyResult<()> {
+    fn is_current(&self, fd: RawFd, waiter: &Bound<'_, SockWaiter>) -> bool {
+        self.waiters
+            .lock()
+            .get(&fd)
+            .is_some_and(|current| current.is(waiter))
+    }
+
+    /// The waiter of `sock`'s descriptor `fd`, made if needed. A waiter left
+    /// by another socket with the same number (closed since) is dropped.
+    fn waiter_for<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+    ) -> PyResult<Bound<'py, SockWaiter>> {
         let py = slf.py();
         let this = slf.get();
-        let waiter = {
-            let existing = this.waiters.lock().get(&fd).map(|w| w.clone_ref(py));
-            match existing {
-                Some(waiter) => waiter,
-                None => {
-                    let waiter = Py::new(
-                        py,
-                        SockWaiter {
-                            fd,
-                            ops: slf.clone().unbind(),
-                            slots: Mutex::new(Slots::default()),
-                        },
-                    )?;
-                    this.waiters.lock().insert(fd, waiter.clone_ref(py));
-                    waiter
-                }
+        let existing = this.waiters.lock().get(&fd).map(|w| w.clone_ref(py));
+        if let Some(waiter) = existing {
+            let waiter = waiter.into_bound(py);
+            if waiter.get().serves(sock) {
+                return Ok(waiter);
             }
-        };
-        let waiter = waiter.bind(py);
+            let stale = this.waiters.lock().remove(&fd);
+            this.loop_
+                .get()
+                .native_unwatch_if_owner(fd, waiter.as_any());
+            drop(stale);
+        }
+        // Sockets that cannot be weakly referenced are served call by call.
+        let weak = PyWeakrefReference::new(sock).ok().map(Bound::unbind);
+        let waiter = Bound::new(
+            py,
+            SockWaiter {
+                fd,
+                ops: slf.clone().unbind(),
+                sock: weak,
+                slots: Mutex::new(Slots::default()),
+            },
+        )?;
+        this.waiters.lock().insert(fd, waiter.clone().unbind());
+        Ok(waiter)
+    }
+
+    /// Registers a pending operation with the descriptor's waiter.
+    fn park(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        fd: RawFd,
+        fut: &Bound<'_, PyAny>,
+        kind: Kind,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let waiter = Self::waiter_for(slf, sock, fd)?;
+        let waiter = &waiter;
         let write = kind.is_write();
         let pending = Pending {
             fut: fut.clone().unbind(),
             kind,
         };
+        let lingers = waiter.get().sock.is_some();
         let (replaced, interest) = {
             let mut slots = waiter.get().slots.lock();
             let slot = if write {
@@ -762,21 +852,30 @@ impl SockOps {
                 &mut slots.reader
             };
             let replaced = slot.replace(pending);
+            if !write && lingers {
+                slots.linger_read = true;
+            }
             (replaced, slots.interest())
         };
         if let Some(old) = replaced.as_ref() {
             old.kind.abandon();
         }
         drop(replaced);
-        // Always (re)install: this also re-arms epoll if the descriptor
-        // number was closed and reused behind our back.
-        let watched = this.loop_.get().native_watch(
-            py,
-            fd,
-            waiter.clone().into_any().unbind(),
-            dispatch,
-            interest,
-        );
+        let event_loop = this.loop_.get();
+        // Still registered from the last call: at most a change of direction.
+        // Otherwise (first call, or a transport or add_reader() had the
+        // descriptor meanwhile) install the waiter.
+        let watched = if event_loop.is_native_owner(fd, waiter.as_any()) {
+            event_loop.native_interest(py, fd, interest)
+        } else {
+            event_loop.native_watch(
+                py,
+                fd,
+                waiter.clone().into_any().unbind(),
+                dispatch,
+                interest,
+            )
+        };
         if let Err(err) = watched {
             let mut slots = waiter.get().slots.lock();
             let slot = if write {
@@ -785,6 +884,7 @@ impl SockOps {
                 &mut slots.reader
             };
             let ours = slot.take();
+            slots.linger_read = false;
             drop(slots);
             drop(ours);
             SockWaiter::sync(waiter)?;
@@ -894,7 +994,7 @@ impl SockOps {
                     data: Data::Bytes(bytes.clone().unbind()),
                     offset,
                 };
-                Self::park(slf, fd, &fut, kind)?;
+                Self::park(slf, sock, fd, &fut, kind)?;
                 return Ok(Eager::Waiting(fut));
             }
         }
@@ -956,7 +1056,7 @@ impl SockOps {
                 let kind = Kind::Connect {
                     address: address.clone().unbind(),
                 };
-                Self::park(slf, fd, &fut, kind)?;
+                Self::park(slf, sock, fd, &fut, kind)?;
             }
             Ok((_, err)) => set_exception(&fut, os_error(py, Errno::from_raw(err)))?,
             Err(err) => set_exception(&fut, err)?,
@@ -1000,8 +1100,8 @@ impl SockOps {
 
     /// Drops the pending calls of `fd` whose futures are already done (say,
     /// cancelled in this iteration, before their done-callback ran), and
-    /// stops watching `fd` if nothing is left. For `add_reader()` and
-    /// transports, which need the descriptor to themselves.
+    /// stops watching `fd` if nothing is left (lingering included). For
+    /// `add_reader()`/`add_writer()`, which need the descriptor to themselves.
     fn _forget_done(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
         let py = slf.py();
         let waiter = slf.get().waiters.lock().get(&fd).map(|w| w.clone_ref(py));
@@ -1024,10 +1124,12 @@ impl SockOps {
                 SockWaiter::__call__(waiter, fut)?;
             }
         }
-        Ok(())
+        // add_reader()'s callbacks need the descriptor level-triggered.
+        SockWaiter::release_if_idle(waiter)
     }
 
-    /// Descriptors with pending calls (introspection, for tests).
+    /// Descriptors with pending calls or a lingering registration
+    /// (introspection, for tests).
     fn _pending_fds(&self) -> Vec<RawFd> {
         let mut fds: Vec<RawFd> = self.waiters.lock().keys().copied().collect();
         fds.sort_unstable();

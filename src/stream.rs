@@ -102,14 +102,14 @@ impl StreamState {
     }
 
     fn interest(&self) -> Interest {
-        Interest {
-            read: self.reading_started
+        Interest::level(
+            self.reading_started
                 && !self.reading_paused
                 && !self.closing
                 && !self.eof_received
                 && self.conn_lost == 0,
-            write: (self.buffered_len() > 0 || self.drain_waiter.is_some()) && self.conn_lost == 0,
-        }
+            (self.buffered_len() > 0 || self.drain_waiter.is_some()) && self.conn_lost == 0,
+        )
     }
 
     fn append(&mut self, data: &[u8]) {

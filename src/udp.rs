@@ -105,10 +105,10 @@ struct DatagramState {
 impl DatagramState {
     fn interest(&self) -> Interest {
         let alive = self.conn_lost == 0 && self.sock.is_some();
-        Interest {
-            read: alive && self.reading_started && !self.reading_paused && !self.closing,
-            write: alive && !self.buffer.is_empty(),
-        }
+        Interest::level(
+            alive && self.reading_started && !self.reading_paused && !self.closing,
+            alive && !self.buffer.is_empty(),
+        )
     }
 
     /// Whether the protocol must be paused now (and marks it paused).

@@ -656,9 +656,12 @@ async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
     return await loop.sock_recv(sock, 10)
 
 
-def test_ferroloop_unregisters_when_idle(
+def test_ferroloop_waiter_lingers_until_nobody_reads(
     loop_factory: LoopFactory, loop_name: str, pair: Any
 ) -> None:
+    # ferroloop only (its native bookkeeping): after a receive completes, the
+    # socket stays registered for the next one, and lets go at the first read
+    # event nobody waits for.
     a, b = pair
 
     async def main() -> list[Any]:
@@ -670,9 +673,154 @@ def test_ferroloop_unregisters_when_idle(
         b.send(b"x")
         await task
         seen.append(ops._pending_fds())
+        b.send(b"unread")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        seen.append(ops._pending_fds())
+        assert await loop.sock_recv(a, 10) == b"unread"
         return seen
 
     if loop_name != "ferroloop":
         pytest.skip("only meaningful for ferroloop: native watcher bookkeeping")
     fd = pair[0].fileno()
-    assert run(loop_factory, main) == [[fd], []]
+    assert run(loop_factory, main) == [[fd], [fd], []]
+
+
+def test_recv_on_reused_descriptor_number(loop_factory: LoopFactory) -> None:
+    # A socket is closed after sock_recv; the next socket gets the same
+    # number and must be watched afresh (its first recv has to wait).
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        got = []
+        numbers = set()
+        for i in range(3):
+            a, b = socket.socketpair()
+            nonblocking(a, b)
+            with a, b:
+                numbers.add(a.fileno())
+                pending = asyncio.ensure_future(loop.sock_recv(a, 10))
+                await asyncio.sleep(0)
+                b.send(b"msg%d" % i)
+                got.append(await asyncio.wait_for(pending, 5))
+        assert len(numbers) == 1, numbers
+        return got
+
+    assert run(loop_factory, main) == [b"msg0", b"msg1", b"msg2"]
+
+
+def test_add_reader_after_recv_is_level_triggered(loop_factory: LoopFactory, pair: Any) -> None:
+    # Once sock_recv is done with a socket, add_reader() gets asyncio's
+    # level-triggered calls: again and again while the data stays unread.
+    a, b = pair
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        pending = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        b.send(b"first")
+        assert await pending == b"first"
+        calls = 0
+        enough = loop.create_future()
+
+        def on_readable() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                enough.set_result(None)  # (it may be called once more meanwhile)
+
+        loop.add_reader(a, on_readable)
+        b.send(b"left unread")
+        try:
+            await asyncio.wait_for(enough, 5)
+        finally:
+            loop.remove_reader(a)
+        return calls
+
+    assert run(loop_factory, main) >= 3
+
+
+def test_transport_on_socket_after_sock_ops(
+    loop_factory: LoopFactory, listener: socket.socket
+) -> None:
+    # sock_connect/sock_recv first, then a transport over the same socket.
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setblocking(False)
+        await loop.sock_connect(client, listener.getsockname())
+        server, _ = await loop.sock_accept(listener)
+        with server:
+            server.setblocking(False)
+            await loop.sock_sendall(server, b"hello")
+            assert await loop.sock_recv(client, 5) == b"hello"
+            received = loop.create_future()
+
+            class Collect(asyncio.Protocol):
+                def data_received(self, data: bytes) -> None:
+                    received.set_result(data)
+
+            transport, _ = await loop.create_connection(Collect, sock=client)
+            try:
+                await loop.sock_sendall(server, b"via transport")
+                return await asyncio.wait_for(received, 5)
+            finally:
+                transport.close()
+                await asyncio.sleep(0)
+
+    assert run(loop_factory, main) == b"via transport"
+
+
+def test_socket_released_after_recv(loop_factory: LoopFactory) -> None:
+    # The loop keeps no strong reference to a socket once its calls are over.
+    import gc
+    import weakref
+
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        nonblocking(a, b)
+        pending = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        b.send(b"x")
+        assert await pending == b"x"
+        ref = weakref.ref(a)
+        a.close()
+        b.close()
+        del a, pending
+        gc.collect()
+        await asyncio.sleep(0)
+        return ref() is None
+
+    assert run(loop_factory, main)
+
+
+def test_no_busy_loop_when_duplicate_outlives_socket(loop_factory: LoopFactory) -> None:
+    # The socket is closed while a duplicate of its descriptor (a forked
+    # child's, say) keeps the connection open, and the peer keeps sending.
+    # The loop must keep sleeping, not spin on a registration it can no
+    # longer remove. Generous bound: a spinning loop burns the whole 0.5 s.
+    import time
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        nonblocking(a, b)
+        pending = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        b.send(b"x")
+        assert await pending == b"x"
+        duplicate = os.dup(a.fileno())
+        try:
+            a.close()
+            b.send(b"unread data")
+            started = time.process_time()
+            for _ in range(5):
+                await asyncio.sleep(0.1)
+                b.send(b"more")
+            return time.process_time() - started
+        finally:
+            os.close(duplicate)
+            b.close()
+
+    assert run(loop_factory, main) < 0.25
+
