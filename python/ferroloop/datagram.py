@@ -97,7 +97,7 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
     @property
     def _sock(self) -> socket.socket | None:
         """The socket, until the transport has closed it (asyncio's attribute)."""
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         if core is None or core._released:
             return None
         return self._sock_object
@@ -118,7 +118,7 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
         return f"<{' '.join(parts)}>"
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         if core is not None and not core._released:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core._release()

@@ -82,7 +82,7 @@ class _PipeTransportMixin:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
     def __repr__(self) -> str:
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         info = [self.__class__.__name__]
         if core is None or core._closed:
             info.append("closed")
@@ -100,7 +100,7 @@ class _PipeTransportMixin:
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         if core is not None and not core._closed:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core._release()

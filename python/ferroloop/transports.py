@@ -48,9 +48,11 @@ _raw_family = _socket.socket.family.__get__
 class _Direct:
     """A native method of the transport's core, bound onto the instance on first use.
 
-    After the first access the bound native method sits in the instance
-    `__dict__` (this is a non-data descriptor), so later calls cost no Python
-    frame; connections that never use a method never pay for binding it.
+    After the first access the bound native method is an instance attribute
+    (this is a non-data descriptor), so later calls cost no Python frame;
+    connections that never use a method never pay for binding it. It is set
+    with setattr rather than through `__dict__`: touching `__dict__` would
+    make CPython build a real dict for the instance's inline attributes.
     """
 
     __slots__ = ("name",)
@@ -62,7 +64,7 @@ class _Direct:
         if instance is None:
             return self
         method = getattr(instance._core, self.name)
-        instance.__dict__[self.name] = method
+        setattr(instance, self.name, method)
         return method
 
 
@@ -129,14 +131,14 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         )
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         if core is not None and not core._conn_lost and not core.is_closing():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core.abort()
 
     @property  # type: ignore[override]
     def _protocol_paused(self) -> bool:
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         return bool(core is not None and core._protocol_paused)
 
     @_protocol_paused.setter
