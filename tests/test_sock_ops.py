@@ -824,3 +824,81 @@ def test_no_busy_loop_when_duplicate_outlives_socket(loop_factory: LoopFactory) 
 
     assert run(loop_factory, main) < 0.25
 
+
+def test_descriptor_reuse_churn(loop_factory: LoopFactory) -> None:
+    # Sockets come and go with the same few descriptor numbers, passing
+    # between sock_recv, add_reader and transports, with data arriving before
+    # or after each call. Every byte must arrive, and nothing may hang.
+    import random
+
+    rng = random.Random(5)
+
+    class Collect(asyncio.Protocol):
+        def __init__(self, done: asyncio.Future[bytes]) -> None:
+            self.done = done
+
+        def data_received(self, data: bytes) -> None:
+            if not self.done.done():
+                self.done.set_result(data)
+
+    async def by_sock_recv(
+        loop: asyncio.AbstractEventLoop, a: socket.socket, b: socket.socket
+    ) -> bytes:
+        if rng.random() < 0.5:
+            b.send(b"early")
+            return await loop.sock_recv(a, 100)
+        pending = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0)
+        b.send(b"late")
+        return await pending
+
+    async def by_reader(
+        loop: asyncio.AbstractEventLoop, a: socket.socket, b: socket.socket
+    ) -> bytes:
+        got: asyncio.Future[bytes] = loop.create_future()
+
+        def on_readable() -> None:
+            if not got.done():
+                got.set_result(a.recv(100))
+
+        loop.add_reader(a, on_readable)
+        try:
+            b.send(b"reader")
+            return await got
+        finally:
+            loop.remove_reader(a)
+
+    async def by_transport(
+        loop: asyncio.AbstractEventLoop, a: socket.socket, b: socket.socket
+    ) -> bytes:
+        got: asyncio.Future[bytes] = loop.create_future()
+        # The transport takes `a` itself (same descriptor) and closes it.
+        transport, _ = await loop.connect_accepted_socket(lambda: Collect(got), a)
+        try:
+            b.send(b"transport")
+            return await got
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        ways = [by_sock_recv, by_reader, by_transport]
+        rounds = 0
+        for _ in range(150):
+            a, b = socket.socketpair()
+            nonblocking(a, b)
+            with a, b:
+                for _ in range(rng.randint(1, 3)):
+                    way = rng.choice(ways)
+                    data = await asyncio.wait_for(way(loop, a, b), 5)
+                    assert data in (b"early", b"late", b"reader", b"transport"), data
+                    rounds += 1
+                    if way is by_transport:
+                        break
+                if a.fileno() != -1 and rng.random() < 0.5:
+                    b.send(b"left unread")  # an idle registration sees an event
+                    await asyncio.sleep(0)
+        return rounds
+
+    assert run(loop_factory, main) > 150
