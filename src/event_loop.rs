@@ -17,6 +17,7 @@
 //! for a push.
 
 use std::collections::VecDeque;
+use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,10 +79,53 @@ struct LoopState {
 /// Objects taken out of the state under the lock, dropped after it is released.
 #[derive(Default)]
 struct Garbage {
+    parts: ManuallyDrop<GarbageParts>,
+}
+
+#[derive(Default)]
+struct GarbageParts {
     handles: Vec<Py<Handle>>,
     timers: Vec<Py<TimerHandle>>,
     jobs: Vec<Job>,
     natives: Vec<Py<PyAny>>,
+}
+
+impl GarbageParts {
+    /// True while no vector has allocated: there is nothing to drop.
+    fn owns_nothing(&self) -> bool {
+        self.handles.capacity() == 0
+            && self.timers.capacity() == 0
+            && self.jobs.capacity() == 0
+            && self.natives.capacity() == 0
+    }
+}
+
+impl Drop for Garbage {
+    fn drop(&mut self) {
+        // Two of these are made every iteration, nearly always empty; the
+        // drop glue of four empty vectors of Python references still costs
+        // ~100 instructions (it is not elided), about 5% of a call_soon
+        // round trip. An unallocated vector owns nothing, so skipping it
+        // leaks nothing.
+        if !self.parts.owns_nothing() {
+            // SAFETY: `parts` is dropped exactly once, here, and never used after.
+            unsafe { ManuallyDrop::drop(&mut self.parts) }
+        }
+    }
+}
+
+impl std::ops::Deref for Garbage {
+    type Target = GarbageParts;
+
+    fn deref(&self) -> &GarbageParts {
+        &self.parts
+    }
+}
+
+impl std::ops::DerefMut for Garbage {
+    fn deref_mut(&mut self) -> &mut GarbageParts {
+        &mut self.parts
+    }
 }
 
 /// The native half of `ferroloop.EventLoop`. The Python subclass adds the
@@ -373,9 +417,8 @@ impl Loop {
         let mut state = self.state.lock();
         garbage.jobs.extend(state.ready.drain(..));
         state.timers.drain(&mut garbage.timers);
-        state
-            .watchers
-            .drain(&mut garbage.handles, &mut garbage.natives);
+        let parts: &mut GarbageParts = &mut garbage;
+        state.watchers.drain(&mut parts.handles, &mut parts.natives);
         garbage
             .handles
             .extend(state.signal_handlers.drain().map(|(_, handle)| handle));
