@@ -19,9 +19,32 @@ use crate::handles::{TimerHandle, TimerStats};
 const MIN_HEAP_FOR_COMPACTION: usize = 100;
 
 struct Entry {
-    when: f64,
+    /// The deadline as an integer that sorts like the float (see
+    /// `deadline_key`): the heap compares integers, not floats.
+    key: u64,
     seq: u64,
     timer: Py<TimerHandle>,
+}
+
+/// Maps a deadline to a `u64` with the same order (IEEE 754 total order),
+/// computed once per timer instead of on every comparison.
+fn deadline_key(when: f64) -> u64 {
+    let bits = when.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
+    }
+}
+
+/// The inverse of `deadline_key`.
+fn deadline_of(key: u64) -> f64 {
+    let bits = if key >> 63 == 1 {
+        key & !(1 << 63)
+    } else {
+        !key
+    };
+    f64::from_bits(bits)
 }
 
 impl PartialEq for Entry {
@@ -41,10 +64,7 @@ impl PartialOrd for Entry {
 impl Ord for Entry {
     /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest timer.
     fn cmp(&self, other: &Self) -> CmpOrdering {
-        other
-            .when
-            .total_cmp(&self.when)
-            .then_with(|| other.seq.cmp(&self.seq))
+        (other.key, other.seq).cmp(&(self.key, self.seq))
     }
 }
 
@@ -73,7 +93,11 @@ impl TimerHeap {
         } else {
             when
         };
-        self.heap.push(Entry { when, seq, timer });
+        self.heap.push(Entry {
+            key: deadline_key(when),
+            seq,
+            timer,
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -86,13 +110,16 @@ impl TimerHeap {
 
     /// The earliest deadline, if any timer is scheduled.
     pub fn next_deadline(&self) -> Option<f64> {
-        self.heap.peek().map(|entry| entry.when)
+        self.heap.peek().map(|entry| deadline_of(entry.key))
     }
 
     /// Pops every timer due at or before `now`, cancelled ones included (the
     /// caller skips those). Returned timers are no longer scheduled.
     pub fn pop_due(&mut self, now: f64, due: &mut Vec<Py<TimerHandle>>) {
-        while self.heap.peek().is_some_and(|entry| entry.when <= now) {
+        // Keys order like their deadlines, so `<=` on keys is `<=` on times
+        // (now is never NaN).
+        let now = deadline_key(now);
+        while self.heap.peek().is_some_and(|entry| entry.key <= now) {
             let entry = self.heap.pop().expect("peeked entry exists");
             self.forget(&entry.timer);
             due.push(entry.timer);
@@ -151,5 +178,34 @@ impl TimerHeap {
             self.stats.cancelled_in_heap.fetch_sub(1, Ordering::Relaxed);
         }
         timer.mark_unscheduled();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{deadline_key, deadline_of};
+
+    #[test]
+    fn deadline_keys_sort_like_deadlines_and_round_trip() {
+        let deadlines = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -2.5,
+            -1e-300,
+            -0.0,
+            0.0,
+            1e-300,
+            1.0,
+            1.0 + f64::EPSILON,
+            12345.678,
+            1e300,
+            f64::INFINITY,
+        ];
+        for pair in deadlines.windows(2) {
+            assert!(deadline_key(pair[0]) < deadline_key(pair[1]), "{pair:?}");
+        }
+        for when in deadlines {
+            assert_eq!(deadline_of(deadline_key(when)).to_bits(), when.to_bits());
+        }
     }
 }
