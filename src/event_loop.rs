@@ -27,7 +27,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::PyTraverseError;
+use pyo3::{ffi, PyTraverseError};
 
 use crate::errors::os_error;
 use crate::fd_watchers::{Direction, Dispatch, FdWatchers, NativeWatch};
@@ -426,6 +426,18 @@ impl Loop {
         drop(state);
         garbage.handles.extend(self.handle_pool.clear());
         garbage
+    }
+}
+
+/// The instance dict slot of a loop object: PyO3's `dict` option reserves it
+/// and sets `tp_dictoffset`, which Python subclasses inherit.
+fn instance_dict_slot(obj: &Bound<'_, PyAny>) -> Option<*mut *mut ffi::PyObject> {
+    let obj = obj.as_ptr();
+    // SAFETY: `obj` is a live object; its type's `tp_dictoffset`, when
+    // positive, is the offset of a `PyObject *` slot inside it.
+    unsafe {
+        let offset = (*ffi::Py_TYPE(obj)).tp_dictoffset;
+        (offset > 0).then(|| obj.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>())
     }
 }
 
@@ -835,6 +847,45 @@ impl Loop {
 
     fn get_debug(&self) -> bool {
         self.is_debug()
+    }
+
+    /// True if `name` is set on this instance (say, a test patched a
+    /// method), without making the instance dict as `self.__dict__` would.
+    fn _instance_has(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let dict = instance_dict_slot(slf.as_any());
+        // SAFETY: a non-null slot holds a live dict owned by the object,
+        // which `slf` keeps alive for the duration of this borrow.
+        match dict {
+            Some(slot) if !unsafe { *slot }.is_null() => {
+                let dict = unsafe { Bound::from_borrowed_ptr(slf.py(), *slot) };
+                dict.cast::<PyDict>()?.contains(name)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Frees the instance `__dict__` if it is empty; Python makes a new one
+    /// when an attribute is next stored in it.
+    ///
+    /// CPython 3.11 and 3.12 create the dict of every instance eagerly, and
+    /// `_PyObject_GetMethod`, which asyncio's C `Future` and `Task` use for
+    /// each `loop.get_debug()` and `loop.call_soon()`, searches an existing
+    /// instance dict before it takes the class's method: ~135 instructions a
+    /// call. `EventLoop` keeps its state in slots, so its dict is empty
+    /// after `__init__` and can go.
+    fn _release_empty_dict(slf: &Bound<'_, Self>) {
+        let Some(slot) = instance_dict_slot(slf.as_any()) else {
+            return;
+        };
+        // SAFETY: a null slot is valid (Python makes the dict on demand), and
+        // we drop the one reference the slot held.
+        unsafe {
+            let dict = *slot;
+            if !dict.is_null() && ffi::PyDict_Size(dict) == 0 {
+                *slot = std::ptr::null_mut();
+                ffi::Py_DECREF(dict);
+            }
+        }
     }
 
     fn _set_debug_flag(&self, enabled: bool) {

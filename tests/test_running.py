@@ -504,3 +504,39 @@ def test_runner_closes_loop_and_cancels_leftover_tasks(loop_factory):
     assert lp.is_closed()
     assert cancelled == [True]
     assert leftover[0].cancelled()
+
+
+# -- the loop object ---------------------------------------------------------------
+
+
+def test_loop_accepts_attribute_assignment(loop):
+    # Libraries and tests patch loops: own attributes, replaced methods, and
+    # the state attributes asyncio's loops have.
+    loop.custom = "value"
+    calls = []
+    loop.call_soon = lambda *args, **kwargs: calls.append(args)  # type: ignore[method-assign]
+    loop.call_soon("x")
+    loop.slow_callback_duration = 0.5
+    assert loop.custom == "value"
+    assert loop.__dict__["custom"] == "value"
+    assert calls == [("x",)]
+    assert loop.slow_callback_duration == 0.5
+    del loop.call_soon
+    assert loop.call_soon(lambda: None) is not None
+
+
+def test_ferroloop_starts_without_instance_dict(loop, loop_name):
+    # ferroloop only: its state lives in slots and the empty instance dict
+    # CPython 3.11/3.12 make eagerly is freed, so that C code looking up loop
+    # methods does not search it first (see Loop._release_empty_dict).
+    if loop_name != "ferroloop":
+        pytest.skip("only meaningful for ferroloop: instance layout")
+    import ctypes
+
+    slot = ctypes.c_void_p.from_address(id(loop) + type(loop).__dictoffset__)
+    assert slot.value is None
+    assert loop._instance_has("call_soon") is False
+    loop.call_soon = print  # type: ignore[method-assign]
+    assert slot.value is not None
+    assert loop._instance_has("call_soon") is True
+    del loop.call_soon

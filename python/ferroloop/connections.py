@@ -295,8 +295,8 @@ class ConnectionsMixin:
         if (
             cls.getaddrinfo is not cls._own_getaddrinfo
             or cls.sock_connect is not _SOCK_CONNECT
-            or "getaddrinfo" in self.__dict__
-            or "sock_connect" in self.__dict__
+            or self._instance_has("getaddrinfo")  # not self.__dict__: that makes one
+            or self._instance_has("sock_connect")
             or self.get_debug()
         ):
             return None

@@ -59,7 +59,27 @@ class EventLoop(  # type: ignore[misc]
     `ferroloop.run(main())`, or `ferroloop.install()` for the policy-based API.
     """
 
+    # The loop's own state lives in slots, so that its instance __dict__ is
+    # empty after __init__ and can be freed (see Loop._release_empty_dict):
+    # C code (asyncio's Future and Task) looks every loop method up with
+    # _PyObject_GetMethod, which searches an existing instance dict first.
+    # Other attributes (a test patching a method, say) still go to a
+    # __dict__, made again on first use.
+    __slots__ = (
+        "_asyncgens",
+        "_asyncgens_shutdown_called",
+        "_coroutine_origin_tracking_enabled",
+        "_coroutine_origin_tracking_saved_depth",
+        "_default_executor",
+        "_exception_handler",
+        "_executor_shutdown_called",
+        "_signal_handlers",
+        "_sock_ops_core",
+        "slow_callback_duration",
+    )
+
     def __init__(self) -> None:
+        self._sock_ops_core = None
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
         self._exception_handler: ExceptionHandler | None = None
@@ -70,6 +90,7 @@ class EventLoop(  # type: ignore[misc]
         self._signal_handlers: dict[int, tuple[Callable[..., object], tuple[Any, ...]]] = {}
         self.slow_callback_duration = 0.1
         self.set_debug(coroutines._is_debug_mode())
+        self._release_empty_dict()
 
     def __repr__(self) -> str:
         return (
