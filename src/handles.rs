@@ -710,3 +710,22 @@ pub fn report_callback_error(
     loop_.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
     Ok(())
 }
+
+/// Reports `err`, raised by a direct call of `func(*args)` that asyncio makes
+/// through a handle of its own (a transport's `connection_made`, say), as if
+/// it had been that handle: same message and context keys as asyncio.
+pub fn report_as_handle_error(
+    loop_: &Bound<'_, PyAny>,
+    func: Bound<'_, PyAny>,
+    args: Bound<'_, PyTuple>,
+    err: PyErr,
+) -> PyResult<()> {
+    let py = loop_.py();
+    let callback = Callback {
+        func: func.unbind(),
+        args: args.unbind(),
+    };
+    let context = context_or_copy(py, None)?;
+    let handle = Handle::repeating(py, callback.clone_ref(py), context, None)?;
+    report_callback_error(loop_, handle.bind(py).as_any(), Some(&callback), err)
+}

@@ -80,6 +80,12 @@ impl<'py> Received<'py> {
     }
 }
 
+/// Runs `f` with this thread's shared read buffer ([`READ_SIZE`] bytes), for
+/// reads that copy out of it (`recvfrom` too).
+pub fn with_read_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUFFER.with(|cell| f(&mut cell.borrow_mut()))
+}
+
 /// True if a read that returned `data` should make the next one direct.
 pub fn is_large(data: &Bound<'_, PyBytes>) -> bool {
     data.as_bytes().len() >= LARGE_READ
@@ -88,8 +94,7 @@ pub fn is_large(data: &Bound<'_, PyBytes>) -> bool {
 /// Reads at most `limit` (at most [`READ_SIZE`]) bytes into the shared
 /// buffer and copies them into a new `bytes`.
 fn read_copied(py: Python<'_>, fd: RawFd, call: ReadCall, limit: usize) -> PyResult<Received<'_>> {
-    READ_BUFFER.with(|cell| {
-        let mut buffer = cell.borrow_mut();
+    with_read_buffer(|buffer| {
         let limit = limit.min(buffer.len());
         let count = call
             .call(fd, as_uninit(&mut buffer[..limit]))

@@ -48,12 +48,7 @@ use crate::poller::{Interest, Readiness};
 use crate::reads::{self, ReadCall, Received};
 use crate::{sockaddr, sys_io};
 
-/// Receives of at most this many bytes go through a per-thread scratch
-/// buffer and are copied into an exactly-sized `bytes`.
-const SCRATCH_SIZE: usize = 256 * 1024;
-
 thread_local! {
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
     /// Descriptors whose last `sock_recv` was large (see `recv_bytes`).
     static LARGE_RECVS: RefCell<HashSet<RawFd>> = RefCell::new(HashSet::new());
 }
@@ -260,8 +255,8 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
         }
         Kind::RecvFrom { n } => {
             let n = *n;
-            let got = if n <= SCRATCH_SIZE {
-                SCRATCH.with_borrow_mut(|scratch| {
+            let got = if n <= reads::READ_SIZE {
+                reads::with_read_buffer(|scratch| {
                     sys_io::recvfrom(fd, &mut scratch[..n], 0).map(|got| {
                         got.map(|(count, addr)| (PyBytes::new(py, &scratch[..count]), addr))
                     })
@@ -545,9 +540,7 @@ impl SockWaiter {
         let ops = this.ops.get();
         let event_loop = ops.loop_.get();
         if !interest.is_empty() {
-            if !ops.is_current(this.fd, slf) {
-                return Ok(());
-            }
+            // An evicted waiter (see `waiter_for`) is no longer the owner.
             return event_loop.native_interest_if_owner(py, this.fd, slf.as_any(), interest);
         }
         let removed = {
@@ -781,13 +774,6 @@ impl SockOps {
                 Ok(Eager::Waiting(fut))
             }
         }
-    }
-
-    fn is_current(&self, fd: RawFd, waiter: &Bound<'_, SockWaiter>) -> bool {
-        self.waiters
-            .lock()
-            .get(&fd)
-            .is_some_and(|current| current.is(waiter))
     }
 
     /// The waiter of `sock`'s descriptor `fd`, made if needed. A waiter left

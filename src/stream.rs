@@ -35,7 +35,7 @@ use crate::buffers::{with_bytes, with_bytes_mut, BytesView};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
-use crate::handles::{context_or_copy, report_callback_error, Callback, Handle};
+use crate::handles::report_as_handle_error;
 use crate::poller::{Interest, Readiness};
 use crate::reads::{ReadCall, ReadSizeHint, Received, READ_SIZE};
 use crate::transport_common;
@@ -364,16 +364,10 @@ impl StreamTransport {
         let Err(err) = Self::connection_lost(slf, exc) else {
             return Ok(());
         };
-        let callback = Callback {
-            func: slf.getattr(intern!(py, "_call_connection_lost"))?.unbind(),
-            args: PyTuple::new(py, [exc_value.unwrap_or_else(|| py.None())])?.unbind(),
-        };
-        let context = context_or_copy(py, None)?;
-        let handle = Handle::repeating(py, callback.clone_ref(py), context, None)?;
-        report_callback_error(
+        report_as_handle_error(
             slf.get().loop_ref(py).as_any(),
-            handle.bind(py).as_any(),
-            Some(&callback),
+            slf.getattr(intern!(py, "_call_connection_lost"))?,
+            PyTuple::new(py, [exc_value.unwrap_or_else(|| py.None())])?,
             err,
         )
     }
@@ -392,16 +386,10 @@ impl StreamTransport {
         let Err(err) = protocol.call_method1(intern!(py, "connection_made"), (&wrapper,)) else {
             return Ok(());
         };
-        let callback = Callback {
-            func: protocol.getattr(intern!(py, "connection_made"))?.unbind(),
-            args: PyTuple::new(py, [&wrapper])?.unbind(),
-        };
-        let context = context_or_copy(py, None)?;
-        let handle = Handle::repeating(py, callback.clone_ref(py), context, None)?;
-        report_callback_error(
+        report_as_handle_error(
             this.loop_ref(py).as_any(),
-            handle.bind(py).as_any(),
-            Some(&callback),
+            protocol.getattr(intern!(py, "connection_made"))?,
+            PyTuple::new(py, [&wrapper])?,
             err,
         )
     }

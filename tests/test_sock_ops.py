@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import io
 import os
+import random
 import socket
 import tempfile
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -656,6 +660,16 @@ async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
     return await loop.sock_recv(sock, 10)
 
 
+async def recv_after_waiting(
+    loop: asyncio.AbstractEventLoop, a: socket.socket, b: socket.socket, data: bytes
+) -> bytes:
+    """A sock_recv on `a` that has to wait: `b` sends `data` only once it is pending."""
+    pending = asyncio.ensure_future(loop.sock_recv(a, 100))
+    await asyncio.sleep(0)
+    b.send(data)
+    return await asyncio.wait_for(pending, 5)
+
+
 def test_ferroloop_waiter_lingers_until_nobody_reads(
     loop_factory: LoopFactory, loop_name: str, pair: Any
 ) -> None:
@@ -698,10 +712,7 @@ def test_recv_on_reused_descriptor_number(loop_factory: LoopFactory) -> None:
             nonblocking(a, b)
             with a, b:
                 numbers.add(a.fileno())
-                pending = asyncio.ensure_future(loop.sock_recv(a, 10))
-                await asyncio.sleep(0)
-                b.send(b"msg%d" % i)
-                got.append(await asyncio.wait_for(pending, 5))
+                got.append(await recv_after_waiting(loop, a, b, b"msg%d" % i))
         assert len(numbers) == 1, numbers
         return got
 
@@ -715,10 +726,7 @@ def test_add_reader_after_recv_is_level_triggered(loop_factory: LoopFactory, pai
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        pending = asyncio.ensure_future(loop.sock_recv(a, 10))
-        await asyncio.sleep(0)
-        b.send(b"first")
-        assert await pending == b"first"
+        assert await recv_after_waiting(loop, a, b, b"first") == b"first"
         calls = 0
         enough = loop.create_future()
 
@@ -772,21 +780,16 @@ def test_transport_on_socket_after_sock_ops(
 
 def test_socket_released_after_recv(loop_factory: LoopFactory) -> None:
     # The loop keeps no strong reference to a socket once its calls are over.
-    import gc
-    import weakref
 
     async def main() -> bool:
         loop = asyncio.get_running_loop()
         a, b = socket.socketpair()
         nonblocking(a, b)
-        pending = asyncio.ensure_future(loop.sock_recv(a, 10))
-        await asyncio.sleep(0)
-        b.send(b"x")
-        assert await pending == b"x"
+        assert await recv_after_waiting(loop, a, b, b"x") == b"x"
         ref = weakref.ref(a)
         a.close()
         b.close()
-        del a, pending
+        del a
         gc.collect()
         await asyncio.sleep(0)
         return ref() is None
@@ -799,16 +802,12 @@ def test_no_busy_loop_when_duplicate_outlives_socket(loop_factory: LoopFactory) 
     # child's, say) keeps the connection open, and the peer keeps sending.
     # The loop must keep sleeping, not spin on a registration it can no
     # longer remove. Generous bound: a spinning loop burns the whole 0.5 s.
-    import time
 
     async def main() -> float:
         loop = asyncio.get_running_loop()
         a, b = socket.socketpair()
         nonblocking(a, b)
-        pending = asyncio.ensure_future(loop.sock_recv(a, 10))
-        await asyncio.sleep(0)
-        b.send(b"x")
-        assert await pending == b"x"
+        assert await recv_after_waiting(loop, a, b, b"x") == b"x"
         duplicate = os.dup(a.fileno())
         try:
             a.close()
@@ -829,7 +828,6 @@ def test_descriptor_reuse_churn(loop_factory: LoopFactory) -> None:
     # Sockets come and go with the same few descriptor numbers, passing
     # between sock_recv, add_reader and transports, with data arriving before
     # or after each call. Every byte must arrive, and nothing may hang.
-    import random
 
     rng = random.Random(5)
 
@@ -847,10 +845,7 @@ def test_descriptor_reuse_churn(loop_factory: LoopFactory) -> None:
         if rng.random() < 0.5:
             b.send(b"early")
             return await loop.sock_recv(a, 100)
-        pending = asyncio.ensure_future(loop.sock_recv(a, 100))
-        await asyncio.sleep(0)
-        b.send(b"late")
-        return await pending
+        return await recv_after_waiting(loop, a, b, b"late")
 
     async def by_reader(
         loop: asyncio.AbstractEventLoop, a: socket.socket, b: socket.socket

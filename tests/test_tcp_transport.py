@@ -20,6 +20,7 @@ import socket
 import sys
 import textwrap
 from asyncio import trsock
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,22 @@ from loop_helpers import run, run_python
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 1024 * 1024
+
+Report = tuple[str, str, list[str]]
+
+
+def record_reports(
+    loop: asyncio.AbstractEventLoop, message: Callable[[str], str] = lambda m: m
+) -> list[Report]:
+    """Install an exception handler that records (message, exception type,
+    context keys) of each report; `message` trims what the loops word apart."""
+    reports: list[Report] = []
+    loop.set_exception_handler(
+        lambda lp, ctx: reports.append(
+            (message(ctx["message"]), type(ctx.get("exception")).__name__, sorted(ctx))
+        )
+    )
+    return reports
 
 
 # -- create_connection ---------------------------------------------------------------
@@ -267,12 +284,7 @@ def test_connection_lost_exception_is_reported(loop_factory: Any) -> None:
 
     async def main() -> tuple[Any, ...]:
         loop = asyncio.get_running_loop()
-        reports: list[tuple[str, str, list[str]]] = []
-        loop.set_exception_handler(
-            lambda lp, ctx: reports.append(
-                (ctx["message"], type(ctx.get("exception")).__name__, sorted(ctx))
-            )
-        )
+        reports = record_reports(loop)
         server, _, tr, proto = await tcp_pair(client_factory=FailingLost)
         tr.close()
         await asyncio.wait_for(proto.lost, 10)
@@ -423,16 +435,7 @@ def test_connection_made_exception_is_reported_and_connection_works(
 
     async def main() -> tuple[Any, ...]:
         loop = asyncio.get_running_loop()
-        reports: list[tuple[str, str, list[str]]] = []
-        loop.set_exception_handler(
-            lambda lp, ctx: reports.append(
-                (
-                    ctx["message"].split("(")[0],
-                    type(ctx.get("exception")).__name__,
-                    sorted(ctx),
-                )
-            )
-        )
+        reports = record_reports(loop, lambda message: message.split("(")[0])
         failing = {"server_factory": FailingMade} if side == "server" else {}
         client = {"client_factory": FailingMade} if side == "client" else {}
         server, server_side, tr, proto = await tcp_pair(**failing, **client)
@@ -1524,12 +1527,7 @@ def test_protocol_callback_exceptions(loop_factory: Any, where: str) -> None:
 
     async def main() -> tuple[Any, ...]:
         loop = asyncio.get_running_loop()
-        reports: list[tuple[str, str, list[str]]] = []
-        loop.set_exception_handler(
-            lambda lp, ctx: reports.append(
-                (ctx["message"], type(ctx.get("exception")).__name__, sorted(ctx))
-            )
-        )
+        reports = record_reports(loop)
         server, side, tr, proto = await tcp_pair(server_factory=Failing, client_factory=Failing)
         sproto = await side.first()
         if where in ("pause", "resume"):

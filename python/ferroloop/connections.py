@@ -25,7 +25,7 @@ from typing import Any
 from . import _core, dns
 from .server import Server, resolve_hosts
 from .sockets import SocketOpsMixin
-from .transports import SocketTransport
+from .transports import SocketTransport, wait_opened
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 AddrInfo = tuple[Any, ...]
@@ -135,7 +135,8 @@ class ConnectionsMixin:
         mine: list[OSError] = []
         errors.append(mine)
         family, type_, proto, _, address = info
-        if local_infos is None and getattr(self.sock_connect, "__func__", None) is _SOCK_CONNECT:
+        own_connect = self._uses_own("sock_connect", _SOCK_CONNECT)
+        if local_infos is None and own_connect:
             connecting = _core.connect_stream(self, family, type_, proto, address)
             if connecting is not None:
                 try:
@@ -150,13 +151,12 @@ class ConnectionsMixin:
             sock = socket.socket(family=family, type=type_ | _SOCK_NONBLOCK, proto=proto)
             if local_infos is not None:
                 self._bind_local(sock, family, local_infos, mine)
-            sock_connect = self.sock_connect
-            if getattr(sock_connect, "__func__", None) is _SOCK_CONNECT:
+            if own_connect:
                 # Our own sock_connect, minus its checks: the socket is ours,
                 # non-blocking, and getaddrinfo's address is numeric.
                 await self._sock_ops().connect(sock, address)
             else:  # overridden (a subclass or a test's mock): honour it
-                await sock_connect(sock, address)
+                await self.sock_connect(sock, address)
             return sock
         except OSError as exc:
             mine.append(exc)
@@ -228,8 +228,8 @@ class ConnectionsMixin:
         ):
             connecting = self._connect_plain(host, port, family, proto, flags)
             if connecting is not None:
-                # Inline rather than a helper coroutine: one object less per
-                # connection on the hot path.
+                # Inline rather than a helper coroutine (or wait_opened): one
+                # coroutine object less per connection on the hot path.
                 if type(connecting) is not _core.ConnectedSocket:
                     connecting = await connecting
                 protocol = protocol_factory()
@@ -284,6 +284,13 @@ class ConnectionsMixin:
             )
         return transport, protocol
 
+    def _uses_own(self: Any, name: str, own: Any) -> bool:
+        """False if method `name` is not `own`: overridden by a subclass or
+        set on the instance (a test's mock). Checked without `self.__dict__`,
+        which would make the instance dict the loop frees (see
+        `Loop._release_empty_dict`)."""
+        return getattr(type(self), name) is own and not self._instance_has(name)
+
     def _connect_plain(
         self: Any, host: Any, port: Any, family: int, proto: int, flags: int
     ) -> _core.ConnectedSocket | asyncio.Future[_core.ConnectedSocket] | None:
@@ -291,12 +298,9 @@ class ConnectionsMixin:
         single result, our own resolver and sock_connect, no debug mode.
         Returns the connected socket (connected at once, as loopback ones
         are), a future of it, or None for the general path."""
-        cls = type(self)
         if (
-            cls.getaddrinfo is not cls._own_getaddrinfo
-            or cls.sock_connect is not _SOCK_CONNECT
-            or self._instance_has("getaddrinfo")  # not self.__dict__: that makes one
-            or self._instance_has("sock_connect")
+            not self._uses_own("getaddrinfo", type(self)._own_getaddrinfo)
+            or not self._uses_own("sock_connect", _SOCK_CONNECT)
             or self.get_debug()
         ):
             return None
@@ -387,11 +391,7 @@ class ConnectionsMixin:
             )
         else:
             transport = SocketTransport(self, sock, sock.fileno(), protocol, waiter=waiter)
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            raise
+        await wait_opened(transport, waiter)
         return transport, protocol
 
     # -- servers -------------------------------------------------------------------

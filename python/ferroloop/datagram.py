@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core
+from .transports import wait_opened
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
@@ -236,11 +237,7 @@ class DatagramMixin:
                     transport,
                     protocol,
                 )
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            raise
+        await wait_opened(transport, waiter)
         return transport, protocol
 
 

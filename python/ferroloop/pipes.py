@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core
+from .transports import wait_opened
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
@@ -193,11 +194,7 @@ class PipesMixin:
         protocol = protocol_factory()
         waiter = self.create_future()  # type: ignore[attr-defined]
         transport = self._make_read_pipe_transport(pipe, protocol, waiter)
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            raise
+        await wait_opened(transport, waiter)
         if self.get_debug():  # type: ignore[attr-defined]
             logger.debug("Read pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
         return transport, protocol
@@ -209,11 +206,7 @@ class PipesMixin:
         protocol = protocol_factory()
         waiter = self.create_future()  # type: ignore[attr-defined]
         transport = self._make_write_pipe_transport(pipe, protocol, waiter)
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            raise
+        await wait_opened(transport, waiter)
         if self.get_debug():  # type: ignore[attr-defined]
             logger.debug("Write pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
         return transport, protocol

@@ -68,6 +68,16 @@ class _Direct:
         return method
 
 
+async def wait_opened(transport: asyncio.BaseTransport, waiter: asyncio.Future[Any]) -> None:
+    """Wait for a new transport's waiter; close the transport if opening failed
+    or the wait was cancelled, as asyncio's create_* methods do."""
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
+
+
 def _is_buffered(protocol: object) -> bool:
     return isinstance(protocol, asyncio.BufferedProtocol)
 
