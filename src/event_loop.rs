@@ -894,7 +894,7 @@ impl Loop {
 
     /// Close the loop: pending callbacks and timers are dropped, watchers
     /// removed, and the poller's descriptors closed.
-    fn _close_core(&self) -> PyResult<bool> {
+    fn _close_core(&self, py: Python<'_>) -> PyResult<bool> {
         if self.is_running() {
             return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
         }
@@ -905,6 +905,7 @@ impl Loop {
         let poller = self.poller.lock().take();
         drop(poller);
         drop(garbage);
+        crate::recycled_bytes::release(py);
         Ok(true)
     }
 

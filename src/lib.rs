@@ -17,6 +17,7 @@ mod poller;
 mod process;
 mod python_api;
 mod reads;
+mod recycled_bytes;
 mod server;
 mod signals;
 mod sock_ops;

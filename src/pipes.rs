@@ -39,8 +39,8 @@ use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::poller::{Interest, Readiness};
 use crate::reads::{self, ReadCall, ReadSizeHint, Received};
-use crate::sys_io;
 use crate::transport_common;
+use crate::{recycled_bytes, sys_io};
 
 /// asyncio reads at most this much per iteration (`max_size`).
 const READ_SIZE: usize = reads::READ_SIZE;
@@ -246,7 +246,8 @@ impl PipeTransport {
                 // Looked up on every call, as asyncio does.
                 let result = protocol
                     .bind(py)
-                    .call_method1(pyo3::intern!(py, "data_received"), (data,));
+                    .call_method1(pyo3::intern!(py, "data_received"), (&data,));
+                recycled_bytes::recycle(data);
                 match result {
                     Ok(_) => Ok(()),
                     // asyncio lets the error escape the reader callback: it is

@@ -25,7 +25,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::os_error;
-use crate::sys_io;
+use crate::{recycled_bytes, sys_io};
 
 /// The shared buffer's size, and so the most one copied read returns.
 pub const READ_SIZE: usize = 256 * 1024;
@@ -99,7 +99,7 @@ fn read_copied(py: Python<'_>, fd: RawFd, call: ReadCall, limit: usize) -> PyRes
         let count = call
             .call(fd, as_uninit(&mut buffer[..limit]))
             .map_err(|errno| os_error(py, errno))?;
-        Received::from_count(count, |count| Ok(PyBytes::new(py, &buffer[..count])))
+        Received::from_count(count, |count| recycled_bytes::copy_of(py, &buffer[..count]))
     })
 }
 
@@ -111,13 +111,7 @@ fn read_direct(py: Python<'_>, fd: RawFd, call: ReadCall, limit: usize) -> PyRes
     if size == 0 {
         return read_copied(py, fd, call, limit);
     }
-    // SAFETY: with a NULL source, PyBytes_FromStringAndSize returns a new
-    // reference (or NULL with an exception set) to a new object, never a
-    // shared singleton for size > 0, whose `size` bytes are uninitialised.
-    let object = unsafe {
-        let raw = ffi::PyBytes_FromStringAndSize(std::ptr::null(), size as ffi::Py_ssize_t);
-        Bound::from_owned_ptr_or_err(py, raw)?
-    };
+    let object = recycled_bytes::new_uninit(py, size)?;
     // SAFETY: the object owns `size` bytes of storage, and nobody else can
     // see the object until this function returns it.
     let storage = unsafe {
@@ -127,13 +121,16 @@ fn read_direct(py: Python<'_>, fd: RawFd, call: ReadCall, limit: usize) -> PyRes
     let count = call
         .call(fd, storage)
         .map_err(|errno| os_error(py, errno))?;
-    Received::from_count(count, |count| {
-        if count < size {
-            return shrink_new_bytes(object, count);
+    match count {
+        Some(count) if count > 0 && count < size => {
+            Ok(Received::Data(shrink_new_bytes(object, count)?))
         }
-        // SAFETY: PyBytes_FromStringAndSize made a bytes object.
-        Ok(unsafe { object.cast_into_unchecked() })
-    })
+        Some(count) if count > 0 => Ok(Received::Data(object)),
+        _ => {
+            recycled_bytes::recycle(object);
+            Received::from_count(count, |_| unreachable!("no data was read"))
+        }
+    }
 }
 
 /// Whether a descriptor's last read was large, choosing how to read the
@@ -186,7 +183,7 @@ fn as_uninit(buffer: &mut [u8]) -> &mut [MaybeUninit<u8>] {
 
 /// Shrinks a new `bytes` that the read filled only the first `size` bytes
 /// of (rare: `FIONREAD` said more was queued than the read returned).
-fn shrink_new_bytes(object: Bound<'_, PyAny>, size: usize) -> PyResult<Bound<'_, PyBytes>> {
+fn shrink_new_bytes(object: Bound<'_, PyBytes>, size: usize) -> PyResult<Bound<'_, PyBytes>> {
     let py = object.py();
     let mut raw = object.into_ptr();
     // SAFETY: `raw` is the only reference to a bytes object nobody has seen,

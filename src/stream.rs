@@ -39,7 +39,7 @@ use crate::handles::report_as_handle_error;
 use crate::poller::{Interest, Readiness};
 use crate::reads::{ReadCall, ReadSizeHint, Received, READ_SIZE};
 use crate::transport_common;
-use crate::{sockaddr, sys_io};
+use crate::{recycled_bytes, sockaddr, sys_io};
 
 /// asyncio reads at most this much per `recv`.
 /// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES.
@@ -262,7 +262,8 @@ impl StreamTransport {
                 // rebind it); the method call allocates no bound method.
                 let result = protocol
                     .bind(py)
-                    .call_method1(intern!(py, "data_received"), (data,));
+                    .call_method1(intern!(py, "data_received"), (&data,));
+                recycled_bytes::recycle(data);
                 match result {
                     Ok(_) => Ok(()),
                     Err(err) => Self::fatal_error(

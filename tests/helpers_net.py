@@ -134,6 +134,62 @@ class EchoProtocol(asyncio.Protocol):
         return None  # the transport closes itself once the echo is flushed
 
 
+class KeepingProtocol(asyncio.Protocol):
+    """Keeps some of the `bytes` objects it is given and drops the others.
+
+    A loop may refill a `bytes` object nobody kept for a later read; this
+    protocol checks that objects it kept never change and that every object,
+    kept or not, hashes like a new one. `kept` holds (stream offset, object,
+    its hash at arrival); `errors` whatever did not hold.
+    """
+
+    def __init__(self, echo: bool = False) -> None:
+        self.echo = echo
+        self.transport: Any = None
+        self.offset = 0
+        self.reads = 0
+        self.kept: list[tuple[int, Any, int]] = []
+        self.views: list[tuple[int, memoryview]] = []
+        self.errors: list[str] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if type(data) is not bytes or hash(data) != hash(bytes(bytearray(data))):
+            self.errors.append(f"read {self.reads}: a stale or odd object")
+        if self.reads % 3 == 0:
+            self.kept.append((self.offset, data, hash(data)))
+        elif self.reads % 3 == 1 and self.reads % 2 == 0:
+            self.views.append((self.offset, memoryview(data)))
+        self.reads += 1
+        self.offset += len(data)
+        if self.echo:
+            self.transport.write(data)
+
+    def eof_received(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def check_against(self, stream: bytes) -> list[str]:
+        """What the kept objects got wrong, compared with the bytes sent."""
+        errors = list(self.errors)
+        if self.offset != len(stream):
+            errors.append(f"received {self.offset} bytes of {len(stream)}")
+        for offset, data, digest in self.kept:
+            if data != stream[offset : offset + len(data)] or hash(data) != digest:
+                errors.append(f"the object kept at offset {offset} changed")
+        for offset, view in self.views:
+            if view.tobytes() != stream[offset : offset + len(view)]:
+                errors.append(f"the view kept at offset {offset} changed")
+        return errors
+
+
 class ServerSide:
     """Collects the protocols a server created, to reach the server side of a connection."""
 

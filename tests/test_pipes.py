@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_net import KeepingProtocol
 from loop_helpers import run
 
 MIB = 1024 * 1024
@@ -227,6 +228,30 @@ def test_read_pipe_large_transfer(loop_factory: Callable[[], Any], fds_unchanged
         return bytes(protocol.data)
 
     assert run(loop_factory, main) == payload
+
+
+def test_read_pipe_objects_kept_by_the_protocol_stay_intact(
+    loop_factory: Callable[[], Any], fds_unchanged: None
+) -> None:
+    """Chunks of one size, written one at a time: a loop that reuses the
+    `bytes` objects nobody kept must leave the kept ones alone."""
+    chunks = [os.urandom(size) for size in [900, 900, 800, 900, 20_000, 15_000, 3] * 10]
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        rfile, wfile = pipe_files()
+        _, protocol = await loop.connect_read_pipe(KeepingProtocol, rfile)
+        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, wfile)
+        for chunk in chunks:
+            before = protocol.offset
+            writer.write(chunk)
+            while protocol.offset < before + len(chunk):
+                await asyncio.sleep(0.001)
+        writer.close()
+        await asyncio.wait_for(protocol.done, 10)
+        return protocol.check_against(b"".join(chunks))
+
+    assert run(loop_factory, main) == []
 
 
 def test_read_pipe_protocol_error_is_reported_and_reading_goes_on(

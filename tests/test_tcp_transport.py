@@ -28,6 +28,7 @@ import pytest
 from helpers_net import (
     HAS_IPV6,
     EchoProtocol,
+    KeepingProtocol,
     RecordingProtocol,
     ServerSide,
     close_server,
@@ -1586,6 +1587,35 @@ def test_alternating_large_and_small_messages_echo_intact(loop_factory: Any) -> 
         await close_server(server)
 
     run(loop_factory, main)
+
+
+def test_objects_given_to_data_received_are_never_reused_while_kept(loop_factory: Any) -> None:
+    """ferroloop refills a `bytes` object that the protocol did not keep; what
+    it kept (the object, a memoryview of it) must never change, and every
+    object must hash like a new one."""
+    sizes = [1000, 1000, 700, 1000, 4000, 3000, 100 * 1024, 60 * 1024, 1, 1000] * 12
+
+    async def main() -> list[str]:
+        lp = asyncio.get_running_loop()
+        side = ServerSide(lambda: KeepingProtocol(echo=True))
+        server = await lp.create_server(side, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent = bytearray()
+        for size in sizes:
+            message = os.urandom(size)
+            sent += message
+            writer.write(message)
+            echoed = await asyncio.wait_for(reader.readexactly(size), 10)
+            assert echoed == message, size
+        writer.close()
+        await writer.wait_closed()
+        protocol = await side.first()
+        await asyncio.wait_for(protocol.done, 10)
+        await close_server(server)
+        return protocol.check_against(bytes(sent))
+
+    assert run(loop_factory, main) == []
 
 
 class _PausingCollector(asyncio.Protocol):
