@@ -1,13 +1,16 @@
-//! `Loop.call_soon` as a raw `METH_FASTCALL | METH_KEYWORDS` C function.
+//! Hot methods as raw `METH_FASTCALL | METH_KEYWORDS` C functions.
 //!
-//! `call_soon` is the loop's hottest entry point: every `Future` completion
-//! and every `Task` step goes through it (CPython's C Task calls it with a
-//! `context=` keyword). This parser knows the one shape (`callback, *args,
-//! context=None`) and takes the arguments straight from the vector the
-//! interpreter passes, instead of PyO3's generic extraction. The gain measured
-//! small (886 -> 866 instructions per call, docs/performance.md): the handle
-//! and the context copy are the real costs. The behaviour, errors included,
-//! is that of asyncio's `call_soon`.
+//! * `Loop.call_soon`: every `Future` completion and every `Task` step goes
+//!   through it (CPython's C Task calls it with a `context=` keyword). The
+//!   parser knows the one shape (`callback, *args, context=None`). The gain
+//!   measured small (886 -> 866 instructions per call, docs/performance.md):
+//!   the handle and the context copy are the real costs.
+//! * `StreamTransport.write(data)`: one per response. PyO3's generic
+//!   argument extraction was ~175 of the ~2,300 user-space instructions of a
+//!   1 KiB echo request; one positional argument is now taken as it is.
+//!
+//! Both take the arguments straight from the vector the interpreter passes.
+//! Their behaviour, errors included, is asyncio's.
 
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,32 +18,161 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::event_loop::Loop;
+use crate::stream::StreamTransport;
 
 const CALL_SOON_DOC: &CStr = c"call_soon($self, callback, *args, context=None)\n--\n\n\
 Arrange for callback(*args) to be called soon, in context (a copy of the current one by default).";
 
-/// Installs the fast call as `Loop.call_soon`.
-pub fn install(py: Python<'_>, loop_type: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
+const WRITE_DOC: &CStr = c"write($self, data)\n--\n\n\
+Write a bytes-like object to the transport, buffering what the socket does not take at once.";
+
+/// The signature CPython calls a `METH_FASTCALL | METH_KEYWORDS` function with.
+type FastCall = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+/// Installs the fast calls on their types.
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    install_method(
+        &py.get_type::<Loop>(),
+        c"call_soon",
+        call_soon_fastcall,
+        CALL_SOON_DOC,
+    )?;
+    install_method(
+        &py.get_type::<StreamTransport>(),
+        c"write",
+        write_fastcall,
+        WRITE_DOC,
+    )
+}
+
+fn install_method(
+    owner: &Bound<'_, PyType>,
+    name: &'static CStr,
+    function: FastCall,
+    doc: &'static CStr,
+) -> PyResult<()> {
     // The definition must outlive the type: leak it once per module import.
     let definition = Box::leak(Box::new(ffi::PyMethodDef {
-        ml_name: c"call_soon".as_ptr(),
+        ml_name: name.as_ptr(),
         ml_meth: ffi::PyMethodDefPointer {
-            PyCFunctionFastWithKeywords: call_soon_fastcall,
+            PyCFunctionFastWithKeywords: function,
         },
         ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-        ml_doc: CALL_SOON_DOC.as_ptr() as *const c_char,
+        ml_doc: doc.as_ptr() as *const c_char,
     }));
-    // SAFETY: `loop_type` is a live type object and `definition` lives forever.
+    // SAFETY: `owner` is a live type object and `definition` lives forever.
     let descriptor = unsafe {
         Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyDescr_NewMethod(loop_type.as_ptr().cast(), definition),
+            owner.py(),
+            ffi::PyDescr_NewMethod(owner.as_ptr().cast(), definition),
         )?
     };
-    loop_type.setattr("call_soon", descriptor)
+    owner.setattr(name.to_str().expect("method names are ASCII"), descriptor)
+}
+
+/// Runs a fast call's body: attached to the interpreter (which holds the GIL
+/// for us; attaching only bumps PyO3's count so that references dropped in
+/// here are released at once), with panics turned into `RuntimeError`.
+fn run_fast_call(
+    what: &str,
+    body: impl for<'py> FnOnce(Python<'py>) -> PyResult<Py<PyAny>>,
+) -> *mut ffi::PyObject {
+    Python::attach(|py| {
+        let outcome = catch_unwind(AssertUnwindSafe(|| body(py)));
+        let result = outcome.unwrap_or_else(|_| {
+            Err(PyRuntimeError::new_err(format!(
+                "internal error in ferroloop's {what}"
+            )))
+        });
+        match result {
+            Ok(value) => value.into_ptr(),
+            Err(err) => {
+                err.restore(py);
+                std::ptr::null_mut()
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn write_fastcall(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    run_fast_call("write", |py| {
+        // SAFETY: the descriptor only binds to StreamTransport instances
+        // (CPython checks the type of `self`), and the vectorcall protocol
+        // guarantees `nargs` arguments plus one value per keyword name.
+        unsafe {
+            let this = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<StreamTransport>();
+            let data = only_argument(py, "write", "data", args, nargsf, kwnames)?;
+            StreamTransport::write(&this, &data)?;
+        }
+        Ok(py.None())
+    })
+}
+
+/// The one argument of a method `name(self, param)`, given by position or by
+/// name, with the `TypeError`s Python raises for a def with that signature.
+///
+/// # Safety
+/// `args` holds `nargs` positional arguments and then one value per name in
+/// `kwnames` (a tuple, or NULL).
+unsafe fn only_argument<'py>(
+    py: Python<'py>,
+    name: &str,
+    param: &str,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Bound<'py, PyAny>> {
+    let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
+    if nargs == 1 && kwnames.is_null() {
+        return Ok(unsafe { Bound::from_borrowed_ptr(py, *args) });
+    }
+    if nargs > 1 {
+        return Err(PyTypeError::new_err(format!(
+            "{name}() takes 2 positional arguments but {} were given",
+            nargs + 1
+        )));
+    }
+    let mut value = (nargs == 1).then(|| unsafe { Bound::from_borrowed_ptr(py, *args) });
+    if !kwnames.is_null() {
+        let names =
+            unsafe { Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>() };
+        for (index, keyword) in names.iter().enumerate() {
+            let is_param = keyword
+                .cast::<PyString>()
+                .ok()
+                .and_then(|k| k.to_str().ok().map(|k| k == param))
+                .unwrap_or(false);
+            if !is_param {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}() got an unexpected keyword argument '{keyword}'"
+                )));
+            }
+            if value.is_some() {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}() got multiple values for argument '{param}'"
+                )));
+            }
+            value = Some(unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs + index)) });
+        }
+    }
+    value.ok_or_else(|| {
+        PyTypeError::new_err(format!(
+            "{name}() missing 1 required positional argument: '{param}'"
+        ))
+    })
 }
 
 unsafe extern "C" fn call_soon_fastcall(
@@ -49,26 +181,10 @@ unsafe extern "C" fn call_soon_fastcall(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // The interpreter holds the GIL for us; attaching only bumps PyO3's count
-    // so that references dropped in here are released at once.
-    Python::attach(|py| {
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: CPython passes `nargs` positional arguments followed by
-            // one value per keyword name, all alive for the call.
-            unsafe { call_soon(py, slf, args, nargsf, kwnames) }
-        }));
-        let result = outcome.unwrap_or_else(|_| {
-            Err(PyRuntimeError::new_err(
-                "internal error in ferroloop's call_soon",
-            ))
-        });
-        match result {
-            Ok(handle) => handle.into_ptr(),
-            Err(err) => {
-                err.restore(py);
-                std::ptr::null_mut()
-            }
-        }
+    run_fast_call("call_soon", |py| {
+        // SAFETY: CPython passes `nargs` positional arguments followed by
+        // one value per keyword name, all alive for the call.
+        unsafe { call_soon(py, slf, args, nargsf, kwnames) }
     })
 }
 

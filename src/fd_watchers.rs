@@ -1,7 +1,7 @@
 //! `add_reader`/`add_writer` bookkeeping: which handle to call when a file
 //! descriptor becomes readable or writable.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
@@ -61,7 +61,7 @@ pub struct Change {
 
 #[derive(Default)]
 pub struct FdWatchers {
-    watches: HashMap<RawFd, Watch>,
+    watches: FxHashMap<RawFd, Watch>,
 }
 
 impl FdWatchers {

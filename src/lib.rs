@@ -34,10 +34,10 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Loop>()?;
-    fast_calls::install(m.py(), &m.py().get_type::<event_loop::Loop>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<stream::StreamTransport>()?;
+    fast_calls::install(m.py())?;
     m.add_class::<server::Listener>()?;
     sock_ops::register(m)?;
     connector::register(m)?;

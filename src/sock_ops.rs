@@ -23,8 +23,8 @@
 //! [`SockOps`] is the per-loop registry (descriptor -> waiter) and the entry
 //! point the Python mixin (`ferroloop/sockets.py`) calls.
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
@@ -50,7 +50,7 @@ use crate::{sockaddr, sys_io};
 
 thread_local! {
     /// Descriptors whose last `sock_recv` was large (see `recv_bytes`).
-    static LARGE_RECVS: RefCell<HashSet<RawFd>> = RefCell::new(HashSet::new());
+    static LARGE_RECVS: RefCell<FxHashSet<RawFd>> = RefCell::new(FxHashSet::default());
 }
 
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -706,7 +706,7 @@ impl SockWaiter {
 #[pyclass(frozen, module = "ferroloop._core")]
 pub struct SockOps {
     loop_: Py<Loop>,
-    waiters: Mutex<HashMap<RawFd, Py<SockWaiter>>>,
+    waiters: Mutex<FxHashMap<RawFd, Py<SockWaiter>>>,
 }
 
 /// An operation's result if it completed at once, else its pending future.
@@ -897,7 +897,7 @@ impl SockOps {
     fn py_new(event_loop: Bound<'_, Loop>) -> Self {
         Self {
             loop_: event_loop.unbind(),
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(FxHashMap::default()),
         }
     }
 

@@ -821,6 +821,16 @@ impl StreamTransport {
     }
 }
 
+impl StreamTransport {
+    /// `write(data)`: installed as a raw fast call (see `fast_calls`), the
+    /// call every echo and every HTTP response makes.
+    pub fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let this = slf.get();
+        let outcome = with_bytes(data, "data", |bytes| this.write_parts(&[bytes]))??;
+        Self::finish_write(slf, outcome)
+    }
+}
+
 #[pymethods]
 impl StreamTransport {
     /// Wraps the connected, non-blocking socket `fd`. With `sock` (a Python
@@ -907,12 +917,6 @@ impl StreamTransport {
             state.reading_started = true;
         }
         this.update_interest(slf.py())
-    }
-
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let this = slf.get();
-        let outcome = with_bytes(data, "data", |bytes| this.write_parts(&[bytes]))??;
-        Self::finish_write(slf, outcome)
     }
 
     /// Writes a sequence of buffers with one `writev` where possible.

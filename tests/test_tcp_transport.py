@@ -647,6 +647,38 @@ def test_write_type_errors(loop_factory: Any) -> None:
     assert run(loop_factory, main) == expected
 
 
+def test_write_argument_forms(loop_factory: Any) -> None:
+    """write(data) by position or by name; the other forms raise TypeError,
+    whose message ends like asyncio's (the class name in front differs)."""
+    bad_calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((), {}),
+        ((b"a", b"b"), {}),
+        ((b"a",), {"data": b"b"}),
+        ((), {"payload": b"a"}),
+    ]
+
+    async def main() -> tuple[bytes, list[str]]:
+        server, side, tr, proto = await tcp_pair()
+        sproto = await side.first()
+        tr.write(b"one,")
+        tr.write(data=b"two")
+        errors = []
+        for args, kwargs in bad_calls:
+            try:
+                tr.write(*args, **kwargs)
+            except TypeError as exc:
+                errors.append(str(exc).split("write() ", 1)[-1])
+        got = await sproto.wait_for_bytes(7)
+        tr.close()
+        await proto.lost
+        await close_server(server)
+        return got, errors
+
+    expected = run_oracle(main)
+    assert expected[0] == b"one,two" and len(expected[1]) == len(bad_calls)
+    assert run(loop_factory, main) == expected
+
+
 def test_write_copies_caller_buffer(loop_factory: Any) -> None:
     """Data still queued in the transport must not change when the caller reuses its buffer."""
 
