@@ -822,11 +822,28 @@ impl StreamTransport {
 }
 
 impl StreamTransport {
-    /// `write(data)`: installed as a raw fast call (see `fast_calls`), the
-    /// call every echo and every HTTP response makes.
+    /// `write(data)`: installed as a raw fast call (see `fast_calls`), as
+    /// `writelines`: every echo and every HTTP response makes one of them.
     pub fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let this = slf.get();
         let outcome = with_bytes(data, "data", |bytes| this.write_parts(&[bytes]))??;
+        Self::finish_write(slf, outcome)
+    }
+
+    /// Writes a sequence of buffers with one `writev` where possible.
+    pub fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let items: Vec<Bound<'_, PyAny>> = match list_of_data.cast::<PyList>() {
+            Ok(list) => list.iter().collect(),
+            Err(_) => list_of_data.try_iter()?.collect::<PyResult<_>>()?,
+        };
+        let views = items
+            .iter()
+            .map(|item| BytesView::new(item, "data"))
+            .collect::<PyResult<Vec<_>>>()?;
+        let parts: Vec<&[u8]> = views.iter().map(BytesView::as_slice).collect();
+        let outcome = slf.get().write_parts(&parts)?;
+        drop(parts);
+        drop(views);
         Self::finish_write(slf, outcome)
     }
 }
@@ -917,23 +934,6 @@ impl StreamTransport {
             state.reading_started = true;
         }
         this.update_interest(slf.py())
-    }
-
-    /// Writes a sequence of buffers with one `writev` where possible.
-    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let items: Vec<Bound<'_, PyAny>> = match list_of_data.cast::<PyList>() {
-            Ok(list) => list.iter().collect(),
-            Err(_) => list_of_data.try_iter()?.collect::<PyResult<_>>()?,
-        };
-        let views = items
-            .iter()
-            .map(|item| BytesView::new(item, "data"))
-            .collect::<PyResult<Vec<_>>>()?;
-        let parts: Vec<&[u8]> = views.iter().map(BytesView::as_slice).collect();
-        let outcome = slf.get().write_parts(&parts)?;
-        drop(parts);
-        drop(views);
-        Self::finish_write(slf, outcome)
     }
 
     fn write_eof(&self) -> PyResult<()> {

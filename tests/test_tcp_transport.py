@@ -647,35 +647,39 @@ def test_write_type_errors(loop_factory: Any) -> None:
     assert run(loop_factory, main) == expected
 
 
-def test_write_argument_forms(loop_factory: Any) -> None:
-    """write(data) by position or by name; the other forms raise TypeError,
-    whose message ends like asyncio's (the class name in front differs)."""
-    bad_calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
-        ((), {}),
-        ((b"a", b"b"), {}),
-        ((b"a",), {"data": b"b"}),
-        ((), {"payload": b"a"}),
-    ]
+def test_write_and_writelines_argument_forms(loop_factory: Any) -> None:
+    """write(data) and writelines(list_of_data) by position or by name; the
+    other forms raise TypeError, whose message ends like asyncio's (the class
+    name in front differs)."""
+
+    def bad_calls(param: str, value: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        return [((), {}), ((value, value), {}), ((value,), {param: value}), ((), {"x": value})]
 
     async def main() -> tuple[bytes, list[str]]:
         server, side, tr, proto = await tcp_pair()
         sproto = await side.first()
         tr.write(b"one,")
-        tr.write(data=b"two")
+        tr.write(data=b"two,")
+        tr.writelines([b"thr", b"ee,"])
+        tr.writelines(list_of_data=[b"four"])
         errors = []
-        for args, kwargs in bad_calls:
-            try:
-                tr.write(*args, **kwargs)
-            except TypeError as exc:
-                errors.append(str(exc).split("write() ", 1)[-1])
-        got = await sproto.wait_for_bytes(7)
+        for method, param, value in (
+            (tr.write, "data", b"a"),
+            (tr.writelines, "list_of_data", [b"a"]),
+        ):
+            for args, kwargs in bad_calls(param, value):
+                try:
+                    method(*args, **kwargs)
+                except TypeError as exc:
+                    errors.append(str(exc).split(f"{method.__name__}() ", 1)[-1])
+        got = await sproto.wait_for_bytes(18)
         tr.close()
         await proto.lost
         await close_server(server)
         return got, errors
 
     expected = run_oracle(main)
-    assert expected[0] == b"one,two" and len(expected[1]) == len(bad_calls)
+    assert expected[0] == b"one,two,three,four" and len(expected[1]) == 8
     assert run(loop_factory, main) == expected
 
 
