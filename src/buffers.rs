@@ -1,10 +1,65 @@
 //! Borrowing the bytes of Python buffer objects (bytes, bytearray,
 //! memoryview, ...) without copying them.
 
+use std::mem::MaybeUninit;
+use std::os::raw::c_int;
+
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyTypeError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+
+/// A contiguous buffer acquired with `PyObject_GetBuffer` and released on
+/// drop, held by value. PyO3's `PyUntypedBuffer` boxes its `Py_buffer` (a
+/// `malloc` and a `free` per call: with the flags it asks for, ~260
+/// instructions per `get_buffer()` result or bytearray written) and asks
+/// for strides and format that only its checks use. Failures fall back to
+/// it, so the errors stay the same.
+pub struct Acquired(ffi::Py_buffer);
+
+impl Acquired {
+    /// `PyBUF_SIMPLE` (or `PyBUF_WRITABLE`) asks for a C-contiguous buffer;
+    /// anything else (not a buffer, not contiguous, read-only) is `None`.
+    fn get(data: &Bound<'_, PyAny>, flags: c_int) -> Option<Self> {
+        let mut view = MaybeUninit::<ffi::Py_buffer>::uninit();
+        // SAFETY: `view` is a valid out-pointer; on success it is filled and
+        // owns a reference to the exporter until PyBuffer_Release.
+        unsafe {
+            if ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), flags) == 0 {
+                Some(Self(view.assume_init()))
+            } else {
+                ffi::PyErr_Clear();
+                None
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.0.len <= 0 || self.0.buf.is_null() {
+            return &[];
+        }
+        // SAFETY: a simple buffer is `len` contiguous bytes at `buf`, valid
+        // until released (callers run no Python code meanwhile).
+        unsafe { std::slice::from_raw_parts(self.0.buf as *const u8, self.0.len as usize) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.0.len <= 0 || self.0.buf.is_null() {
+            return &mut [];
+        }
+        // SAFETY: as `as_slice`; acquired with PyBUF_WRITABLE.
+        unsafe { std::slice::from_raw_parts_mut(self.0.buf as *mut u8, self.0.len as usize) }
+    }
+}
+
+impl Drop for Acquired {
+    fn drop(&mut self) {
+        // SAFETY: acquired by PyObject_GetBuffer and not released yet; the
+        // GIL is held wherever an `Acquired` exists.
+        unsafe { ffi::PyBuffer_Release(&mut self.0) };
+    }
+}
 
 /// Calls `f` with the contents of a bytes-like object. The slice must not
 /// outlive the call, and `f` must not run Python code (which could resize a
@@ -16,6 +71,9 @@ pub fn with_bytes<R>(
 ) -> PyResult<R> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(f(bytes.as_bytes()));
+    }
+    if let Some(buffer) = Acquired::get(data, ffi::PyBUF_SIMPLE) {
+        return Ok(f(buffer.as_slice()));
     }
     let buffer = PyUntypedBuffer::get(data).map_err(|_| not_bytes_like(data, what))?;
     if !buffer.is_c_contiguous() {
@@ -34,6 +92,9 @@ pub fn with_bytes_mut<R>(
     what: &str,
     f: impl FnOnce(&mut [u8]) -> R,
 ) -> PyResult<R> {
+    if let Some(mut buffer) = Acquired::get(data, ffi::PyBUF_WRITABLE) {
+        return Ok(f(buffer.as_mut_slice()));
+    }
     let buffer = PyUntypedBuffer::get(data).map_err(|_| not_bytes_like(data, what))?;
     if buffer.readonly() {
         return Err(PyTypeError::new_err(format!(
@@ -58,6 +119,23 @@ fn type_name(data: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".to_owned())
 }
 
+/// The types `transport.write()` accepts, as asyncio checks them: bytes,
+/// bytearray and memoryview (subclasses included), not any buffer.
+pub fn check_write_type(data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let raw = data.as_ptr();
+    // SAFETY: type checks on a live object.
+    let accepted = unsafe {
+        ffi::PyBytes_Check(raw) != 0
+            || ffi::PyByteArray_Check(raw) != 0
+            || ffi::PyMemoryView_Check(raw) != 0
+    };
+    if accepted {
+        Ok(())
+    } else {
+        Err(not_bytes_like(data, "data"))
+    }
+}
+
 fn not_bytes_like(data: &Bound<'_, PyAny>, what: &str) -> PyErr {
     PyTypeError::new_err(format!(
         "{what} argument must be a bytes-like object, not '{}'",
@@ -69,6 +147,7 @@ fn not_bytes_like(data: &Bound<'_, PyAny>, what: &str) -> PyErr {
 /// (for `writelines`, which sends several of them in one system call).
 pub enum BytesView<'py> {
     Bytes(Bound<'py, PyBytes>),
+    Acquired(Acquired),
     Buffer(PyUntypedBuffer),
 }
 
@@ -76,6 +155,9 @@ impl<'py> BytesView<'py> {
     pub fn new(data: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
         if let Ok(bytes) = data.cast::<PyBytes>() {
             return Ok(Self::Bytes(bytes.clone()));
+        }
+        if let Some(buffer) = Acquired::get(data, ffi::PyBUF_SIMPLE) {
+            return Ok(Self::Acquired(buffer));
         }
         let buffer = PyUntypedBuffer::get(data).map_err(|_| not_bytes_like(data, what))?;
         if !buffer.is_c_contiguous() {
@@ -89,6 +171,7 @@ impl<'py> BytesView<'py> {
     pub fn as_slice(&self) -> &[u8] {
         match self {
             Self::Bytes(bytes) => bytes.as_bytes(),
+            Self::Acquired(buffer) => buffer.as_slice(),
             // SAFETY: the buffer stays acquired while `self` lives.
             Self::Buffer(buffer) => unsafe {
                 std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes())

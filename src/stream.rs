@@ -31,7 +31,7 @@ use pyo3::types::{PyList, PyTuple};
 use pyo3::PyTraverseError;
 use socket2::SockAddr;
 
-use crate::buffers::{with_bytes, with_bytes_mut, BytesView};
+use crate::buffers::{check_write_type, with_bytes, with_bytes_mut, BytesView};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
@@ -825,6 +825,7 @@ impl StreamTransport {
     /// `write(data)`: installed as a raw fast call (see `fast_calls`), as
     /// `writelines`: every echo and every HTTP response makes one of them.
     pub fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        check_write_type(data)?;
         let this = slf.get();
         let outcome = with_bytes(data, "data", |bytes| this.write_parts(&[bytes]))??;
         Self::finish_write(slf, outcome)

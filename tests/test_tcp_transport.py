@@ -9,6 +9,7 @@ loop under test to match it.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import gc
@@ -680,6 +681,41 @@ def test_write_and_writelines_argument_forms(loop_factory: Any) -> None:
 
     expected = run_oracle(main)
     assert expected[0] == b"one,two,three,four" and len(expected[1]) == 8
+    assert run(loop_factory, main) == expected
+
+
+def test_write_accepts_bytes_bytearray_and_memoryview_only(loop_factory: Any) -> None:
+    """asyncio's write() takes bytes, bytearray and memoryview (subclasses too),
+    not any other buffer; what it takes arrives intact."""
+
+    class Payload(bytes):
+        pass
+
+    async def main() -> tuple[bytes, list[str]]:
+        server, side, tr, proto = await tcp_pair()
+        sproto = await side.first()
+        errors = []
+        for data in (
+            bytearray(b"ab"),
+            memoryview(b"xcdx")[1:3],
+            bytearray(),
+            Payload(b"ef"),
+            memoryview(bytearray(b"gh")),
+            array.array("b", [65, 66]),
+            "text",
+        ):
+            try:
+                tr.write(data)
+            except TypeError as exc:
+                errors.append(str(exc))
+        got = await sproto.wait_for_bytes(8)
+        tr.close()
+        await proto.lost
+        await close_server(server)
+        return got, errors
+
+    expected = run_oracle(main)
+    assert expected[0] == b"abcdefgh" and len(expected[1]) == 2
     assert run(loop_factory, main) == expected
 
 
