@@ -57,6 +57,8 @@ static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOOP_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SSL_SOCKET_TYPE: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+static SOCKET_GETTIMEOUT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SOCKET_FILENO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SENDFILE_NOT_AVAILABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// `asyncio.Future(loop=loop)`, through vectorcall (no kwargs dict).
@@ -95,7 +97,10 @@ fn is_would_block(py: Python<'_>, err: &PyErr) -> bool {
 fn check_socket(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let py = sock.py();
     let socket_type = SOCKET_TYPE.import(py, "socket", "socket")?;
-    if !sock.get_type().is(socket_type) {
+    if sock.get_type().is(socket_type) {
+        return check_plain_socket(sock);
+    }
+    {
         let ssl_socket = SSL_SOCKET_TYPE.get_or_init(py, || {
             py.import("ssl")
                 .and_then(|m| m.getattr("SSLSocket"))
@@ -113,6 +118,58 @@ fn check_socket(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         return Err(PyValueError::new_err("the socket must be non-blocking"));
     }
     sock.call_method0(intern!(py, "fileno"))?.extract()
+}
+
+/// `check_socket` for an exact `socket.socket`, whose `gettimeout` and
+/// `fileno` are `_socket.socket`'s C methods: calling their descriptors
+/// directly skips the method lookup and PyO3's conversions (two calls per
+/// `sock_*` operation were ~1,400 instructions, 28% of a 1 KiB `sock_*`
+/// echo request's user-space work).
+fn check_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let py = sock.py();
+    let timeout = call_no_args(&socket_method(py, &SOCKET_GETTIMEOUT, "gettimeout")?, sock)?;
+    // SAFETY: type checks and reads of a live object.
+    let non_blocking = unsafe {
+        ffi::PyFloat_CheckExact(timeout.as_ptr()) != 0
+            && ffi::PyFloat_AS_DOUBLE(timeout.as_ptr()) == 0.0
+    };
+    if !non_blocking {
+        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    }
+    let fileno = call_no_args(&socket_method(py, &SOCKET_FILENO, "fileno")?, sock)?;
+    fileno.extract()
+}
+
+/// `method(obj)` through the vectorcall protocol, without an argument tuple.
+fn call_no_args<'py>(
+    method: &Bound<'py, PyAny>,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let args = [obj.as_ptr()];
+    // SAFETY: `args` holds one live object for the call's duration; the
+    // result is a new reference or NULL with an exception set.
+    unsafe {
+        let result =
+            ffi::PyObject_Vectorcall(method.as_ptr(), args.as_ptr(), 1, std::ptr::null_mut());
+        Bound::from_owned_ptr_or_err(obj.py(), result)
+    }
+}
+
+/// The method descriptor `_socket.socket.<name>`, looked up once.
+fn socket_method<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || {
+        Ok::<_, PyErr>(
+            py.import("_socket")?
+                .getattr("socket")?
+                .getattr(name)?
+                .unbind(),
+        )
+    })
+    .map(|method| method.bind(py).clone())
 }
 
 // -- operations ---------------------------------------------------------
