@@ -360,16 +360,16 @@ impl Loop {
             if !events.is_empty() {
                 queue_io(py, &mut state, &poller, &events, &mut garbage);
             }
-            let mut due = Vec::new();
+            // No clock read, and no vector to drop, in iterations without timers.
             if !state.timers.is_empty() {
-                // No clock read in iterations without timers.
+                let mut due = Vec::new();
                 state.timers.pop_due(monotonic(), &mut due);
-            }
-            for timer in due {
-                if timer.get().is_cancelled() {
-                    garbage.timers.push(timer);
-                } else {
-                    state.ready.push_back(Job::Timer(timer));
+                for timer in due {
+                    if timer.get().is_cancelled() {
+                        garbage.timers.push(timer);
+                    } else {
+                        state.ready.push_back(Job::Timer(timer));
+                    }
                 }
             }
         }
@@ -403,7 +403,13 @@ impl Loop {
                 break;
             }
         }
-        *self.batch.lock() = batch;
+        // Give the emptied buffer back. What it replaces is normally the
+        // empty, unallocated queue `take` left, whose drop glue is not worth
+        // a call; forgetting that one leaks nothing.
+        let placeholder = std::mem::replace(&mut *self.batch.lock(), batch);
+        if placeholder.capacity() == 0 {
+            std::mem::forget(placeholder);
+        }
         outcome
     }
 
