@@ -5,9 +5,10 @@
 //!   parser knows the one shape (`callback, *args, context=None`). The gain
 //!   measured small (886 -> 866 instructions per call, docs/performance.md):
 //!   the handle and the context copy are the real costs.
-//! * `StreamTransport.write(data)` (and `writelines`): one per response. PyO3's generic
-//!   argument extraction was ~175 of the ~2,300 user-space instructions of a
-//!   1 KiB echo request; one positional argument is now taken as it is.
+//! * `StreamTransport.write(data)` and `writelines`: one per response. PyO3's
+//!   trampoline and generic argument extraction were ~370 of the ~2,240
+//!   user-space instructions of a 1 KiB echo request; one positional
+//!   argument is now taken as it is.
 //!
 //! Both take the arguments straight from the vector the interpreter passes.
 //! Their behaviour, errors included, is asyncio's.
