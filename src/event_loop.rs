@@ -159,6 +159,11 @@ fn current_thread_id() -> u64 {
     unsafe { libc::pthread_self() as u64 }
 }
 
+/// asyncio's error for using a closed loop.
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
 /// `time.monotonic()`'s clock, at full resolution.
 pub fn monotonic() -> f64 {
     let mut ts = libc::timespec {
@@ -173,7 +178,7 @@ pub fn monotonic() -> f64 {
 impl Loop {
     fn check_closed(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
-            return Err(PyRuntimeError::new_err("Event loop is closed"));
+            return Err(closed_error());
         }
         Ok(())
     }
@@ -197,10 +202,7 @@ impl Loop {
     }
 
     fn poller(&self) -> PyResult<Arc<Poller>> {
-        self.poller
-            .lock()
-            .clone()
-            .ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))
+        self.poller.lock().clone().ok_or_else(closed_error)
     }
 
     fn source_traceback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
@@ -1164,16 +1166,7 @@ impl Loop {
 
     /// Changes what a native watcher of `fd` waits for (cheap when unchanged).
     pub fn native_interest(&self, py: Python<'_>, fd: RawFd, interest: Interest) -> PyResult<()> {
-        let poller = self.poller()?;
-        let mut state = self.state.lock();
-        if let Some((before, after)) = state.watchers.set_native_interest(fd, interest) {
-            if before != after {
-                poller
-                    .set_interest(fd, before, after)
-                    .map_err(|errno| os_error(py, errno))?;
-            }
-        }
-        Ok(())
+        self.change_native_interest(py, fd, None, interest)
     }
 
     /// True if `target` is the native watcher of `fd`.
@@ -1190,10 +1183,32 @@ impl Loop {
         target: &Bound<'_, PyAny>,
         interest: Interest,
     ) -> PyResult<()> {
-        if !self.is_native_owner(fd, target) {
+        self.change_native_interest(py, fd, Some(target), interest)
+    }
+
+    /// Sets the native watcher's interest in `fd`, if `owner` (when given)
+    /// is that watcher, under one acquisition of the state lock.
+    fn change_native_interest(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        owner: Option<&Bound<'_, PyAny>>,
+        interest: Interest,
+    ) -> PyResult<()> {
+        let poller = self.poller.lock().clone();
+        let mut state = self.state.lock();
+        if owner.is_some_and(|target| !state.watchers.is_native_owner(fd, target)) {
             return Ok(());
         }
-        self.native_interest(py, fd, interest)
+        let poller = poller.ok_or_else(closed_error)?;
+        if let Some((before, after)) = state.watchers.set_native_interest(fd, interest) {
+            if before != after {
+                poller
+                    .set_interest(fd, before, after)
+                    .map_err(|errno| os_error(py, errno))?;
+            }
+        }
+        Ok(())
     }
 
     /// `native_unwatch` for a watcher that may have been replaced meanwhile.

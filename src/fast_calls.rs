@@ -114,17 +114,13 @@ unsafe extern "C" fn write_fastcall(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    run_fast_call("write", |py| {
-        // SAFETY: the descriptor only binds to StreamTransport instances
-        // (CPython checks the type of `self`), and the vectorcall protocol
-        // guarantees `nargs` arguments plus one value per keyword name.
-        unsafe {
-            let this = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<StreamTransport>();
-            let data = only_argument(py, "write", "data", args, nargsf, kwnames)?;
-            StreamTransport::write(&this, &data)?;
-        }
-        Ok(py.None())
-    })
+    let method = OneArgumentMethod {
+        name: "write",
+        param: "data",
+        body: StreamTransport::write,
+    };
+    // SAFETY: CPython calls this as the descriptor's fast call.
+    unsafe { method.call(slf, args, nargsf, kwnames) }
 }
 
 unsafe extern "C" fn writelines_fastcall(
@@ -133,15 +129,47 @@ unsafe extern "C" fn writelines_fastcall(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    run_fast_call("writelines", |py| {
-        // SAFETY: as in `write_fastcall`.
-        unsafe {
-            let this = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<StreamTransport>();
-            let list = only_argument(py, "writelines", "list_of_data", args, nargsf, kwnames)?;
-            StreamTransport::writelines(&this, &list)?;
-        }
-        Ok(py.None())
-    })
+    let method = OneArgumentMethod {
+        name: "writelines",
+        param: "list_of_data",
+        body: StreamTransport::writelines,
+    };
+    // SAFETY: CPython calls this as the descriptor's fast call.
+    unsafe { method.call(slf, args, nargsf, kwnames) }
+}
+
+/// A `StreamTransport` method `name(self, param)` returning None.
+struct OneArgumentMethod {
+    name: &'static str,
+    param: &'static str,
+    body: for<'py> fn(&Bound<'py, StreamTransport>, &Bound<'py, PyAny>) -> PyResult<()>,
+}
+
+impl OneArgumentMethod {
+    /// # Safety
+    /// The arguments are those CPython passes to a `METH_FASTCALL |
+    /// METH_KEYWORDS` function of a descriptor installed on StreamTransport.
+    unsafe fn call(
+        &self,
+        slf: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargsf: ffi::Py_ssize_t,
+        kwnames: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject {
+        run_fast_call(self.name, |py| {
+            // SAFETY: the descriptor only binds to StreamTransport instances
+            // (CPython checks the type of `self`), and the vectorcall
+            // protocol guarantees `nargs` arguments plus one value per
+            // keyword name.
+            unsafe {
+                let this =
+                    Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<StreamTransport>();
+                let value = only_argument(py, self.name, self.param, args, nargsf, kwnames)?;
+                (self.body)(&this, &value)?;
+            }
+            Ok(py.None())
+        })
+    }
 }
 
 /// The one argument of a method `name(self, param)`, given by position or by

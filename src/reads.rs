@@ -129,9 +129,13 @@ fn read_direct(py: Python<'_>, fd: RawFd, call: ReadCall, limit: usize) -> PyRes
             Ok(Received::Data(shrink_new_bytes(object, count)?))
         }
         Some(count) if count > 0 => Ok(Received::Data(object)),
-        _ => {
+        None => {
             recycled_bytes::recycle(object);
-            Received::from_count(count, |_| unreachable!("no data was read"))
+            Ok(Received::WouldBlock)
+        }
+        Some(_) => {
+            recycled_bytes::recycle(object);
+            Ok(Received::Eof)
         }
     }
 }

@@ -100,17 +100,15 @@ fn check_socket(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     if sock.get_type().is(socket_type) {
         return check_plain_socket(sock);
     }
-    {
-        let ssl_socket = SSL_SOCKET_TYPE.get_or_init(py, || {
-            py.import("ssl")
-                .and_then(|m| m.getattr("SSLSocket"))
-                .ok()
-                .map(Bound::unbind)
-        });
-        if let Some(ssl_socket) = ssl_socket {
-            if sock.is_instance(ssl_socket.bind(py))? {
-                return Err(PyTypeError::new_err("Socket cannot be of type SSLSocket"));
-            }
+    let ssl_socket = SSL_SOCKET_TYPE.get_or_init(py, || {
+        py.import("ssl")
+            .and_then(|m| m.getattr("SSLSocket"))
+            .ok()
+            .map(Bound::unbind)
+    });
+    if let Some(ssl_socket) = ssl_socket {
+        if sock.is_instance(ssl_socket.bind(py))? {
+            return Err(PyTypeError::new_err("Socket cannot be of type SSLSocket"));
         }
     }
     let timeout: Option<f64> = sock.call_method0(intern!(py, "gettimeout"))?.extract()?;

@@ -648,6 +648,22 @@ def test_write_type_errors(loop_factory: Any) -> None:
     assert run(loop_factory, main) == expected
 
 
+async def written_through_a_connection(
+    write: Callable[[Any], list[str]], nbytes: int
+) -> tuple[bytes, list[str]]:
+    """Opens a connection, lets `write` write on its client transport (it
+    returns the errors it saw) and returns the `nbytes` the server received,
+    with those errors."""
+    server, side, tr, proto = await tcp_pair()
+    sproto = await side.first()
+    errors = write(tr)
+    got = await sproto.wait_for_bytes(nbytes)
+    tr.close()
+    await proto.lost
+    await close_server(server)
+    return got, errors
+
+
 def test_write_and_writelines_argument_forms(loop_factory: Any) -> None:
     """write(data) and writelines(list_of_data) by position or by name; the
     other forms raise TypeError, whose message ends like asyncio's (the class
@@ -656,9 +672,7 @@ def test_write_and_writelines_argument_forms(loop_factory: Any) -> None:
     def bad_calls(param: str, value: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         return [((), {}), ((value, value), {}), ((value,), {param: value}), ((), {"x": value})]
 
-    async def main() -> tuple[bytes, list[str]]:
-        server, side, tr, proto = await tcp_pair()
-        sproto = await side.first()
+    def write(tr: Any) -> list[str]:
         tr.write(b"one,")
         tr.write(data=b"two,")
         tr.writelines([b"thr", b"ee,"])
@@ -673,11 +687,10 @@ def test_write_and_writelines_argument_forms(loop_factory: Any) -> None:
                     method(*args, **kwargs)
                 except TypeError as exc:
                     errors.append(str(exc).split(f"{method.__name__}() ", 1)[-1])
-        got = await sproto.wait_for_bytes(18)
-        tr.close()
-        await proto.lost
-        await close_server(server)
-        return got, errors
+        return errors
+
+    async def main() -> tuple[bytes, list[str]]:
+        return await written_through_a_connection(write, 18)
 
     expected = run_oracle(main)
     assert expected[0] == b"one,two,three,four" and len(expected[1]) == 8
@@ -691,9 +704,7 @@ def test_write_accepts_bytes_bytearray_and_memoryview_only(loop_factory: Any) ->
     class Payload(bytes):
         pass
 
-    async def main() -> tuple[bytes, list[str]]:
-        server, side, tr, proto = await tcp_pair()
-        sproto = await side.first()
+    def write(tr: Any) -> list[str]:
         errors = []
         for data in (
             bytearray(b"ab"),
@@ -708,11 +719,10 @@ def test_write_accepts_bytes_bytearray_and_memoryview_only(loop_factory: Any) ->
                 tr.write(data)
             except TypeError as exc:
                 errors.append(str(exc))
-        got = await sproto.wait_for_bytes(8)
-        tr.close()
-        await proto.lost
-        await close_server(server)
-        return got, errors
+        return errors
+
+    async def main() -> tuple[bytes, list[str]]:
+        return await written_through_a_connection(write, 8)
 
     expected = run_oracle(main)
     assert expected[0] == b"abcdefgh" and len(expected[1]) == 2
