@@ -20,17 +20,17 @@ pub struct Acquired(ffi::Py_buffer);
 
 impl Acquired {
     /// `PyBUF_SIMPLE` (or `PyBUF_WRITABLE`) asks for a C-contiguous buffer;
-    /// anything else (not a buffer, not contiguous, read-only) is `None`.
-    fn get(data: &Bound<'_, PyAny>, flags: c_int) -> Option<Self> {
+    /// anything else (not a buffer, not contiguous, read-only) is the error
+    /// the exporter raised.
+    fn get(data: &Bound<'_, PyAny>, flags: c_int) -> PyResult<Self> {
         let mut view = MaybeUninit::<ffi::Py_buffer>::uninit();
         // SAFETY: `view` is a valid out-pointer; on success it is filled and
         // owns a reference to the exporter until PyBuffer_Release.
         unsafe {
             if ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), flags) == 0 {
-                Some(Self(view.assume_init()))
+                Ok(Self(view.assume_init()))
             } else {
-                ffi::PyErr_Clear();
-                None
+                Err(PyErr::fetch(data.py()))
             }
         }
     }
@@ -63,7 +63,9 @@ impl Drop for Acquired {
 
 /// Calls `f` with the contents of a bytes-like object. The slice must not
 /// outlive the call, and `f` must not run Python code (which could resize a
-/// bytearray under it).
+/// bytearray under it). A buffer that is not contiguous (a strided
+/// memoryview) fails with the `BufferError` CPython raises for it, as
+/// `socket.send` would: see [`is_non_contiguous`].
 pub fn with_bytes<R>(
     data: &Bound<'_, PyAny>,
     what: &str,
@@ -72,18 +74,37 @@ pub fn with_bytes<R>(
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(f(bytes.as_bytes()));
     }
-    if let Some(buffer) = Acquired::get(data, ffi::PyBUF_SIMPLE) {
-        return Ok(f(buffer.as_slice()));
+    let buffer = simple_buffer(data, what)?;
+    Ok(f(buffer.as_slice()))
+}
+
+fn simple_buffer(data: &Bound<'_, PyAny>, what: &str) -> PyResult<Acquired> {
+    Acquired::get(data, ffi::PyBUF_SIMPLE).map_err(|err| {
+        if is_non_contiguous(data.py(), &err) {
+            err
+        } else {
+            not_bytes_like(data, what)
+        }
+    })
+}
+
+/// Whether `err` is the `BufferError` of a buffer that cannot be read as
+/// one block of bytes. asyncio's transports hand such data (a strided
+/// memoryview) to the socket as it is, so the failure shows only when
+/// they send it: the transport is closed with the error if it was to be
+/// sent at once, and a copy is queued if other data was waiting.
+pub fn is_non_contiguous(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyBufferError>(py)
+}
+
+/// `bytes(data)`: a contiguous copy of any bytes-like object.
+pub fn contiguous_copy<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    // SAFETY: PyBytes_FromObject returns a new reference or NULL with an
+    // exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(data.py(), ffi::PyBytes_FromObject(data.as_ptr()))
+            .map(|copy| copy.cast_into_unchecked())
     }
-    let buffer = PyUntypedBuffer::get(data).map_err(|_| not_bytes_like(data, what))?;
-    if !buffer.is_c_contiguous() {
-        return Err(PyBufferError::new_err("data must be a C-contiguous buffer"));
-    }
-    // SAFETY: the buffer stays acquired (and so valid and unmoved) until
-    // `buffer` is dropped, after `f` returns; `f` runs no Python code.
-    let slice =
-        unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
-    Ok(f(slice))
 }
 
 /// Calls `f` with the writable contents of a buffer (for `recv_into`).
@@ -92,7 +113,7 @@ pub fn with_bytes_mut<R>(
     what: &str,
     f: impl FnOnce(&mut [u8]) -> R,
 ) -> PyResult<R> {
-    if let Some(mut buffer) = Acquired::get(data, ffi::PyBUF_WRITABLE) {
+    if let Ok(mut buffer) = Acquired::get(data, ffi::PyBUF_WRITABLE) {
         return Ok(f(buffer.as_mut_slice()));
     }
     let buffer = PyUntypedBuffer::get(data).map_err(|_| not_bytes_like(data, what))?;
@@ -148,7 +169,6 @@ fn not_bytes_like(data: &Bound<'_, PyAny>, what: &str) -> PyErr {
 pub enum BytesView<'py> {
     Bytes(Bound<'py, PyBytes>),
     Acquired(Acquired),
-    Buffer(PyUntypedBuffer),
 }
 
 impl<'py> BytesView<'py> {
@@ -156,14 +176,7 @@ impl<'py> BytesView<'py> {
         if let Ok(bytes) = data.cast::<PyBytes>() {
             return Ok(Self::Bytes(bytes.clone()));
         }
-        if let Some(buffer) = Acquired::get(data, ffi::PyBUF_SIMPLE) {
-            return Ok(Self::Acquired(buffer));
-        }
-        let buffer = PyUntypedBuffer::get(data).map_err(|_| not_bytes_like(data, what))?;
-        if !buffer.is_c_contiguous() {
-            return Err(PyBufferError::new_err("data must be a C-contiguous buffer"));
-        }
-        Ok(Self::Buffer(buffer))
+        simple_buffer(data, what).map(Self::Acquired)
     }
 
     /// Valid while `self` lives and no Python code runs (which could resize
@@ -172,10 +185,6 @@ impl<'py> BytesView<'py> {
         match self {
             Self::Bytes(bytes) => bytes.as_bytes(),
             Self::Acquired(buffer) => buffer.as_slice(),
-            // SAFETY: the buffer stays acquired while `self` lives.
-            Self::Buffer(buffer) => unsafe {
-                std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes())
-            },
         }
     }
 }

@@ -27,13 +27,13 @@ use std::os::fd::RawFd;
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
+use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pyo3::PyTraverseError;
 
-use crate::buffers::with_bytes;
+use crate::buffers::{contiguous_copy, is_non_contiguous, with_bytes};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
@@ -486,6 +486,32 @@ impl PipeTransport {
         Ok(())
     }
 
+    /// A strided memoryview, as asyncio treats it (see `is_non_contiguous`):
+    /// written at once, `os.write` refuses it and the transport fails;
+    /// behind queued data, adding it to asyncio's bytearray buffer raises.
+    fn write_non_contiguous(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        err: PyErr,
+    ) -> PyResult<()> {
+        let this = slf.get();
+        let (queued, lost) = {
+            let state = this.state.lock();
+            (
+                state.buffered_len() > 0,
+                state.conn_lost > 0 || state.closing,
+            )
+        };
+        if data.len()? == 0 || lost {
+            return Self::write(slf, contiguous_copy(data)?.as_any());
+        }
+        if queued {
+            return Err(PyTypeError::new_err("can't concat memoryview to bytearray"));
+        }
+        this.state.lock().conn_lost += 1;
+        Self::fatal_error(slf, err, "Fatal write error on pipe transport")
+    }
+
     /// asyncio's `_fatal_error`: report the error (some OS errors only in
     /// debug mode), then close the transport with it.
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
@@ -676,7 +702,13 @@ impl PipeTransport {
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let this = slf.get();
-        let outcome = with_bytes(data, "data", |bytes| this.write_bytes(bytes))?;
+        let outcome = match with_bytes(data, "data", |bytes| this.write_bytes(bytes)) {
+            Ok(outcome) => outcome,
+            Err(err) if is_non_contiguous(slf.py(), &err) => {
+                return Self::write_non_contiguous(slf, data, err)
+            }
+            Err(err) => return Err(err),
+        };
         Self::finish_write(slf, outcome)
     }
 

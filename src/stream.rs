@@ -23,7 +23,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -31,7 +31,9 @@ use pyo3::types::{PyList, PyTuple};
 use pyo3::PyTraverseError;
 use socket2::SockAddr;
 
-use crate::buffers::{check_write_type, with_bytes, with_bytes_mut, BytesView};
+use crate::buffers::{
+    check_write_type, contiguous_copy, is_non_contiguous, with_bytes, with_bytes_mut, BytesView,
+};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
@@ -524,6 +526,10 @@ impl StreamTransport {
                 "unable to write; sendfile is in progress",
             ));
         }
+        let total: usize = parts.iter().map(|part| part.len()).sum();
+        if total == 0 {
+            return Ok(WriteOutcome::Done);
+        }
         if state.conn_lost > 0 {
             state.conn_lost += 1;
             return Ok(if state.conn_lost > CONNLOST_WRITE_WARNING_THRESHOLD {
@@ -531,10 +537,6 @@ impl StreamTransport {
             } else {
                 WriteOutcome::Done
             });
-        }
-        let total: usize = parts.iter().map(|part| part.len()).sum();
-        if total == 0 {
-            return Ok(WriteOutcome::Done);
         }
         let mut already_sent = 0;
         if state.buffered_len() == 0 {
@@ -827,8 +829,40 @@ impl StreamTransport {
     pub fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         check_write_type(data)?;
         let this = slf.get();
-        let outcome = with_bytes(data, "data", |bytes| this.write_parts(&[bytes]))??;
+        let outcome = match with_bytes(data, "data", |bytes| this.write_parts(&[bytes])) {
+            Ok(outcome) => outcome?,
+            Err(err) if is_non_contiguous(slf.py(), &err) => {
+                return Self::write_non_contiguous(slf, data, err)
+            }
+            Err(err) => return Err(err),
+        };
         Self::finish_write(slf, outcome)
+    }
+
+    /// A strided memoryview, as asyncio treats it (see `is_non_contiguous`).
+    /// Sent at once, the socket refuses it and the transport fails. Behind
+    /// queued data, Python 3.11 raises from extending its bytearray buffer
+    /// with it; later versions queue the view itself, and their next
+    /// `sendmsg` fails the transport, which is what happens here at once.
+    fn write_non_contiguous(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        err: PyErr,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        // The checks every write makes first (after write_eof, during sendfile).
+        this.write_parts(&[])?;
+        if data.len()? == 0 || this.state.lock().conn_lost > 0 {
+            return Self::write(slf, contiguous_copy(data)?.as_any());
+        }
+        let queued = this.state.lock().buffered_len() > 0;
+        if queued && py.version_info() < (3, 12) {
+            return Err(PyTypeError::new_err(
+                "can't set bytearray slice from memoryview",
+            ));
+        }
+        Self::fatal_error(slf, err, "Fatal write error on socket transport")
     }
 
     /// Writes a sequence of buffers with one `writev` where possible.

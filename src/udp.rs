@@ -42,7 +42,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 use pyo3::PyTraverseError;
 use socket2::SockAddr;
 
-use crate::buffers::with_bytes;
+use crate::buffers::{contiguous_copy, is_non_contiguous, with_bytes};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
@@ -211,8 +211,13 @@ impl DatagramTransport {
         };
         let result = with_bytes(data, "data", |bytes| {
             sys_io::send(self.fd, bytes, native, SEND_FLAGS)
-        })?;
-        Ok(sent(py, result))
+        });
+        match result {
+            Ok(result) => Ok(sent(py, result)),
+            // What `socket.sendto` raises for it in asyncio's transport.
+            Err(err) if is_non_contiguous(py, &err) => Ok(Sent::Fatal(err)),
+            Err(err) => Err(err),
+        }
     }
 
     fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {
@@ -648,7 +653,10 @@ impl DatagramTransport {
                 Sent::Fatal(err) => return DatagramTransport::fatal_error(slf, err, FATAL_WRITE),
             }
         }
-        let copy = with_bytes(data, "data", |bytes| bytes.to_vec())?;
+        let copy = match with_bytes(data, "data", |bytes| bytes.to_vec()) {
+            Err(err) if is_non_contiguous(py, &err) => contiguous_copy(data)?.as_bytes().to_vec(),
+            copy => copy?,
+        };
         let pause = {
             let mut state = this.state.lock();
             state.buffer_size += copy.len() + this.header_size;

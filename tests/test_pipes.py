@@ -402,6 +402,58 @@ def test_flow_control_with_a_slow_reader(
     assert protocol.exc is None
 
 
+def test_strided_memoryview_written_at_once_fails_the_pipe(
+    loop_factory: Callable[[], Any], fds_unchanged: None
+) -> None:
+    """asyncio hands a non-contiguous memoryview to os.write(), which refuses
+    it: write() returns, the exception handler hears of it and the transport
+    closes with the BufferError."""
+
+    async def main() -> tuple[list[str], str, list[str]]:
+        loop = asyncio.get_running_loop()
+        reports: list[str] = []
+        loop.set_exception_handler(lambda _loop, context: reports.append(context["message"]))
+        rfile, wfile = pipe_files()
+        transport, protocol = await loop.connect_write_pipe(WriteRecorder, wfile)
+        transport.write(memoryview(b"a-b-c-")[::2])
+        await asyncio.wait_for(protocol.done, 5)
+        rfile.close()
+        return reports, type(protocol.exc).__name__, protocol.events
+
+    assert run(loop_factory, main) == (
+        ["Fatal write error on pipe transport"],
+        "BufferError",
+        ["connection_made", "connection_lost"],
+    )
+
+
+def test_strided_memoryview_behind_queued_data_is_refused(
+    loop_factory: Callable[[], Any], fds_unchanged: None
+) -> None:
+    """Behind queued data, asyncio's bytearray buffer refuses a
+    non-contiguous memoryview with TypeError; the pipe goes on."""
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        rfile, wfile = pipe_files()
+        transport, protocol = await loop.connect_write_pipe(WriteRecorder, wfile)
+        payload = b"p" * (4 * MIB)
+        transport.write(payload)
+        assert transport.get_write_buffer_size() > 0
+        with pytest.raises(TypeError):
+            transport.write(memoryview(b"a-b-c-")[::2])
+        transport.write(b"!")
+        reader = asyncio.ensure_future(drain_fd(rfile.fileno(), len(payload) + 1))
+        transport.close()
+        await protocol.done
+        data = await reader
+        rfile.close()
+        assert protocol.exc is None
+        return data[len(payload) :]
+
+    assert run(loop_factory, main) == b"!"
+
+
 def test_set_write_buffer_limits(loop_factory: Callable[[], Any], fds_unchanged: None) -> None:
     async def main() -> list[Any]:
         loop = asyncio.get_running_loop()

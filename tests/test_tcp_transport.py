@@ -760,6 +760,60 @@ def test_write_copies_caller_buffer(loop_factory: Any) -> None:
     assert run(loop_factory, main) == expected
 
 
+def test_strided_memoryview_write_fails_the_transport(loop_factory: Any) -> None:
+    """asyncio hands a non-contiguous memoryview to socket.send(), which
+    refuses it: write() returns, the exception handler hears of it and the
+    transport closes with the BufferError."""
+
+    async def main() -> tuple[list[str], str, bool]:
+        loop = asyncio.get_running_loop()
+        reports: list[str] = []
+        loop.set_exception_handler(lambda _loop, context: reports.append(context["message"]))
+        server, _side, tr, proto = await tcp_pair()
+        tr.write(memoryview(b"a-b-c-")[::2])
+        lost = await asyncio.wait_for(proto.lost, 10)
+        await close_server(server)
+        return reports, type(lost).__name__, tr.is_closing()
+
+    expected = run_oracle(main)
+    assert expected == (["Fatal write error on socket transport"], "BufferError", True)
+    assert run(loop_factory, main) == expected
+
+
+def test_strided_memoryview_queued_behind_data(loop_factory: Any) -> None:
+    """Behind queued data, Python 3.11's asyncio raises TypeError (its
+    bytearray buffer refuses a non-contiguous memoryview) and the transport
+    goes on; later versions fail the transport on their next send."""
+
+    async def main() -> tuple[str, bytes]:
+        server, side, tr, proto = await tcp_pair()
+        sproto = await side.first()
+        sproto.transport.pause_reading()
+        filler = b"f" * MiB
+        total = 0
+        while tr.get_write_buffer_size() == 0 and total < 512 * MiB:
+            tr.write(filler)
+            total += len(filler)
+            await asyncio.sleep(0)
+        try:
+            tr.write(memoryview(b"a-b-c-")[::2])
+            outcome = "accepted"
+        except TypeError:
+            outcome = "TypeError"
+        tr.write(b"!")
+        sproto.transport.resume_reading()
+        got = await sproto.wait_for_bytes(total + 1, timeout=20)
+        tr.close()
+        await proto.lost
+        await close_server(server)
+        return outcome, got[total:]
+
+    expected = run_oracle(main)
+    if sys.version_info < (3, 12):
+        assert expected == ("TypeError", b"!")
+    assert run(loop_factory, main) == expected
+
+
 def test_half_close_peer_can_still_send(loop_factory: Any) -> None:
     async def main() -> None:
         def side_factory():

@@ -397,6 +397,56 @@ def test_bad_destination_is_a_fatal_error(loop_factory: LoopFactory) -> None:
     run(loop_factory, main)
 
 
+def test_strided_memoryview_sent_at_once_is_a_fatal_error(loop_factory: LoopFactory) -> None:
+    """asyncio hands a non-contiguous memoryview to socket.sendto(), which
+    refuses it with BufferError: a fatal error, not error_received()."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        receiver, _ = await _endpoint(local_addr=("127.0.0.1", 0))
+        transport, proto = await _endpoint(remote_addr=receiver.get_extra_info("sockname"))
+        transport.sendto(memoryview(b"a-b-c-")[::2])
+        exc = await asyncio.wait_for(proto.lost, 5)
+        assert isinstance(exc, BufferError)
+        assert [context["message"] for context in reported] == [
+            "Fatal write error on datagram transport"
+        ]
+        assert "error" not in proto.events
+        await _close(receiver)
+
+    run(loop_factory, main)
+
+
+def test_strided_memoryview_queued_is_sent_as_a_copy(
+    loop_factory: LoopFactory, unix_dir: str
+) -> None:
+    """Behind queued datagrams, asyncio queues bytes(data): the view's
+    contents, sent in order once the receiver reads."""
+    path = os.path.join(unix_dir, "receiver")
+
+    async def main() -> None:
+        receiver, proto = await _endpoint(family=socket.AF_UNIX, local_addr=path)
+        receiver.pause_reading()
+        sender, sender_proto = await _endpoint(family=socket.AF_UNIX, remote_addr=path)
+        sent = 0
+        while sender.get_write_buffer_size() == 0 and sent < 10_000:
+            sender.sendto(b"." * 1000)
+            sent += 1
+        assert sender.get_write_buffer_size() > 0
+        view = memoryview(bytearray(b"a-b-c-"))[::2]
+        sender.sendto(view)
+        view.obj[:] = b"XXXXXX"  # queued as a copy
+        receiver.resume_reading()
+        await proto.wait_for_datagrams(sent + 1)
+        assert proto.datagrams[-1][0] == b"abc"
+        assert sender_proto.lost.done() is False
+        await _close(sender, receiver)
+
+    run(loop_factory, main)
+
+
 def test_unresolved_addr_on_unconnected_socket_goes_to_python(loop_factory: LoopFactory) -> None:
     async def main() -> None:
         receiver, proto = await _endpoint(local_addr=("127.0.0.1", 0))
