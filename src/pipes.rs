@@ -517,36 +517,20 @@ impl PipeTransport {
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
         let quiet = match this.kind {
             // A pty whose other side closed reports EIO: an ordinary end.
             Kind::Read => errno_of(py, &err) == Some(libc::EIO),
             Kind::Write => err.is_instance_of::<PyOSError>(py),
         };
-        if quiet {
-            if this.get_debug(py) {
-                let logger = py.import("asyncio.log")?.getattr("logger")?;
-                let kwargs = PyDict::new(py);
-                kwargs.set_item("exc_info", err.value(py))?;
-                logger.call_method(
-                    "debug",
-                    ("%r: %s", this.wrapper(py), message),
-                    Some(&kwargs),
-                )?;
-            }
-        } else {
-            let context = PyDict::new(py);
-            context.set_item("message", message)?;
-            context.set_item("exception", err.value(py))?;
-            context.set_item("transport", this.wrapper(py))?;
-            context.set_item("protocol", this.protocol(py))?;
-            this.loop_
-                .bind(py)
-                .call_method1("call_exception_handler", (context,))?;
-        }
-        Self::close_with(slf, Some(err.value(py).clone().into_any().unbind()))
+        let exc = transport_common::report_fatal_error(
+            this.loop_.bind(py),
+            this.wrapper(py),
+            this.protocol(py),
+            err,
+            message,
+            quiet,
+        )?;
+        Self::close_with(slf, Some(exc))
     }
 
     /// asyncio's `_close`: stop everything, drop the buffer, and schedule

@@ -34,7 +34,7 @@ use socket2::SockAddr;
 use crate::buffers::{
     check_write_type, contiguous_copy, is_non_contiguous, with_bytes, with_bytes_mut, BytesView,
 };
-use crate::errors::{is_fatal, os_error};
+use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::handles::report_as_handle_error;
@@ -614,30 +614,16 @@ impl StreamTransport {
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
-        let loop_ = this.loop_ref(py);
-        if err.is_instance_of::<pyo3::exceptions::PyOSError>(py) {
-            if loop_.get().get_debug_flag() {
-                let logger = py.import("asyncio.log")?.getattr("logger")?;
-                let kwargs = pyo3::types::PyDict::new(py);
-                kwargs.set_item("exc_info", err.value(py))?;
-                logger.call_method(
-                    "debug",
-                    ("%r: %s", this.wrapper(py), message),
-                    Some(&kwargs),
-                )?;
-            }
-        } else {
-            let context = pyo3::types::PyDict::new(py);
-            context.set_item("message", message)?;
-            context.set_item("exception", err.value(py))?;
-            context.set_item("transport", this.wrapper(py))?;
-            context.set_item("protocol", this.protocol(py))?;
-            loop_.call_method1("call_exception_handler", (context,))?;
-        }
-        Self::force_close(slf, Some(err.value(py).clone().into_any().unbind()))
+        let quiet = err.is_instance_of::<pyo3::exceptions::PyOSError>(py);
+        let exc = transport_common::report_fatal_error(
+            this.loop_ref(py),
+            this.wrapper(py),
+            this.protocol(py),
+            err,
+            message,
+            quiet,
+        )?;
+        Self::force_close(slf, Some(exc))
     }
 
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {

@@ -38,7 +38,7 @@ use pyo3::exceptions::{
 };
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyTraverseError;
 use socket2::SockAddr;
 
@@ -401,30 +401,16 @@ impl DatagramTransport {
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
-        let loop_ = this.loop_.bind(py);
-        if err.is_instance_of::<PyOSError>(py) {
-            if loop_.get().get_debug_flag() {
-                let logger = py.import("asyncio.log")?.getattr("logger")?;
-                let kwargs = PyDict::new(py);
-                kwargs.set_item("exc_info", err.value(py))?;
-                logger.call_method(
-                    "debug",
-                    ("%r: %s", this.wrapper(py), message),
-                    Some(&kwargs),
-                )?;
-            }
-        } else {
-            let context = PyDict::new(py);
-            context.set_item("message", message)?;
-            context.set_item("exception", err.value(py))?;
-            context.set_item("transport", this.wrapper(py))?;
-            context.set_item("protocol", this.protocol(py))?;
-            loop_.call_method1("call_exception_handler", (context,))?;
-        }
-        Self::force_close(slf, Some(err.value(py).clone().into_any().unbind()))
+        let quiet = err.is_instance_of::<PyOSError>(py);
+        let exc = transport_common::report_fatal_error(
+            this.loop_.bind(py),
+            this.wrapper(py),
+            this.protocol(py),
+            err,
+            message,
+            quiet,
+        )?;
+        Self::force_close(slf, Some(exc))
     }
 
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {

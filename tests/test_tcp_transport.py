@@ -729,20 +729,27 @@ def test_write_accepts_bytes_bytearray_and_memoryview_only(loop_factory: Any) ->
     assert run(loop_factory, main) == expected
 
 
+async def fill_until_buffered(tr: Any, sproto: Any) -> int:
+    """Pauses the server side's reading and writes 1 MiB blocks on the
+    client transport until it buffers; returns the bytes written."""
+    sproto.transport.pause_reading()
+    filler = b"f" * MiB
+    total = 0
+    while tr.get_write_buffer_size() == 0 and total < 512 * MiB:
+        tr.write(filler)
+        total += len(filler)
+        await asyncio.sleep(0)
+    assert tr.get_write_buffer_size() > 0
+    return total
+
+
 def test_write_copies_caller_buffer(loop_factory: Any) -> None:
     """Data still queued in the transport must not change when the caller reuses its buffer."""
 
     async def main() -> bytes:
         server, side, tr, proto = await tcp_pair()
         sproto = await side.first()
-        sproto.transport.pause_reading()
-        filler = b"f" * MiB
-        total = 0
-        while tr.get_write_buffer_size() == 0 and total < 512 * MiB:
-            tr.write(filler)
-            total += len(filler)
-            await asyncio.sleep(0)
-        assert tr.get_write_buffer_size() > 0
+        total = await fill_until_buffered(tr, sproto)
         buf = bytearray(b"original")
         tr.write(buf)
         buf[:] = b"MUTATED!"
@@ -788,13 +795,7 @@ def test_strided_memoryview_queued_behind_data(loop_factory: Any) -> None:
     async def main() -> tuple[str, bytes]:
         server, side, tr, proto = await tcp_pair()
         sproto = await side.first()
-        sproto.transport.pause_reading()
-        filler = b"f" * MiB
-        total = 0
-        while tr.get_write_buffer_size() == 0 and total < 512 * MiB:
-            tr.write(filler)
-            total += len(filler)
-            await asyncio.sleep(0)
+        total = await fill_until_buffered(tr, sproto)
         try:
             tr.write(memoryview(b"a-b-c-")[::2])
             outcome = "accepted"
