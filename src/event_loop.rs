@@ -32,7 +32,8 @@ use pyo3::{ffi, PyTraverseError};
 use crate::errors::os_error;
 use crate::fd_watchers::{Direction, Dispatch, FdWatchers, NativeWatch};
 use crate::handles::{
-    context_or_copy, report_callback_error, Callback, Handle, HandlePool, TimerHandle, TimerStats,
+    context_or_copy, report_callback_error, Args, Callback, Handle, HandlePool, TimerHandle,
+    TimerStats,
 };
 use crate::poller::{Interest, Poller, Readiness};
 use crate::python_api;
@@ -218,13 +219,13 @@ impl Loop {
         py: Python<'_>,
         method: &str,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<(Callback, Py<PyAny>)> {
         check_callback(py, method, callback, self.is_debug())?;
         let callback = Callback {
             func: callback.clone().unbind(),
-            args: args.clone().unbind(),
+            args,
         };
         Ok((callback, context_or_copy(py, context)?))
     }
@@ -239,7 +240,7 @@ impl Loop {
         &self,
         py: Python<'_>,
         callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
@@ -677,7 +678,8 @@ impl Loop {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
-        let callback = self.new_callback(py, "call_soon_threadsafe", callback, args, context)?;
+        let callback =
+            self.new_callback(py, "call_soon_threadsafe", callback, args.into(), context)?;
         let handle = self.schedule_one_shot(py, callback, self.source_traceback(py)?)?;
         if let Some(poller) = self.poller.lock().as_ref() {
             poller.wake();
@@ -697,7 +699,7 @@ impl Loop {
         let delay = extract_time(delay, "delay")?;
         self.check_closed()?;
         self.check_thread()?;
-        let callback = self.new_callback(py, "call_later", callback, args, context)?;
+        let callback = self.new_callback(py, "call_later", callback, args.into(), context)?;
         self.schedule_timer(py, monotonic() + delay, callback)
     }
 
@@ -713,7 +715,7 @@ impl Loop {
         let when = extract_time(when, "when")?;
         self.check_closed()?;
         self.check_thread()?;
-        let callback = self.new_callback(py, "call_at", callback, args, context)?;
+        let callback = self.new_callback(py, "call_at", callback, args.into(), context)?;
         self.schedule_timer(py, when, callback)
     }
 
@@ -996,7 +998,7 @@ impl Loop {
         let handle = match (callback, args) {
             (Some(callback), Some(args)) => {
                 let (callback, context) =
-                    self.new_callback(py, "add_signal_handler", callback, args, None)?;
+                    self.new_callback(py, "add_signal_handler", callback, args.into(), None)?;
                 Some(Handle::repeating(py, callback, context, None)?)
             }
             _ => None,
@@ -1092,7 +1094,7 @@ impl Loop {
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         self.ensure_no_native_owner(py, fd)?;
-        let (callback, context) = self.new_callback(py, method, callback, args, None)?;
+        let (callback, context) = self.new_callback(py, method, callback, args.into(), None)?;
         let handle = Handle::repeating(py, callback, context, self.source_traceback(py)?)?;
         self.set_watch(py, fd, direction, Some(handle.clone_ref(py)))?;
         Ok(handle)
@@ -1235,7 +1237,17 @@ impl Loop {
     pub fn soon(&self, py: Python<'_>, func: Py<PyAny>, args: Py<PyTuple>) -> PyResult<()> {
         self.check_closed()?;
         let context = context_or_copy(py, None)?;
-        self.schedule_one_shot(py, (Callback { func, args }, context), None)?;
+        self.schedule_one_shot(
+            py,
+            (
+                Callback {
+                    func,
+                    args: Args::Tuple(args),
+                },
+                context,
+            ),
+            None,
+        )?;
         Ok(())
     }
 

@@ -22,6 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::event_loop::Loop;
+use crate::handles::Args;
 use crate::stream::StreamTransport;
 
 const CALL_SOON_DOC: &CStr = c"call_soon($self, callback, *args, context=None)\n--\n\n\
@@ -269,13 +270,20 @@ unsafe fn call_soon(
             ))
         }
     };
-    let rest = positional
-        .iter()
-        .skip(1)
-        .map(|&arg| unsafe { Bound::from_borrowed_ptr(py, arg) });
-    let call_args = PyTuple::new(py, rest)?;
+    let rest = positional.get(1..).unwrap_or_default();
+    let call_args = match rest {
+        [only] => Args::One(unsafe { Bound::from_borrowed_ptr(py, *only) }.unbind()),
+        _ => Args::Tuple(
+            PyTuple::new(
+                py,
+                rest.iter()
+                    .map(|&arg| unsafe { Bound::from_borrowed_ptr(py, arg) }),
+            )?
+            .unbind(),
+        ),
+    };
     this.get()
-        .call_soon(py, &callback, &call_args, keywords.context)
+        .call_soon(py, &callback, call_args, keywords.context)
         .map(Py::into_any)
 }
 

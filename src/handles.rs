@@ -35,10 +35,48 @@ use pyo3::PyTraverseError;
 
 use crate::python_api::format_callback_source;
 
+/// A callback's positional arguments. A single argument, the common case
+/// (a future's done-callbacks, `call_soon(fut.set_result, value)`), is
+/// kept as it is: no tuple is built for it, and it is passed by vectorcall.
+pub enum Args {
+    One(Py<PyAny>),
+    Tuple(Py<PyTuple>),
+}
+
+impl Args {
+    pub fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Self::One(arg) => Self::One(arg.clone_ref(py)),
+            Self::Tuple(args) => Self::Tuple(args.clone_ref(py)),
+        }
+    }
+
+    /// The arguments as asyncio's `Handle._args` holds them.
+    pub fn to_tuple(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        match self {
+            Self::One(arg) => Ok(PyTuple::new(py, [arg])?.unbind()),
+            Self::Tuple(args) => Ok(args.clone_ref(py)),
+        }
+    }
+
+    fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Self::One(arg) => visit.call(arg),
+            Self::Tuple(args) => visit.call(args),
+        }
+    }
+}
+
+impl From<&Bound<'_, PyTuple>> for Args {
+    fn from(args: &Bound<'_, PyTuple>) -> Self {
+        Self::Tuple(args.clone().unbind())
+    }
+}
+
 /// A callback and its arguments.
 pub struct Callback {
     pub func: Py<PyAny>,
-    pub args: Py<PyTuple>,
+    pub args: Args,
 }
 
 impl Callback {
@@ -57,8 +95,7 @@ impl Callback {
             if ffi::PyContext_Enter(context.as_ptr()) < 0 {
                 return Err(PyErr::fetch(py));
             }
-            let result =
-                ffi::PyObject_Call(self.func.as_ptr(), self.args.as_ptr(), std::ptr::null_mut());
+            let result = self.call(py);
             if result.is_null() {
                 let err = PyErr::fetch(py);
                 ffi::PyContext_Exit(context.as_ptr());
@@ -72,8 +109,39 @@ impl Callback {
         Ok(())
     }
 
+    /// `func(*args)`: a new reference, or NULL with an exception set.
+    fn call(&self, _py: Python<'_>) -> *mut ffi::PyObject {
+        let func = self.func.as_ptr();
+        match &self.args {
+            Args::One(arg) => {
+                // A free slot in front of the argument lets a bound method
+                // put `self` there instead of copying the arguments.
+                let mut slots = [std::ptr::null_mut(), arg.as_ptr()];
+                // SAFETY: `slots[1..]` holds one live argument and `slots[0]`
+                // may be overwritten during the call, as the flag allows.
+                unsafe {
+                    ffi::PyObject_Vectorcall(
+                        func,
+                        slots.as_mut_ptr().add(1),
+                        1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                        std::ptr::null_mut(),
+                    )
+                }
+            }
+            // SAFETY: `func` and `args` are live; the GIL is held.
+            Args::Tuple(args) => unsafe {
+                if ffi::PyTuple_GET_SIZE(args.as_ptr()) == 0 {
+                    ffi::PyObject_CallNoArgs(func)
+                } else {
+                    ffi::PyObject_Call(func, args.as_ptr(), std::ptr::null_mut())
+                }
+            },
+        }
+    }
+
     pub fn describe(&self, py: Python<'_>) -> PyResult<String> {
-        format_callback_source(py, self.func.bind(py), self.args.bind(py))
+        let args = self.args.to_tuple(py)?;
+        format_callback_source(py, self.func.bind(py), args.bind(py))
     }
 }
 
@@ -254,8 +322,8 @@ impl Slot {
         self.copy(py).map(|cb| cb.func)
     }
 
-    fn args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.copy(py).map(|cb| cb.args)
+    fn args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
+        self.copy(py).map(|cb| cb.args.to_tuple(py)).transpose()
     }
 
     fn describe(&self, py: Python<'_>) -> PyResult<Option<String>> {
@@ -268,7 +336,7 @@ impl Slot {
         // is between a `take`/`copy` and its end (they do not call Python).
         if let Some(callback) = unsafe { &*self.callback.get() } {
             visit.call(&callback.func)?;
-            visit.call(&callback.args)?;
+            callback.args.visit(visit)?;
         }
         visit.call(self.context())
     }
@@ -510,7 +578,7 @@ impl Handle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
         self.slot.args(py)
     }
 
@@ -632,7 +700,7 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
         self.slot.args(py)
     }
 
@@ -723,7 +791,7 @@ pub fn report_as_handle_error(
     let py = loop_.py();
     let callback = Callback {
         func: func.unbind(),
-        args: args.unbind(),
+        args: Args::from(&args),
     };
     let context = context_or_copy(py, None)?;
     let handle = Handle::repeating(py, callback.clone_ref(py), context, None)?;

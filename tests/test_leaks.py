@@ -183,6 +183,21 @@ def test_cycle_through_a_handles_own_context_is_collected(loop, schedule):
     assert ref() is None
 
 
+@pytest.mark.parametrize("nargs", [1, 2], ids=["one_argument", "two_arguments"])
+def test_cycle_through_a_spent_handles_arguments_is_collected(loop, nargs):
+    # A spent handle keeps its callback and arguments (asyncio's does too):
+    # payload -> handle -> arguments -> payload must still be collectable,
+    # however the arguments are stored.
+    payload = Payload()
+    ref = weakref.ref(payload)
+    payload.handle = loop.call_soon(lambda *args: None, *[payload] * nargs)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert payload.handle._args == (payload,) * nargs
+    del payload
+    gc.collect()
+    assert ref() is None
+
+
 def test_many_pending_callbacks_keep_their_context_values(loop):
     # Pending handles' contexts are left out of the collector while queued:
     # a full collection in the middle must not disturb them.
