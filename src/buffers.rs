@@ -14,8 +14,8 @@ use pyo3::types::PyBytes;
 /// drop, held by value. PyO3's `PyUntypedBuffer` boxes its `Py_buffer` (a
 /// `malloc` and a `free` per call: with the flags it asks for, ~260
 /// instructions per `get_buffer()` result or bytearray written) and asks
-/// for strides and format that only its checks use. Failures fall back to
-/// it, so the errors stay the same.
+/// for strides and format that only its checks use. A writable request
+/// that fails falls back to it for asyncio's error messages.
 pub struct Acquired(ffi::Py_buffer);
 
 impl Acquired {
