@@ -3,13 +3,13 @@
 //! * [`read_copied`]: into a reusable per-thread buffer, then copied into a
 //!   `bytes` of the size read. One system call; the copy is cheap for small
 //!   messages.
-//!
-//! Either way the `bytes` is the one the previous read handed out if its
-//! receiver kept nothing (see `recycled_bytes`), else a new one.
 //! * [`read_direct`]: ask the kernel how much is queued (`FIONREAD`), make
 //!   an uninitialised `bytes` of exactly that size and read straight into
 //!   it. One system call more, one copy less: worth it for large messages
 //!   (100 KiB echo: -23% server CPU per request).
+//!
+//! Either way the `bytes` is the one the previous read handed out if its
+//! receiver kept nothing (see `recycled_bytes`), else a new one.
 //!
 //! Callers choose by the size of their previous read ([`ReadSizeHint`]): stream
 //! traffic tends to keep its message size. Direct reads are capped under
