@@ -29,8 +29,9 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
+use crate::python_api::new_future;
 use crate::server::set_nodelay;
-use crate::sock_ops::{future_done, new_future, set_exception, set_result};
+use crate::sock_ops::{future_done, set_exception, set_result};
 use crate::{sockaddr, sys_io};
 
 /// A connected socket waiting for its transport.
@@ -193,7 +194,7 @@ pub fn connect_stream<'py>(
                 Some(Outcome::Connected) => Ok(fd),
                 Some(Outcome::Failed(err)) => Err(connect_failed(address, err)?),
                 Some(Outcome::Waiting) | None => {
-                    let fut = new_future(event_loop.as_any())?;
+                    let fut = new_future(py, event_loop.as_any())?;
                     PendingConnect::park(event_loop, &fut, fd, family, address)?;
                     return Ok(Some(fut));
                 }
@@ -206,7 +207,7 @@ pub fn connect_stream<'py>(
         Ok(fd) => Ok(connected(py, fd, family)?),
         Err(err) => Err(err),
     };
-    let fut = new_future(event_loop.as_any())?;
+    let fut = new_future(py, event_loop.as_any())?;
     match connected {
         Ok(socket) => set_result(&fut, socket)?,
         Err(err) => set_exception(&fut, err)?,

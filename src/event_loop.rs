@@ -152,6 +152,11 @@ pub struct Loop {
     thread_id: AtomicU64,
     task_factory: Mutex<Option<Py<PyAny>>>,
     handle_pool: HandlePool,
+    /// `{"loop": self}` while the loop runs: the keyword arguments of every
+    /// Future and Task it creates. Neither C type takes vectorcall, so a call
+    /// with keyword names would build this dict afresh each time. It exists
+    /// only while running so that it never keeps a stopped loop alive.
+    own_kwargs: Mutex<Option<Py<PyDict>>>,
 }
 
 fn current_thread_id() -> u64 {
@@ -177,6 +182,14 @@ pub fn monotonic() -> f64 {
 }
 
 impl Loop {
+    /// `{"loop": self}` if the loop is running (see the field).
+    pub fn own_kwargs<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyDict>> {
+        self.own_kwargs
+            .lock()
+            .as_ref()
+            .map(|kwargs| kwargs.bind(py).clone())
+    }
+
     fn check_closed(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(closed_error());
@@ -660,6 +673,7 @@ impl Loop {
             thread_id: AtomicU64::new(0),
             task_factory: Mutex::new(None),
             handle_pool: HandlePool::default(),
+            own_kwargs: Mutex::new(None),
         })
     }
 
@@ -800,6 +814,9 @@ impl Loop {
         let old_hooks = sys.call_method0("get_asyncgen_hooks")?;
         this.thread_id.store(current_thread_id(), Ordering::Relaxed);
         let outcome = (|| {
+            let own_kwargs = PyDict::new(py);
+            own_kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+            *this.own_kwargs.lock() = Some(own_kwargs.unbind());
             let hooks = PyDict::new(py);
             hooks.set_item("firstiter", slf.getattr("_asyncgen_firstiter_hook")?)?;
             hooks.set_item("finalizer", slf.getattr("_asyncgen_finalizer_hook")?)?;
@@ -814,6 +831,8 @@ impl Loop {
         })();
         this.stopping.store(false, Ordering::Relaxed);
         this.thread_id.store(0, Ordering::Relaxed);
+        let own_kwargs = this.own_kwargs.lock().take();
+        drop(own_kwargs);
         let restored = python_api::set_running_loop(py, &py.None().into_bound(py))
             .and_then(|_| slf.call_method1("_set_coroutine_origin_tracking", (false,)))
             .and_then(|_| sys.call_method1("set_asyncgen_hooks", old_hooks.cast::<PyTuple>()?));
@@ -1066,6 +1085,9 @@ impl Loop {
         if let Some(factory) = self.task_factory.try_lock() {
             visit.call(&*factory)?;
         }
+        if let Some(own_kwargs) = self.own_kwargs.try_lock() {
+            visit.call(&*own_kwargs)?;
+        }
         if let Some(batch) = self.batch.try_lock() {
             for job in batch.iter() {
                 job.visit(&visit)?;
@@ -1079,6 +1101,8 @@ impl Loop {
         drop(garbage);
         let factory = self.task_factory.lock().take();
         drop(factory);
+        let own_kwargs = self.own_kwargs.lock().take();
+        drop(own_kwargs);
     }
 }
 

@@ -3,7 +3,9 @@
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::event_loop::Loop;
 
 static FORMAT_CALLBACK_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -109,7 +111,8 @@ static LOOP_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 static TASK_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 
 /// Calls `callable(*positional, **dict(zip(kwnames, keyword_values)))` through
-/// vectorcall, with no argument tuple or dict built.
+/// vectorcall. A callable without vectorcall (a type such as the C Future)
+/// still gets an argument tuple and dict, built by CPython for its `tp_call`.
 fn vectorcall<'py>(
     py: Python<'py>,
     callable: &Bound<'py, PyAny>,
@@ -150,6 +153,9 @@ fn kwnames<'py>(
 /// `asyncio.Future(loop=loop)` (the C implementation).
 pub fn new_future<'py>(py: Python<'py>, loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let future_type = cached(&FUTURE_TYPE, py, "asyncio.futures", "Future")?;
+    if let Some(kwargs) = running_loop_kwargs(loop_) {
+        return call_with_dict(py, future_type, &PyTuple::empty(py), &kwargs);
+    }
     let names = kwnames(&LOOP_KWNAMES, py, &["loop"])?;
     vectorcall(py, future_type, &[loop_.as_ptr()], 0, names)
 }
@@ -163,6 +169,12 @@ pub fn new_task<'py>(
     context: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let task_type = cached(&TASK_TYPE, py, "asyncio.tasks", "Task")?;
+    if name.is_none() && context.is_none() {
+        if let Some(kwargs) = running_loop_kwargs(loop_) {
+            let args = PyTuple::new(py, [coro])?;
+            return call_with_dict(py, task_type, &args, &kwargs);
+        }
+    }
     let names = kwnames(&TASK_KWNAMES, py, &["loop", "name", "context"])?;
     let args = [
         coro.as_ptr(),
@@ -171,4 +183,27 @@ pub fn new_task<'py>(
         context.as_ptr(),
     ];
     vectorcall(py, task_type, &args, 1, names)
+}
+
+/// The running ferroloop loop's `{"loop": loop}`, if `loop_` is one.
+fn running_loop_kwargs<'py>(loop_: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDict>> {
+    let event_loop = loop_.cast::<Loop>().ok()?;
+    event_loop.get().own_kwargs(loop_.py())
+}
+
+/// `callable(*args, **kwargs)` with the dict passed as it is: for a type
+/// without vectorcall (the C Future and Task) this spares the dict that a
+/// call with keyword names would build.
+fn call_with_dict<'py>(
+    py: Python<'py>,
+    callable: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: &Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: all three are live objects of the types PyObject_Call expects.
+    // Neither C type's constructor changes the dict.
+    unsafe {
+        let result = pyo3::ffi::PyObject_Call(callable.as_ptr(), args.as_ptr(), kwargs.as_ptr());
+        Bound::from_owned_ptr_or_err(py, result)
+    }
 }

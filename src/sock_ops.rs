@@ -37,7 +37,7 @@ use pyo3::exceptions::{
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyTuple, PyWeakrefReference};
+use pyo3::types::{PyBytes, PyWeakrefReference};
 use pyo3::{ffi, intern, PyTraverseError};
 use socket2::SockAddr;
 
@@ -46,36 +46,18 @@ use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
 use crate::reads::{self, ReadCall, Received};
-use crate::{sockaddr, sys_io};
+use crate::{python_api, sockaddr, sys_io};
 
 thread_local! {
     /// Descriptors whose last `sock_recv` was large (see `recv_bytes`).
     static LARGE_RECVS: RefCell<FxHashSet<RawFd>> = RefCell::new(FxHashSet::default());
 }
 
-static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static LOOP_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SSL_SOCKET_TYPE: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
 static SOCKET_GETTIMEOUT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SOCKET_FILENO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SENDFILE_NOT_AVAILABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// `asyncio.Future(loop=loop)`, through vectorcall (no kwargs dict).
-pub(crate) fn new_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let py = loop_.py();
-    let future_type = FUTURE_TYPE.import(py, "asyncio", "Future")?;
-    let kwnames =
-        LOOP_KWNAMES.get_or_try_init(py, || PyTuple::new(py, ["loop"]).map(Bound::unbind))?;
-    let args = [loop_.as_ptr()];
-    // SAFETY: `args` holds one borrowed, live object, passed as the value of
-    // the single keyword in `kwnames`; no positional arguments (nargsf 0).
-    unsafe {
-        let result =
-            ffi::PyObject_Vectorcall(future_type.as_ptr(), args.as_ptr(), 0, kwnames.as_ptr());
-        Bound::from_owned_ptr_or_err(py, result)
-    }
-}
 
 pub(crate) fn set_result(fut: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
     fut.call_method1(intern!(fut.py(), "set_result"), (value,))?;
@@ -797,12 +779,12 @@ impl SockOps {
         let fut = match outcome {
             Ok(Eager::Waiting(fut)) => return Ok(fut),
             Ok(Eager::Done(value)) => {
-                let fut = new_future(slf.get().loop_.bind(py).as_any())?;
+                let fut = python_api::new_future(py, slf.get().loop_.bind(py).as_any())?;
                 set_result(&fut, value)?;
                 fut
             }
             Err(err) => {
-                let fut = new_future(slf.get().loop_.bind(py).as_any())?;
+                let fut = python_api::new_future(py, slf.get().loop_.bind(py).as_any())?;
                 set_exception(&fut, err)?;
                 fut
             }
@@ -824,7 +806,7 @@ impl SockOps {
         match attempt(&mut kind, py, fd)? {
             Some(value) => Ok(Eager::Done(value)),
             None => {
-                let fut = new_future(slf.get().loop_.bind(py).as_any())?;
+                let fut = python_api::new_future(py, slf.get().loop_.bind(py).as_any())?;
                 Self::park(slf, sock, fd, &fut, kind)?;
                 Ok(Eager::Waiting(fut))
             }
@@ -1030,7 +1012,7 @@ impl SockOps {
                 if offset == all.len() {
                     return Ok(Eager::Done(py.None()));
                 }
-                let fut = new_future(slf.get().loop_.bind(py).as_any())?;
+                let fut = python_api::new_future(py, slf.get().loop_.bind(py).as_any())?;
                 let kind = Kind::SendAll {
                     data: Data::Bytes(bytes.clone().unbind()),
                     offset,
@@ -1084,7 +1066,7 @@ impl SockOps {
         address: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let fut = new_future(slf.get().loop_.bind(py).as_any())?;
+        let fut = python_api::new_future(py, slf.get().loop_.bind(py).as_any())?;
         let started = check_socket(sock).and_then(|fd| {
             let err: i32 = sock
                 .call_method1(intern!(py, "connect_ex"), (address,))?

@@ -221,6 +221,30 @@ def test_loop_itself_is_collectable_after_close(loop_factory):
     assert ref() is None
 
 
+def test_loop_that_ran_is_freed_without_the_collector(loop_factory):
+    """A loop keeps no reference cycle through itself after it stops: once
+    closed and dropped, it goes at once, with the cyclic collector off."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, None)
+        await fut
+        await loop.create_task(asyncio.sleep(0))
+
+    gc.collect()
+    gc.disable()
+    try:
+        lp = loop_factory()
+        lp.run_until_complete(main())
+        lp.close()
+        ref = weakref.ref(lp)
+        del lp
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 def test_many_loops_do_not_grow_python_memory(loop_factory):
     def cycle():
         lp = loop_factory()
