@@ -210,17 +210,22 @@ class ConnectionsMixin:
         all_errors: bool = False,
     ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
         """Open a TCP connection (or wrap `sock`) and return (transport, protocol)."""
-        server_hostname = _check_tls_arguments(
-            ssl,
-            server_hostname,
-            ssl_handshake_timeout,
-            ssl_shutdown_timeout,
-            client=True,
-            host=host,
-        )
-        if (
+        if not (
+            ssl is None
+            and server_hostname is None
+            and ssl_handshake_timeout is None
+            and ssl_shutdown_timeout is None
+        ):
+            server_hostname = _check_tls_arguments(
+                ssl,
+                server_hostname,
+                ssl_handshake_timeout,
+                ssl_shutdown_timeout,
+                client=True,
+                host=host,
+            )
+        elif (
             sock is None
-            and ssl is None
             and local_addr is None
             and happy_eyeballs_delay is None
             and interleave is None
@@ -298,16 +303,20 @@ class ConnectionsMixin:
         single result, our own resolver and sock_connect, no debug mode.
         Returns the connected socket (connected at once, as loopback ones
         are), a future of it, or None for the general path."""
+        # What _uses_own checks, without its frame: this runs per connection.
+        cls = type(self)
         if (
-            not self._uses_own("getaddrinfo", type(self)._own_getaddrinfo)
-            or not self._uses_own("sock_connect", _SOCK_CONNECT)
+            cls.getaddrinfo is not cls._own_getaddrinfo
+            or cls.sock_connect is not _SOCK_CONNECT
+            or self._instance_has("getaddrinfo")
+            or self._instance_has("sock_connect")
             or self.get_debug()
         ):
             return None
-        info = dns.cached_single(host, port, family, socket.SOCK_STREAM, proto, flags)
-        if info is None:
+        infos = dns.memoised(host, port, family, socket.SOCK_STREAM, proto, flags)
+        if infos is None or len(infos) != 1:
             return None
-        family, type_, proto, _, address = info
+        family, type_, proto, _, address = infos[0]
         return _core.connect_stream(self, family, type_, proto, address, True)
 
     async def _connect_to_host(

@@ -144,19 +144,14 @@ _memo_func: list[Any] = [None]  # the socket.getaddrinfo that produced _memo
 
 def cached(host: Any, port: Any, family: Any, type: Any, proto: Any, flags: Any) -> Any:
     """A fresh copy of a memoised fast-path result, or None (then resolve normally)."""
-    hit = _memoised(host, port, family, type, proto, flags)
+    hit = memoised(host, port, family, type, proto, flags)
     return None if hit is None else hit.copy()
 
 
-def cached_single(
+def memoised(
     host: Any, port: Any, family: Any, type: Any, proto: Any, flags: Any
-) -> AddrInfo | None:
-    """The one address of a memoised fast-path result that holds exactly one, else None."""
-    hit = _memoised(host, port, family, type, proto, flags)
-    return hit[0] if hit is not None and len(hit) == 1 else None
-
-
-def _memoised(host: Any, port: Any, family: Any, type: Any, proto: Any, flags: Any) -> Any:
+) -> list[AddrInfo] | None:
+    """The memoised fast-path result itself (callers must not change it), or None."""
     if (
         # Exact types only (checked first: the key must be hashable): equal keys
         # of other types (8080.0, int subclasses) may behave differently in
