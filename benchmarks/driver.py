@@ -792,10 +792,49 @@ def summarize(samples):
     return summary
 
 
-def tables(summary, loops_run):
-    """Build the result tables as (title, header, rows) triples."""
+def paired_ratios(samples, numerator="ferroloop", denominator="uvloop"):
+    """Per benchmark and metric, the median over rounds of numerator/denominator
+    for the two samples of the same round.
+
+    The two samples of a round run seconds apart, so a slow phase of the machine
+    usually hits both. A ratio of medians can instead set one loop's fast-phase
+    median against the other's slow-phase one when the samples are bimodal.
+    Disturbed samples are left out unless no undisturbed pair is left.
+    """
+    rounds = {}
+    for s in samples:
+        if s.get("error") or s["loop"] not in (numerator, denominator):
+            continue
+        rounds.setdefault(s["bench"], {}).setdefault(s["round"], {})[s["loop"]] = s
+    out = {}
+    for bench, by_round in rounds.items():
+        pairs = [(r[numerator], r[denominator]) for r in by_round.values() if len(r) == 2]
+        clean = [p for p in pairs if not (p[0].get("disturbed") or p[1].get("disturbed"))]
+        used = clean or pairs
+        metrics = {
+            k
+            for a, b in used
+            for k, v in a.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and b.get(k)
+        }
+        out[bench] = {
+            k: statistics.median(a[k] / b[k] for a, b in used if a.get(k) is not None and b.get(k))
+            for k in metrics
+        }
+    return out
+
+
+def tables(summary, loops_run, paired=None):
+    """Build the result tables as (title, header, rows) triples.
+
+    `paired` (from `paired_ratios`) adds the "fl/uv per round" column.
+    """
     out = []
     cols = list(LOOPS)
+    paired = paired or {}
+
+    def per_round(bench, metric):
+        return fmt_ratio(paired.get(bench, {}).get(metric))
 
     def echo_rows(metric):
         rows = []
@@ -811,6 +850,7 @@ def tables(summary, loops_run):
                 + [fmt_num(rust)]
                 + [
                     fmt_ratio(ratio(med["ferroloop"], med["uvloop"])),
+                    per_round(bench, metric),
                     fmt_ratio(ratio(med["ferroloop"], med["asyncio"])),
                     fmt_ratio(ratio(med["ferroloop"], rust)),
                     fmt_ratio(ratio(med["uvloop"], med["asyncio"])),
@@ -818,7 +858,16 @@ def tables(summary, loops_run):
             )
         return rows
 
-    echo_head = ["echo", *cols, "rust limit", "fl/uv", "fl/aio", "fl/rust", "uv/aio"]
+    echo_head = [
+        "echo",
+        *cols,
+        "rust limit",
+        "fl/uv",
+        "fl/uv per round",
+        "fl/aio",
+        "fl/rust",
+        "uv/aio",
+    ]
     for metric, title in [
         ("rps", "Echo: requests/s (higher is better)"),
         ("mib_s", "Echo: MiB/s echoed (higher is better)"),
@@ -830,7 +879,7 @@ def tables(summary, loops_run):
         if rows:
             out.append((title, echo_head, rows, metric))
 
-    ratio_head = ["fl/uv", "fl/aio", "uv/aio"]
+    ratio_head = ["fl/uv", "fl/uv per round", "fl/aio", "uv/aio"]
 
     def simple_rows(prefix, metric, unit_of=None):
         rows = []
@@ -856,6 +905,7 @@ def tables(summary, loops_run):
                 + [fmt_num(med[lp]) for lp in cols]
                 + [
                     fmt_ratio(ratio(med["ferroloop"], med["uvloop"])),
+                    per_round(bench, metric),
                     fmt_ratio(ratio(med["ferroloop"], med["asyncio"])),
                     fmt_ratio(ratio(med["uvloop"], med["asyncio"])),
                 ]
@@ -936,7 +986,9 @@ def report(data, path):
     cfg = m["config"]
     summary = summarize(samples)
     data["summary"] = summary
-    tbls = tables(summary, cfg["loops"])
+    paired = paired_ratios(samples)
+    data["paired_ferroloop_uvloop"] = paired
+    tbls = tables(summary, cfg["loops"], paired)
     print(render_text(tbls))
     if errors:
         print("\nErrors:")
@@ -973,7 +1025,9 @@ def report(data, path):
         + (" (dirty tree)" if m["git_dirty"] else ""),
         f"- {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}",
         "- loops: " + ", ".join(f"{lp} ({info[lp]['type']} {info[lp]['version']})" for lp in info),
-        f"- {cfg['rounds']} rounds interleaved, medians shown; load samples {cfg['warmup']} s "
+        f'- {cfg["rounds"]} rounds interleaved, medians shown; "fl/uv per round" is the median '
+        "of the rounds' own ferroloop/uvloop ratios (the two samples of a round run seconds "
+        f"apart); load samples {cfg['warmup']} s "
         f"warm-up + {cfg['duration']} s measured, {cfg['connections']} connections; "
         f"micro scale {cfg['scale']}" + ("; `--quick`" if cfg["quick"] else ""),
         f"- server pinned to CPU {cfg['server_cpu']}, client to CPU {cfg['client_cpu']}"
