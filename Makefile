@@ -11,8 +11,10 @@ dev:
 	cp target/release/lib_core.so python/ferroloop/.core.tmp
 	mv -f python/ferroloop/.core.tmp python/ferroloop/_core$(EXT_SUFFIX)
 
-test:
-	$(PYTHON) -m pytest -q tests
+# test, bench and tour use the dev build in python/ferroloop, not an installed
+# wheel that may be older (pip install . is what .ci/run and the README test).
+test: dev
+	PYTHONPATH=python $(PYTHON) -m pytest -q tests
 
 test-rust:
 	cargo test --release --lib
@@ -22,8 +24,8 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 	$(PYTHON) -m ruff check python tests benchmarks examples
 
-bench:
-	$(PYTHON) -m benchmarks
+bench: dev
+	PYTHONPATH=python $(PYTHON) -m benchmarks
 
-tour:
-	$(PYTHON) examples/tour.py
+tour: dev
+	PYTHONPATH=python $(PYTHON) examples/tour.py

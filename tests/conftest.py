@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 from collections.abc import Iterator
 
 import pytest
@@ -42,6 +43,13 @@ from loop_helpers import (  # noqa: F401 - re-exported for fixtures
     set_policy,
     xfail_on_ferroloop,
 )
+
+
+def pytest_report_header() -> str:
+    """Name the ferroloop under test: the dev build (PYTHONPATH=python) or an
+    installed wheel, which may be older. Found without importing it."""
+    spec = importlib.util.find_spec("ferroloop")
+    return f"ferroloop under test: {spec.origin if spec else 'not importable'}"
 
 
 @pytest.fixture(params=LOOP_NAMES)
