@@ -90,6 +90,10 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
     control itself is native.
     """
 
+    #: The native core; None until __init__ (or the native constructor) sets it.
+    #: A class default instead of getattr(self, "_core", None) in __del__: that
+    #: builtin call cost ~300 instructions per transport in the connect storm.
+    _core: _core.StreamTransport | None = None
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _start_tls_compatible = True
 
@@ -141,14 +145,14 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         )
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        core = getattr(self, "_core", None)
+        core = self._core
         if core is not None and not core._conn_lost and not core.is_closing():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core.abort()
 
     @property  # type: ignore[override]
     def _protocol_paused(self) -> bool:
-        core = getattr(self, "_core", None)
+        core = self._core
         return bool(core is not None and core._protocol_paused)
 
     @_protocol_paused.setter
