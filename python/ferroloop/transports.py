@@ -92,8 +92,8 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
 
     #: The native core; None until __init__ (or the native constructor) sets it.
     #: A class default instead of getattr(self, "_core", None) in __del__: that
-    #: builtin call cost ~300 instructions per transport in the connect storm.
-    _core: _core.StreamTransport | None = None
+    #: builtin call cost ~350 instructions per transport in the connect storm.
+    _core: Any = None
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _start_tls_compatible = True
 
