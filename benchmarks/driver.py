@@ -815,11 +815,14 @@ def paired_ratios(samples, numerator="ferroloop", denominator="uvloop"):
             k
             for a, b in used
             for k, v in a.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and b.get(k)
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and k not in ("round", "attempts")
+            and b.get(k)
         }
         out[bench] = {
             k: statistics.median(a[k] / b[k] for a, b in used if a.get(k) is not None and b.get(k))
-            for k in metrics
+            for k in sorted(metrics)
         }
     return out
 

@@ -1,0 +1,49 @@
+"""The benchmark driver's per-round ratio (tooling, no event loop involved)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from loop_helpers import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT))
+driver = pytest.importorskip("benchmarks.driver")
+
+
+def sample(loop: str, rnd: int, value: float, **extra: object) -> dict[str, object]:
+    return {"bench": "micro/x", "loop": loop, "round": rnd, "value": value, **extra}
+
+
+def test_per_round_ratio_is_the_median_of_each_rounds_own_ratio() -> None:
+    # Bimodal samples: ferroloop's median lands in the slow phase, uvloop's in
+    # the fast one, yet ferroloop is 1.2x ahead in every round.
+    samples = []
+    for rnd, phase in enumerate([1.0, 1.0, 0.6, 0.6, 0.6, 1.0, 1.0], start=1):
+        samples.append(sample("uvloop", rnd, 100 * phase))
+        samples.append(sample("ferroloop", rnd, 120 * phase))
+    samples.append(sample("asyncio", 1, 50.0))
+    ratios = driver.paired_ratios(samples)["micro/x"]
+    assert ratios["value"] == pytest.approx(1.2)
+    assert "round" not in ratios and "attempts" not in ratios
+
+
+def test_per_round_ratio_leaves_out_errors_and_disturbed_pairs() -> None:
+    samples = [
+        sample("uvloop", 1, 100.0),
+        sample("ferroloop", 1, 150.0),
+        sample("uvloop", 2, 100.0),
+        sample("ferroloop", 2, 300.0, disturbed=True),
+        sample("uvloop", 3, 100.0, error="boom"),
+        sample("ferroloop", 3, 900.0),
+        sample("ferroloop", 4, 900.0),  # no uvloop sample in round 4: no pair
+    ]
+    assert driver.paired_ratios(samples)["micro/x"]["value"] == pytest.approx(1.5)
+
+
+def test_per_round_ratio_uses_disturbed_pairs_when_nothing_else_is_left() -> None:
+    samples = [
+        sample("uvloop", 1, 100.0, disturbed=True),
+        sample("ferroloop", 1, 200.0),
+    ]
+    assert driver.paired_ratios(samples)["micro/x"]["value"] == pytest.approx(2.0)
