@@ -439,7 +439,9 @@ def test_explicit_loop_factory_in_asyncio_run_is_respected(loop_name, script_dir
         async def main():
             return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
-        print(asyncio.run(main(), loop_factory=asyncio.EventLoop))
+        # asyncio.EventLoop is 3.13+; SelectorEventLoop is the same class on Linux.
+        factory = getattr(asyncio, "EventLoop", asyncio.SelectorEventLoop)
+        print(asyncio.run(main(), loop_factory=factory))
         """,
     )
     proc = launch(loop_name, str(script))

@@ -10,6 +10,7 @@ to the exception handler when it is called, which is not pinned down here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import math
@@ -150,6 +151,38 @@ def test_task_exception_never_retrieved_reported(loop):
 
 
 # -- BaseExceptions escaping run_forever -------------------------------------------------
+
+
+def test_exception_handler_runs_in_the_failed_callbacks_context(loop):
+    """From 3.12 a custom handler runs in the context of the callback or task
+    that failed (gh-96704); before, in the loop's own context."""
+    name: contextvars.ContextVar[str] = contextvars.ContextVar("name", default="loop")
+    seen: list[tuple[str, str]] = []
+
+    def handler(_loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        seen.append((context["message"].split()[0], name.get()))
+
+    def callback() -> None:
+        name.set("callback")
+        raise ZeroDivisionError
+
+    async def failing_task() -> None:
+        name.set("task")
+        raise ZeroDivisionError
+
+    async def main() -> None:
+        loop.call_soon(callback)
+        loop.create_task(failing_task())  # dropped: "never retrieved" on collection
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+
+    loop.set_exception_handler(handler)
+    loop.run_until_complete(main())
+    if sys.version_info >= (3, 12):
+        assert sorted(seen) == [("Exception", "callback"), ("Task", "task")]
+    else:
+        assert sorted(seen) == [("Exception", "loop"), ("Task", "loop")]
 
 
 @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])

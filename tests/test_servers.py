@@ -184,6 +184,26 @@ def test_create_server_argument_errors(loop_factory: Any) -> None:
     assert run(loop_factory, main) == expected
 
 
+def test_create_server_on_an_address_the_host_lacks(loop_factory: Any) -> None:
+    """Binding to an address no interface has fails with EADDRNOTAVAIL: an error
+    naming the address up to 3.12; from 3.13 the address is skipped, and with
+    none left create_server fails with "could not bind on any address"."""
+
+    async def main() -> tuple[int | None, str]:
+        loop = asyncio.get_running_loop()
+        try:
+            # TEST-NET-1 (RFC 5737): assigned to no host, so bind() fails; nothing is sent.
+            server = await loop.create_server(EchoProtocol, "192.0.2.1", 0)
+        except OSError as exc:
+            return exc.errno, str(exc)
+        await close_server(server)
+        return None, "created"
+
+    expected = run_oracle(main)
+    assert "192.0.2.1" in expected[1]
+    assert run(loop_factory, main) == expected
+
+
 def test_create_server_address_in_use(loop_factory: Any) -> None:
     async def main() -> tuple[int | None, str]:
         loop = asyncio.get_running_loop()

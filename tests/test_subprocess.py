@@ -729,3 +729,32 @@ def test_no_fd_left_after_transport_close(loop_factory: Callable[[], Any], stdio
     before = stable_open_fds()
     run(loop_factory, main)
     assert stable_open_fds() - before == set()
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="child watchers are gone in 3.14")
+def test_policy_child_watcher_get_set(loop_name: str) -> None:
+    """The legacy policy's child-watcher accessors behave like asyncio's: a watcher
+    by default, replaceable (the old one is closed), deprecated from 3.12."""
+    import warnings
+
+    import ferroloop
+
+    policy_type = ferroloop.EventLoopPolicy if loop_name == "ferroloop" else None
+    policy = policy_type() if policy_type else asyncio.DefaultEventLoopPolicy()
+    expected_warning = DeprecationWarning if sys.version_info >= (3, 12) else None
+
+    def call(method: Callable[..., Any], *args: Any) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = method(*args)
+        kinds = {w.category for w in caught}
+        assert kinds == ({expected_warning} if expected_warning else set()), caught
+        return result
+
+    assert isinstance(call(policy.get_child_watcher), asyncio.AbstractChildWatcher)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mine = asyncio.PidfdChildWatcher()
+    call(policy.set_child_watcher, mine)
+    assert call(policy.get_child_watcher) is mine
+    call(policy.set_child_watcher, None)

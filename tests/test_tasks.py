@@ -233,3 +233,24 @@ def test_to_thread(loop_factory):
         return main_thread != other
 
     assert run(loop_factory, main) is True
+
+
+@pytest.mark.skipif(
+    sys.version_info >= (3, 14) or sys.version_info[:3] == (3, 13, 3),
+    reason="this Python passes name= on to the task factory",
+)
+def test_two_argument_task_factory_gets_the_name_afterwards(loop):
+    """The task factory signature asyncio documents, `(loop, coro)`, still works
+    with a name: create_task names the task the factory returned."""
+    loop.set_task_factory(lambda lp, coro: asyncio.Task(coro, loop=lp))
+    task = loop.create_task(value("named"), name="worker")
+    assert task.get_name() == "worker"
+    assert loop.run_until_complete(task) == "named"
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13, 3), reason="3.13.3 added **kwargs to create_task")
+def test_create_task_rejects_unknown_keywords(loop):
+    coro = value()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'eager_start'"):
+        loop.create_task(coro, eager_start=True)
+    coro.close()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cpython_bugs import WRITELINES_AFTER_CONNECTION_LOST
 from helpers_net import (
     HAS_IPV6,
     EchoProtocol,
@@ -305,9 +306,9 @@ def test_connection_lost_exception_is_reported(loop_factory: Any) -> None:
         await close_server(server)
         loop.set_exception_handler(None)
         (message, kind, keys), *rest = reports
+        # The handle's arguments appear as "(None)" up to 3.12, "()" from 3.13.
         shown = (
-            message.startswith("Exception in callback ")
-            and "._call_connection_lost(None)" in message
+            message.startswith("Exception in callback ") and "._call_connection_lost(" in message
         )
         return shown, kind, keys, rest
 
@@ -754,8 +755,10 @@ async def fill_until_buffered(tr: Any, sproto: Any) -> int:
     return total
 
 
-def test_write_copies_caller_buffer(loop_factory: Any) -> None:
-    """Data still queued in the transport must not change when the caller reuses its buffer."""
+def test_write_copies_caller_buffer(loop_factory: Any, loop_name: str) -> None:
+    """Data still queued in the transport must not change when the caller reuses
+    its buffer. asyncio 3.12+ queues the caller's object itself, so there the
+    reused buffer's last contents go out; ferroloop copies on every version."""
 
     async def main() -> bytes:
         server, side, tr, proto = await tcp_pair()
@@ -773,9 +776,11 @@ def test_write_copies_caller_buffer(loop_factory: Any) -> None:
         await close_server(server)
         return got[total:]
 
-    expected = run_oracle(main)
-    assert expected == b"originalMUTATED!"
-    assert run(loop_factory, main) == expected
+    copied = b"originalMUTATED!"
+    queued_as_given = b"AGAIN!!!AGAIN!!!"
+    assert run_oracle(main) == (copied if sys.version_info < (3, 12) else queued_as_given)
+    if loop_name == "ferroloop":
+        assert run(loop_factory, main) == copied
 
 
 def test_strided_memoryview_write_fails_the_transport(loop_factory: Any) -> None:
@@ -940,8 +945,10 @@ def test_connection_lost_exactly_once(loop_factory: Any) -> None:
 
 
 def test_writes_after_close_are_ignored_and_logged(
-    loop_factory: Any, caplog: pytest.LogCaptureFixture
+    loop_factory: Any, loop_name: str, request: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    WRITELINES_AFTER_CONNECTION_LOST.xfail_on_asyncio(request, loop_name)
+
     async def main() -> list[tuple[str, str]]:
         server, side, tr, proto = await tcp_pair()
         tr.close()
@@ -962,9 +969,9 @@ def test_writes_after_close_are_ignored_and_logged(
         ]
 
     with caplog.at_level(logging.WARNING, logger="asyncio"):
-        expected = run_oracle(main)
-        caplog.clear()
         got = run(loop_factory, main)
+        caplog.clear()
+        expected = got if WRITELINES_AFTER_CONNECTION_LOST.affected else run_oracle(main)
     assert expected and all(m == ("WARNING", "socket.send() raised exception.") for m in expected)
     assert got == expected
 
@@ -1620,9 +1627,13 @@ def test_server_side_peername_after_peer_reset(
     resets before the protocol asks for it must not make it disappear."""
 
     class AsksLate(asyncio.Protocol):
+        def __init__(self) -> None:
+            # Made here, not in connection_made: the test may reach the protocol
+            # before connection_made has run.
+            self.lost = asyncio.get_running_loop().create_future()
+
         def connection_made(self, transport: Any) -> None:
             self.transport = transport
-            self.lost = asyncio.get_running_loop().create_future()
 
         def connection_lost(self, exc: BaseException | None) -> None:
             self.lost.set_result((self.transport.get_extra_info("peername"), type(exc).__name__))

@@ -6,13 +6,14 @@ import asyncio
 import hashlib
 import os
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers_net import EchoProtocol, RecordingProtocol, ServerSide, close_server, run_oracle
-from loop_helpers import run
+from loop_helpers import only_ferroloop, run
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -116,6 +117,32 @@ def test_unix_server_on_regular_file_or_live_socket(loop_factory: Any, sock_path
 
     expected = run_oracle(main)
     assert run(loop_factory, main) == expected
+
+
+def test_unix_server_cleanup_socket(loop_factory: Any, loop_name: str, sock_path: Path) -> None:
+    """cleanup_socket=True (3.13's default) removes the socket file when the server
+    closes, unless another file has taken its place; False leaves it."""
+    if sys.version_info < (3, 13):
+        only_ferroloop(loop_name, "asyncio has cleanup_socket from 3.13, ferroloop always")
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        out: list[Any] = []
+        server = await loop.create_unix_server(EchoProtocol, sock_path, cleanup_socket=True)
+        await close_server(server)
+        out.append(os.path.lexists(sock_path))
+        server = await loop.create_unix_server(EchoProtocol, sock_path, cleanup_socket=False)
+        await close_server(server)
+        out.append(os.path.lexists(sock_path))
+        sock_path.unlink()
+        server = await loop.create_unix_server(EchoProtocol, sock_path, cleanup_socket=True)
+        sock_path.unlink()
+        sock_path.write_text("someone else's")
+        await close_server(server)
+        out.append(sock_path.read_text())
+        return out
+
+    assert run(loop_factory, main) == [False, True, "someone else's"]
 
 
 def test_unix_connection_errors(loop_factory: Any, sock_path: Path) -> None:

@@ -38,6 +38,20 @@ _HAS_IPV6 = hasattr(socket, "AF_INET6")
 _SOCK_CONNECT = SocketOpsMixin.sock_connect
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
+#: From 3.13 asyncio words bind errors with the whole `str(exc)`, skips a
+#: listening address whose family the host has not enabled (EADDRNOTAVAIL) and
+#: removes a Unix server's socket file when the server closes.
+_PY313 = sys.version_info >= (3, 13)
+
+
+def _bind_error(exc: OSError, address: Any) -> OSError:
+    """The OSError asyncio raises when binding to `address` failed with `exc`."""
+    if _PY313:
+        reason = str(exc).lower()
+    else:
+        reason = exc.strerror.lower() if exc.strerror else str(exc)
+    return OSError(exc.errno, f"error while attempting to bind on address {address!r}: {reason}")
+
 
 def _check_tls_arguments(
     ssl: Any,
@@ -179,11 +193,7 @@ class ConnectionsMixin:
                 sock.bind(local_address)
                 return
             except OSError as exc:
-                message = (
-                    f"error while attempting to bind on address {local_address!r}: "
-                    f"{exc.strerror.lower() if exc.strerror else exc}"
-                )
-                errors.append(OSError(exc.errno, message))
+                errors.append(_bind_error(exc, local_address))
         if errors:
             raise errors.pop()
         raise OSError(f"no matching local address with family={family} found")
@@ -495,11 +505,18 @@ class ConnectionsMixin:
                 try:
                     sock.bind(address)
                 except OSError as err:
-                    reason = err.strerror.lower() if err.strerror else str(err)
-                    raise OSError(
-                        err.errno,
-                        f"error while attempting to bind on address {address!r}: {reason}",
-                    ) from None
+                    error = _bind_error(err, address)
+                    if _PY313 and err.errno == errno.EADDRNOTAVAIL:
+                        # The host has this family disabled (bpo-30945): skip it.
+                        sockets.pop()
+                        sock.close()
+                        if self.get_debug():
+                            logger.warning("%s", error.strerror)
+                        continue
+                    raise error from None
+            if _PY313 and not sockets:
+                addresses = [info[4] for info in infos]
+                raise OSError(f"could not bind on any address out of {addresses!r}")
             completed = True
         finally:
             if not completed:
@@ -577,9 +594,13 @@ class ConnectionsMixin:
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
         start_serving: bool = True,
-        cleanup_socket: bool = True,
+        cleanup_socket: bool = _PY313,
     ) -> Server:
-        """Listen on the Unix socket `path` (a stale socket file there is replaced)."""
+        """Listen on the Unix socket `path` (a stale socket file there is replaced).
+
+        With `cleanup_socket` (3.13's default) closing the server removes the
+        socket file, unless another socket has taken its place meanwhile.
+        """
         _check_tls_arguments(ssl, None, ssl_handshake_timeout, ssl_shutdown_timeout, client=False)
         if path is not None:
             if sock is not None:
@@ -602,6 +623,7 @@ class ConnectionsMixin:
                 raise ValueError("path was not specified, and no sock specified")
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+        socket_file = _socket_file_identity(sock) if cleanup_socket else None
         sock.setblocking(False)
         server = Server(
             self,
@@ -612,6 +634,8 @@ class ConnectionsMixin:
             ssl_handshake_timeout,
             ssl_shutdown_timeout,
         )
+        if socket_file is not None:
+            server._remove_on_close(*socket_file)
         if start_serving:
             server._start_serving()
             await asyncio.sleep(0)
@@ -686,6 +710,17 @@ def _configure_listening(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
     if _HAS_IPV6 and family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, True)
+
+
+def _socket_file_identity(sock: socket.socket) -> tuple[Any, int] | None:
+    """The path a Unix socket is bound to and the inode of its file, if it has one."""
+    path = sock.getsockname()
+    if not path or path[0] in (0, "\x00"):  # unbound, or in the abstract namespace
+        return None
+    try:
+        return path, os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _remove_stale_unix_socket(path: str) -> None:

@@ -44,8 +44,19 @@ _DIRECT_METHODS = (
 #: (asyncio >= 3.13 counts the UDP header; older versions count the payload only).
 _HEADER_SIZE: int = getattr(selector_events._SelectorDatagramTransport, "_header_size", 0)
 
+_PY313 = sys.version_info >= (3, 13)
+
 #: asyncio sends empty datagrams from 3.13 on; before, `sendto(b"")` does nothing.
-_SEND_EMPTY = sys.version_info >= (3, 13)
+_SEND_EMPTY = _PY313
+
+
+def _check_datagram_socket(sock: socket.socket) -> None:
+    # 3.13 accepts any socket that is not a stream (raw, seqpacket) and words it anew.
+    if _PY313:
+        if sock.type == socket.SOCK_STREAM:
+            raise ValueError(f"A datagram socket was expected, got {sock!r}")
+    elif sock.type != socket.SOCK_DGRAM:
+        raise ValueError(f"A UDP Socket was expected, got {sock!r}")
 
 
 class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
@@ -192,8 +203,7 @@ class DatagramMixin:
         """
         remote_address: Any = None
         if sock is not None:
-            if sock.type != socket.SOCK_DGRAM:
-                raise ValueError(f"A UDP Socket was expected, got {sock!r}")
+            _check_datagram_socket(sock)
             given = {
                 "local_addr": local_addr,
                 "remote_addr": remote_addr,

@@ -36,6 +36,18 @@ from .tls import TlsMixin
 
 _T = TypeVar("_T")
 
+#: From 3.12 a custom exception handler runs in the context of the task or
+#: callback that failed.
+_HANDLER_IN_ITS_CONTEXT = sys.version_info >= (3, 12)
+
+# How create_task talks to a task factory changed within 3.13 (gh-128307,
+# gh-133745): up to 3.13.2 it takes no extra keyword arguments, calls the
+# factory with `context` only and names the task afterwards; 3.13.3 passed
+# everything on, 3.13.4 went back to naming afterwards while passing other
+# keyword arguments; 3.14 passes everything on.
+_CREATE_TASK_TAKES_KWARGS = sys.version_info >= (3, 13, 3)
+_TASK_FACTORY_TAKES_NAME = sys.version_info >= (3, 14) or sys.version_info[:3] == (3, 13, 3)
+
 ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
 
 
@@ -191,13 +203,19 @@ class EventLoop(  # type: ignore[misc]
         kwargs: dict[str, Any],
     ) -> asyncio.Task[Any]:
         """`create_task` with a task factory or extra keyword arguments."""
+        if kwargs and not _CREATE_TASK_TAKES_KWARGS:
+            raise TypeError(
+                f"create_task() got an unexpected keyword argument {next(iter(kwargs))!r}"
+            )
         factory = self.get_task_factory()
         if factory is None:
             return tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
         if context is not None:
             kwargs["context"] = context
-        if sys.version_info >= (3, 13):
-            return factory(self, coro, name=name, **kwargs)
+        if _TASK_FACTORY_TAKES_NAME:
+            if name is not None:
+                kwargs["name"] = name
+            return factory(self, coro, **kwargs)
         task = factory(self, coro, **kwargs)
         if name is not None:
             try:
@@ -441,7 +459,11 @@ class EventLoop(  # type: ignore[misc]
                 logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
-            self._exception_handler(self, context)
+            handler_context = _context_of_failure(context) if _HANDLER_IN_ITS_CONTEXT else None
+            if handler_context is None:
+                self._exception_handler(self, context)
+            else:
+                handler_context.run(self._exception_handler, self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -461,6 +483,19 @@ class EventLoop(  # type: ignore[misc]
                     "unexpected error in custom exception handler",
                     exc_info=True,
                 )
+
+
+def _context_of_failure(context: dict[str, Any]) -> Any:
+    """The contextvars context of what failed: the task, future or handle (gh-96704)."""
+    failed = context.get("task")
+    if failed is None:
+        # A task may come as "future" (a Task is a Future).
+        failed = context.get("future")
+    if failed is None:
+        failed = context.get("handle")
+    get_context = getattr(failed, "get_context", None)
+    found = get_context() if get_context is not None else None
+    return found if hasattr(found, "run") else None
 
 
 def _describe_context_value(key: str, value: Any) -> str:

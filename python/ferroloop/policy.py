@@ -46,6 +46,7 @@ class EventLoopPolicy(_PolicyBase):  # type: ignore[misc, valid-type]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
                     self._child_watcher = asyncio.PidfdChildWatcher()
+            _warn_watchers_deprecated("get_child_watcher")
             return self._child_watcher
 
         def set_child_watcher(self, watcher: Any) -> None:
@@ -55,7 +56,20 @@ class EventLoopPolicy(_PolicyBase):  # type: ignore[misc, valid-type]
                 abstract = asyncio.AbstractChildWatcher
             if watcher is not None and not isinstance(watcher, abstract):
                 raise TypeError(f"expected a child watcher or None, got {watcher!r}")
+            if self._child_watcher is not None:
+                self._child_watcher.close()
             self._child_watcher = watcher
+            _warn_watchers_deprecated("set_child_watcher")
+
+
+def _warn_watchers_deprecated(name: str) -> None:
+    # As asyncio's own policy warns from 3.12 on.
+    if sys.version_info >= (3, 12):
+        warnings.warn(
+            f"{name!r} is deprecated as of Python 3.12 and will be removed in Python 3.14.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
 
 def install() -> None:

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 from asyncio import trsock
+from asyncio.log import logger
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -52,6 +53,7 @@ class Server(asyncio.AbstractServer):
         self._serving = False
         self._serving_forever_fut: asyncio.Future[None] | None = None
         self._clients: set[Any] = set()
+        self._socket_files: list[tuple[Any, int]] = []
 
     def __repr__(self) -> str:
         return f"<{self.__class__.__name__} sockets={self.sockets!r}>"
@@ -77,6 +79,24 @@ class Server(asyncio.AbstractServer):
         for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
+
+    # -- Unix socket files -----------------------------------------------------
+
+    def _remove_on_close(self, path: Any, inode: int) -> None:
+        """Remove the socket file at `path` when the server closes (3.13's `cleanup_socket`)."""
+        self._socket_files.append((path, inode))
+
+    def _remove_socket_files(self) -> None:
+        files, self._socket_files = self._socket_files, []
+        for path, inode in files:
+            try:
+                # Another server may have replaced the file since: leave that one.
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     # -- accepting ------------------------------------------------------------
 
@@ -185,6 +205,7 @@ class Server(asyncio.AbstractServer):
         self._listeners.clear()
         for sock in sockets:
             sock.close()
+        self._remove_socket_files()
         self._serving = False
         if self._serving_forever_fut is not None and not self._serving_forever_fut.done():
             self._serving_forever_fut.cancel()

@@ -59,12 +59,12 @@ class SocketOpsMixin:
     # recv, recv_into and sendall answer at once when the system call did not
     # have to wait (no future made); otherwise they return a future.
 
-    async def sock_recv(self, sock: socket.socket, nbytes: int) -> bytes:
-        """Receive up to `nbytes` bytes from `sock` (b'' at end of stream)."""
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
+        """Receive up to `n` bytes from `sock` (b'' at end of stream)."""
         ops = self._sock_ops_core
         if ops is None:
             ops = self._sock_ops()
-        data = ops.recv(sock, nbytes)
+        data = ops.recv(sock, n)
         if type(data) is _FUTURE:
             return await data
         return data
