@@ -14,6 +14,7 @@ import gc
 import re
 import socket
 import ssl
+import sys
 from asyncio import trsock
 from typing import Any
 
@@ -26,7 +27,7 @@ from helpers_net import (
     close_server,
     run_oracle,
 )
-from loop_helpers import run
+from loop_helpers import only_ferroloop, run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -182,6 +183,34 @@ def test_create_server_argument_errors(loop_factory: Any) -> None:
 
     expected = run_oracle(main)
     assert run(loop_factory, main) == expected
+
+
+def test_create_server_keep_alive(loop_factory: Any, loop_name: str) -> None:
+    """keep_alive=True (3.13) turns on SO_KEEPALIVE for the listening socket, and
+    so for the connections it accepts; the default leaves it off."""
+    if sys.version_info < (3, 13):
+        only_ferroloop(loop_name, "asyncio has keep_alive from 3.13, ferroloop always")
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        flags = []
+        for keep_alive in (True, None):
+            side = ServerSide()
+            server = await loop.create_server(side, "127.0.0.1", 0, keep_alive=keep_alive)
+            listening = server.sockets[0]
+            flags.append(listening.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+            tr, _ = await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", listening.getsockname()[1]
+            )
+            proto = await side.first()
+            await asyncio.wait_for(proto.made, 10)
+            accepted = proto.transport.get_extra_info("socket")
+            flags.append(accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+            tr.close()
+            await close_server(server)
+        return [1 if flag else 0 for flag in flags]
+
+    assert run(loop_factory, main) == [1, 1, 0, 0]
 
 
 def test_create_server_on_an_address_the_host_lacks(loop_factory: Any) -> None:
