@@ -330,3 +330,35 @@ def test_sock_recv_sendall_on_nonblocking_socketpair(loop_factory):
             b.close()
 
     assert run(loop_factory, main) == b"hello " * 1000
+
+
+def _attempt(fn, *args):
+    try:
+        return fn(*args)
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+
+
+def test_remove_after_the_file_object_was_closed(loop):
+    """A socket closed while watched can still be unwatched through the same
+    object (asyncio's selector finds the registration by the object; anyio
+    relies on it). A closed object that is not watched is an invalid descriptor."""
+
+    async def main():
+        reading, peer = socket.socketpair()
+        loop.add_reader(reading, lambda: None)
+        reading.close()
+        out = [_attempt(loop.remove_reader, reading), _attempt(loop.remove_reader, reading)]
+        writing, peer2 = socket.socketpair()
+        loop.add_writer(writing, lambda: None)
+        writing.close()
+        out.append(_attempt(loop.remove_writer, writing))
+        never, peer3 = socket.socketpair()
+        never.close()
+        out.append(_attempt(loop.remove_reader, never))
+        for sock in (peer, peer2, peer3):
+            sock.close()
+        return out
+
+    invalid = "ValueError: Invalid file descriptor: -1"
+    assert loop.run_until_complete(main()) == [True, invalid, True, invalid]

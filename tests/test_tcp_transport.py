@@ -41,7 +41,7 @@ from helpers_net import (
     run_oracle,
     tcp_pair,
 )
-from loop_helpers import run, run_python
+from loop_helpers import only_ferroloop, run, run_python
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -234,6 +234,24 @@ def test_create_connection_local_addr_in_use(loop_factory: Any) -> None:
     assert expected[0] == errno.EADDRINUSE
     assert "error while attempting to bind on address ('127.0.0.1', PORT)" in expected[1]
     assert run(loop_factory, main) == expected
+
+
+def test_refused_connection_error_is_not_kept_alive(loop_factory: Any, loop_name: str) -> None:
+    """The error a refused create_connection raises is referenced by nothing the
+    loop kept: no list of errors or failed future in a frame of its traceback,
+    so no reference cycle (anyio checks this). asyncio itself keeps the failed
+    future until python/cpython#124859; ferroloop never does."""
+    only_ferroloop(loop_name, "asyncio releases it only from the releases with cpython#124859")
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(asyncio.Protocol, "127.0.0.1", closed_port())
+        except OSError as exc:
+            error = exc
+        return [type(referrer).__name__ for referrer in gc.get_referrers(error)]
+
+    assert run(loop_factory, main) == []
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])

@@ -109,14 +109,19 @@ def _interleave_by_family(infos: list[AddrInfo], first_family_count: int) -> lis
 
 
 def _raise_connect_errors(exceptions: list[OSError], all_errors: bool) -> None:
-    if all_errors:
-        raise ExceptionGroup("create_connection failed", exceptions)
-    if len(exceptions) == 1:
-        raise exceptions[0]
-    model = str(exceptions[0])
-    if all(str(exc) == model for exc in exceptions):
-        raise exceptions[0]
-    raise OSError("Multiple exceptions: {}".format(", ".join(str(exc) for exc in exceptions)))
+    try:
+        if all_errors:
+            raise ExceptionGroup("create_connection failed", exceptions)
+        if len(exceptions) == 1:
+            raise exceptions[0]
+        model = str(exceptions[0])
+        if all(str(exc) == model for exc in exceptions):
+            raise exceptions[0]
+        raise OSError("Multiple exceptions: {}".format(", ".join(str(exc) for exc in exceptions)))
+    finally:
+        # The raised exception's traceback keeps this frame alive: without
+        # this its list would too, and the exception would be in a cycle.
+        exceptions = None  # type: ignore[assignment]
 
 
 class ConnectionsMixin:
@@ -148,55 +153,63 @@ class ConnectionsMixin:
         """
         mine: list[OSError] = []
         errors.append(mine)
-        family, type_, proto, _, address = info
-        own_connect = self._uses_own("sock_connect", _SOCK_CONNECT)
-        if local_infos is None and own_connect:
-            connecting = _core.connect_stream(self, family, type_, proto, address)
-            if connecting is not None:
-                try:
-                    return await connecting
-                except OSError as exc:
-                    mine.append(exc)
-                    raise
-        sock = None
+        connecting = None
         try:
-            # Non-blocking from the start (CPython then sets the timeout to 0,
-            # as setblocking(False) would): one system call instead of two.
-            sock = socket.socket(family=family, type=type_ | _SOCK_NONBLOCK, proto=proto)
-            if local_infos is not None:
-                self._bind_local(sock, family, local_infos, mine)
-            if own_connect:
-                # Our own sock_connect, minus its checks: the socket is ours,
-                # non-blocking, and getaddrinfo's address is numeric.
-                await self._sock_ops().connect(sock, address)
-            else:  # overridden (a subclass or a test's mock): honour it
-                await self.sock_connect(sock, address)
-            return sock
-        except OSError as exc:
-            mine.append(exc)
-            if sock is not None:
-                sock.close()
-            raise
-        except BaseException:
-            if sock is not None:
-                sock.close()
-            raise
+            family, type_, proto, _, address = info
+            own_connect = self._uses_own("sock_connect", _SOCK_CONNECT)
+            if local_infos is None and own_connect:
+                connecting = _core.connect_stream(self, family, type_, proto, address)
+                if connecting is not None:
+                    try:
+                        return await connecting
+                    except OSError as exc:
+                        mine.append(exc)
+                        raise
+            sock = None
+            try:
+                # Non-blocking from the start (CPython then sets the timeout to 0,
+                # as setblocking(False) would): one system call instead of two.
+                sock = socket.socket(family=family, type=type_ | _SOCK_NONBLOCK, proto=proto)
+                if local_infos is not None:
+                    self._bind_local(sock, family, local_infos, mine)
+                if own_connect:
+                    # Our own sock_connect, minus its checks: the socket is ours,
+                    # non-blocking, and getaddrinfo's address is numeric.
+                    await self._sock_ops().connect(sock, address)
+                else:  # overridden (a subclass or a test's mock): honour it
+                    await self.sock_connect(sock, address)
+                return sock
+            except OSError as exc:
+                mine.append(exc)
+                if sock is not None:
+                    sock.close()
+                raise
+            except BaseException:
+                if sock is not None:
+                    sock.close()
+                raise
+        finally:
+            # Tracebacks keep this frame alive: it must not keep the errors (a cycle).
+            errors = mine = connecting = None  # type: ignore[assignment]
 
     @staticmethod
     def _bind_local(
         sock: socket.socket, family: int, local_infos: list[AddrInfo], errors: list[OSError]
     ) -> None:
-        for local_family, _, _, _, local_address in local_infos:
-            if local_family != family:
-                continue
-            try:
-                sock.bind(local_address)
-                return
-            except OSError as exc:
-                errors.append(_bind_error(exc, local_address))
-        if errors:
-            raise errors.pop()
-        raise OSError(f"no matching local address with family={family} found")
+        try:
+            for local_family, _, _, _, local_address in local_infos:
+                if local_family != family:
+                    continue
+                try:
+                    sock.bind(local_address)
+                    return
+                except OSError as exc:
+                    errors.append(_bind_error(exc, local_address))
+            if errors:
+                raise errors.pop()
+            raise OSError(f"no matching local address with family={family} found")
+        finally:
+            errors = None  # type: ignore[assignment]  # (see _connect_one)
 
     # -- create_connection -------------------------------------------------------
 
@@ -356,20 +369,25 @@ class ConnectionsMixin:
             infos = _interleave_by_family(infos, interleave)
         errors: list[list[OSError]] = []
         sock = None
-        if happy_eyeballs_delay is None:
-            for info in infos:
-                try:
-                    sock = await self._connect_one(errors, info, local_infos)
-                    break
-                except OSError:
-                    continue
-        else:
-            attempts = [
-                (lambda info=info: self._connect_one(errors, info, local_infos)) for info in infos
-            ]
-            sock = (await staggered.staggered_race(attempts, happy_eyeballs_delay, loop=self))[0]
-        if sock is None:
-            _raise_connect_errors([exc for group in errors for exc in group], all_errors)
+        try:
+            if happy_eyeballs_delay is None:
+                for info in infos:
+                    try:
+                        sock = await self._connect_one(errors, info, local_infos)
+                        break
+                    except OSError:
+                        continue
+            else:
+                attempts = [
+                    (lambda info=info: self._connect_one(errors, info, local_infos))
+                    for info in infos
+                ]
+                race = await staggered.staggered_race(attempts, happy_eyeballs_delay, loop=self)
+                sock = race[0]
+            if sock is None:
+                _raise_connect_errors([exc for group in errors for exc in group], all_errors)
+        finally:
+            errors = attempts = race = None  # type: ignore[assignment]  # (see _connect_one)
         assert sock is not None
         return sock
 

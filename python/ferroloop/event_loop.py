@@ -85,8 +85,10 @@ class EventLoop(  # type: ignore[misc]
         "_default_executor",
         "_exception_handler",
         "_executor_shutdown_called",
+        "_reader_files",
         "_signal_handlers",
         "_sock_ops_core",
+        "_writer_files",
         "slow_callback_duration",
     )
 
@@ -100,6 +102,10 @@ class EventLoop(  # type: ignore[misc]
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth: int | None = None
         self._signal_handlers: dict[int, tuple[Callable[..., object], tuple[Any, ...]]] = {}
+        # The file objects (not plain descriptors) given to add_reader/add_writer,
+        # by descriptor: removing one still works after the object was closed.
+        self._reader_files: dict[int, Any] = {}
+        self._writer_files: dict[int, Any] = {}
         self.slow_callback_duration = 0.1
         self.set_debug(coroutines._is_debug_mode())
         self._release_empty_dict()
@@ -166,6 +172,8 @@ class EventLoop(  # type: ignore[misc]
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
         self._close_core()
+        self._reader_files.clear()
+        self._writer_files.clear()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
@@ -354,17 +362,31 @@ class EventLoop(  # type: ignore[misc]
 
     def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
         """Call `callback(*args)` whenever `fd` is readable (level-triggered)."""
-        fd = self._release_finished_sock_ops(fileobj_to_fd(fd))
+        fileobj = fd
+        fd = self._release_finished_sock_ops(fileobj_to_fd(fileobj))
         self._add_reader(fd, callback, *args)
+        if not isinstance(fileobj, int):
+            self._reader_files[fd] = fileobj
 
     def remove_reader(self, fd: Any) -> bool:
         """Stop watching `fd` for reading; True if it was watched."""
-        return self._remove_reader(fileobj_to_fd(fd))
+        fd = _registered_fd(fd, self._reader_files)
+        self._reader_files.pop(fd, None)
+        return self._remove_reader(fd)
 
     def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
         """Call `callback(*args)` whenever `fd` is writable (level-triggered)."""
-        fd = self._release_finished_sock_ops(fileobj_to_fd(fd))
+        fileobj = fd
+        fd = self._release_finished_sock_ops(fileobj_to_fd(fileobj))
         self._add_writer(fd, callback, *args)
+        if not isinstance(fileobj, int):
+            self._writer_files[fd] = fileobj
+
+    def remove_writer(self, fd: Any) -> bool:
+        """Stop watching `fd` for writing; True if it was watched."""
+        fd = _registered_fd(fd, self._writer_files)
+        self._writer_files.pop(fd, None)
+        return self._remove_writer(fd)
 
     def _release_finished_sock_ops(self, fd: int) -> int:
         # A sock_* call cancelled in this iteration still watches `fd` until
@@ -373,10 +395,6 @@ class EventLoop(  # type: ignore[misc]
         if ops is not None:
             ops._forget_done(fd)
         return fd
-
-    def remove_writer(self, fd: Any) -> bool:
-        """Stop watching `fd` for writing; True if it was watched."""
-        return self._remove_writer(fileobj_to_fd(fd))
 
     # -- signals -------------------------------------------------------------
 
@@ -496,6 +514,19 @@ def _context_of_failure(context: dict[str, Any]) -> Any:
     get_context = getattr(failed, "get_context", None)
     found = get_context() if get_context is not None else None
     return found if hasattr(found, "run") else None
+
+
+def _registered_fd(fileobj: Any, files: dict[int, Any]) -> int:
+    """The descriptor of `fileobj`; for a file object closed since it was
+    registered (fileno() is -1 now), the descriptor it was registered with,
+    as asyncio's selector finds the registration by the object itself."""
+    try:
+        return fileobj_to_fd(fileobj)
+    except ValueError:
+        for fd, registered in files.items():
+            if registered is fileobj:
+                return fd
+        raise
 
 
 def _describe_context_value(key: str, value: Any) -> str:
