@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyTuple};
 use pyo3::{ffi, PyTraverseError};
 
 use crate::errors::os_error;
@@ -157,6 +157,8 @@ pub struct Loop {
     /// with keyword names would build this dict afresh each time. It exists
     /// only while running so that it never keeps a stopped loop alive.
     own_kwargs: Mutex<Option<Py<PyDict>>>,
+    /// The loop's class defines its own `time` (checked when a run starts).
+    class_time: AtomicBool,
 }
 
 fn current_thread_id() -> u64 {
@@ -280,12 +282,13 @@ impl Loop {
     fn schedule_timer(
         &self,
         py: Python<'_>,
-        when: f64,
+        (when, when_given): (f64, Option<Py<PyAny>>),
         (callback, context): (Callback, Py<PyAny>),
     ) -> PyResult<Py<TimerHandle>> {
         let source = self.source_traceback(py)?;
         let stats = self.timer_stats.clone();
-        let timer = TimerHandle::schedule(py, callback, context, when, stats, source)?;
+        let timer =
+            TimerHandle::schedule(py, callback, context, (when, when_given), stats, source)?;
         self.state.lock().timers.push(when, timer.clone_ref(py));
         Ok(timer)
     }
@@ -323,7 +326,7 @@ impl Loop {
     /// How long the next wait may sleep: 0 if anything is ready or a stop
     /// is pending, until the earliest timer otherwise, or forever (-1); and
     /// whether any descriptor (or the signal channel) is watched at all.
-    fn sleep_budget_ms(&self, garbage: &mut Garbage) -> (i32, bool) {
+    fn sleep_budget_ms(&self, garbage: &mut Garbage, now: Option<f64>) -> (i32, bool) {
         let mut state = self.state.lock();
         state.timers.discard_cancelled(&mut garbage.timers);
         let watching = !state.watchers.is_empty() || state.signal_channel.is_some();
@@ -331,7 +334,7 @@ impl Loop {
             return (0, watching);
         }
         let timeout = match state.timers.next_deadline() {
-            Some(deadline) => sleep_ms_until(deadline),
+            Some(deadline) => sleep_ms_until(deadline, now.unwrap_or_else(monotonic)),
             None => -1,
         };
         (timeout, watching)
@@ -339,15 +342,16 @@ impl Loop {
 
     /// Steps 1-4 of an iteration: sleep as long as allowed, then queue
     /// everything that became ready.
-    fn collect_ready(&self, py: Python<'_>) -> PyResult<()> {
+    fn collect_ready(&self, py: Python<'_>, clock: &Clock<'_>) -> PyResult<()> {
         let poller = self.poller()?;
         let mut garbage = Garbage::default();
-        let (mut timeout_ms, mut watching) = self.sleep_budget_ms(&mut garbage);
+        let now = clock.patched_now()?;
+        let (mut timeout_ms, mut watching) = self.sleep_budget_ms(&mut garbage, now);
         if timeout_ms != 0 {
             // Announce the sleep, then look again: a call_soon_threadsafe that
             // slipped in between either is seen now or writes the eventfd.
             poller.prepare_to_sleep();
-            (timeout_ms, watching) = self.sleep_budget_ms(&mut garbage);
+            (timeout_ms, watching) = self.sleep_budget_ms(&mut garbage, now);
         }
         drop(garbage);
 
@@ -369,6 +373,8 @@ impl Loop {
         waited.map_err(|errno| os_error(py, errno))?;
         // Run Python-level signal handlers (Ctrl-C raises KeyboardInterrupt here).
         py.check_signals()?;
+        // Read before taking the state lock: a patched clock is Python code.
+        let now = clock.patched_now()?;
 
         let mut garbage = Garbage::default();
         {
@@ -379,7 +385,9 @@ impl Loop {
             // No clock read, and no vector to drop, in iterations without timers.
             if !state.timers.is_empty() {
                 let mut due = Vec::new();
-                state.timers.pop_due(monotonic(), &mut due);
+                state
+                    .timers
+                    .pop_due(now.unwrap_or_else(monotonic), &mut due);
                 for timer in due {
                     if timer.get().is_cancelled() {
                         garbage.timers.push(timer);
@@ -430,7 +438,7 @@ impl Loop {
     }
 
     fn run_once(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
-        self.collect_ready(slf.py())?;
+        self.collect_ready(slf.py(), &Clock::of(slf)?)?;
         self.run_ready(slf)
     }
 
@@ -463,9 +471,40 @@ fn instance_dict_slot(obj: &Bound<'_, PyAny>) -> Option<*mut *mut ffi::PyObject>
     }
 }
 
+/// Where the loop reads the time. asyncio reads `self.time()` for its timers,
+/// so a `time` that a subclass defines, or that a test patches onto the loop,
+/// moves them; otherwise the monotonic clock is read directly.
+enum Clock<'py> {
+    Monotonic,
+    Patched(Bound<'py, PyAny>),
+}
+
+impl<'py> Clock<'py> {
+    fn of(slf: &Bound<'py, Loop>) -> PyResult<Self> {
+        let time = pyo3::intern!(slf.py(), "time");
+        if slf.get().class_time.load(Ordering::Relaxed) || Loop::_instance_has(slf, time)? {
+            return Ok(Self::Patched(slf.getattr(time)?));
+        }
+        Ok(Self::Monotonic)
+    }
+
+    /// The patched clock's time now; None for the monotonic clock, which
+    /// callers read themselves only when they need it.
+    fn patched_now(&self) -> PyResult<Option<f64>> {
+        match self {
+            Self::Monotonic => Ok(None),
+            Self::Patched(time) => extract_time(&time.call0()?, "time()").map(Some),
+        }
+    }
+
+    fn now(&self) -> PyResult<f64> {
+        Ok(self.patched_now()?.unwrap_or_else(monotonic))
+    }
+}
+
 /// Milliseconds to sleep so that we wake at or after `deadline`, never before.
-fn sleep_ms_until(deadline: f64) -> i32 {
-    let remaining_ms = (deadline - monotonic()) * 1000.0;
+fn sleep_ms_until(deadline: f64, now: f64) -> i32 {
+    let remaining_ms = (deadline - now) * 1000.0;
     if remaining_ms <= 0.0 {
         0
     } else {
@@ -674,6 +713,7 @@ impl Loop {
             task_factory: Mutex::new(None),
             handle_pool: HandlePool::default(),
             own_kwargs: Mutex::new(None),
+            class_time: AtomicBool::new(false),
         })
     }
 
@@ -703,18 +743,20 @@ impl Loop {
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
     fn call_later(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         delay: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
         let delay = extract_time(delay, "delay")?;
-        self.check_closed()?;
-        self.check_thread()?;
-        let callback = self.new_callback(py, "call_later", callback, args.into(), context)?;
-        self.schedule_timer(py, monotonic() + delay, callback)
+        this.check_closed()?;
+        this.check_thread()?;
+        let callback = this.new_callback(py, "call_later", callback, args.into(), context)?;
+        let now = Clock::of(slf)?.now()?;
+        this.schedule_timer(py, (now + delay, None), callback)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -726,11 +768,12 @@ impl Loop {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
+        let when_given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
         let when = extract_time(when, "when")?;
         self.check_closed()?;
         self.check_thread()?;
         let callback = self.new_callback(py, "call_at", callback, args.into(), context)?;
-        self.schedule_timer(py, when, callback)
+        self.schedule_timer(py, (when, when_given), callback)
     }
 
     /// A new `asyncio.Future` bound to this loop.
@@ -813,6 +856,10 @@ impl Loop {
         let sys = python_api::sys(py)?;
         let old_hooks = sys.call_method0("get_asyncgen_hooks")?;
         this.thread_id.store(current_thread_id(), Ordering::Relaxed);
+        let own_time = py.get_type::<Loop>().getattr(pyo3::intern!(py, "time"))?;
+        let class_time = slf.get_type().getattr(pyo3::intern!(py, "time"))?;
+        this.class_time
+            .store(!class_time.is(&own_time), Ordering::Relaxed);
         let outcome = (|| {
             let own_kwargs = PyDict::new(py);
             own_kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;

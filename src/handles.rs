@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::python_api::format_callback_source;
@@ -607,6 +607,9 @@ impl Handle {
 pub struct TimerHandle {
     pub slot: Slot,
     pub when: f64,
+    /// The `when` given to `call_at` when it was not a float (an int, say):
+    /// asyncio hands back the very object from `when()`.
+    when_given: Option<Py<PyAny>>,
     /// True while the timer sits in its loop's heap.
     scheduled: AtomicBool,
     stats: Arc<TimerStats>,
@@ -618,7 +621,7 @@ impl TimerHandle {
         py: Python<'_>,
         callback: Callback,
         context: Py<PyAny>,
-        when: f64,
+        (when, when_given): (f64, Option<Py<PyAny>>),
         stats: Arc<TimerStats>,
         source_traceback: Option<Py<PyAny>>,
     ) -> PyResult<Py<Self>> {
@@ -627,6 +630,7 @@ impl TimerHandle {
             Self {
                 slot: Slot::new(callback, context, true),
                 when,
+                when_given,
                 scheduled: AtomicBool::new(true),
                 stats,
                 source_traceback,
@@ -638,6 +642,13 @@ impl TimerHandle {
 
     pub fn is_cancelled(&self) -> bool {
         self.slot.is_cancelled()
+    }
+
+    fn when_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.when_given {
+            Some(given) => Ok(given.clone_ref(py)),
+            None => Ok(PyFloat::new(py, self.when).into_any().unbind()),
+        }
     }
 
     /// Called by the loop when the timer leaves the heap.
@@ -672,8 +683,8 @@ impl TimerHandle {
     }
 
     /// The absolute loop time at which the callback is due.
-    fn when(&self) -> f64 {
-        self.when
+    fn when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.when_object(py)
     }
 
     fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -685,8 +696,8 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.when_object(py)
     }
 
     #[getter]

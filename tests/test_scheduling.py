@@ -777,3 +777,72 @@ def test_idle_loop_with_idle_reader_does_not_spin(loop):
     finally:
         a.close()
         b.close()
+
+
+def test_timers_follow_a_patched_time(loop):
+    """asyncio reads its timers' clock through `self.time()`: a test that patches
+    `time` on the loop (aiohttp's do) moves call_later deadlines and firing."""
+    from unittest import mock
+
+    fired = []
+
+    async def main():
+        start = loop.time()
+        with mock.patch.object(loop, "time") as patched:
+            patched.return_value = start
+            loop.call_later(3600, fired.append, "hour")
+            await asyncio.sleep(0)
+            assert fired == []
+            patched.return_value = start + 3600
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        return fired
+
+    assert loop.run_until_complete(main()) == ["hour"]
+
+
+def test_timers_follow_a_subclass_time(loop_factory):
+    """A loop subclass with its own `time` drives its timers with it."""
+    probe = loop_factory()
+    base = type(probe)
+    probe.close()
+
+    class Shifted(base):
+        shift = 0.0
+
+        def time(self):
+            return super().time() + self.shift
+
+    shifted = Shifted()
+    fired = []
+
+    async def main():
+        shifted.call_later(3600, fired.append, "hour")
+        await asyncio.sleep(0)
+        Shifted.shift = 3600.0
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return fired
+
+    try:
+        assert shifted.run_until_complete(main()) == ["hour"]
+    finally:
+        Shifted.shift = 0.0
+        shifted.close()
+
+
+def test_call_at_keeps_the_when_it_was_given(loop):
+    """TimerHandle.when() is the object given to call_at (an int stays an int:
+    aiohttp rounds its timeouts up to whole seconds); call_later's is a float."""
+
+    async def main():
+        at = int(loop.time()) + 3600
+        by_int = loop.call_at(at, lambda: None)
+        later = loop.call_later(3600, lambda: None)
+        result = (by_int.when(), type(by_int.when()), type(later.when()))
+        by_int.cancel()
+        later.cancel()
+        return result, at
+
+    (when, when_type, later_type), at = loop.run_until_complete(main())
+    assert (when, when_type, later_type) == (at, int, float)
