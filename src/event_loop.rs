@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyTuple, PyType};
 use pyo3::{ffi, PyTraverseError};
 
 use crate::errors::os_error;
@@ -502,6 +502,13 @@ impl<'py> Clock<'py> {
     }
 }
 
+/// Whether `cls` (a loop class) replaces the loop's own `time`.
+fn defines_own_time(cls: &Bound<'_, PyType>) -> PyResult<bool> {
+    let py = cls.py();
+    let time = pyo3::intern!(py, "time");
+    Ok(!cls.getattr(time)?.is(&py.get_type::<Loop>().getattr(time)?))
+}
+
 /// Milliseconds to sleep so that we wake at or after `deadline`, never before.
 fn sleep_ms_until(deadline: f64, now: f64) -> i32 {
     let remaining_ms = (deadline - now) * 1000.0;
@@ -691,8 +698,13 @@ fn extract_time(value: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
 #[pymethods]
 impl Loop {
     #[new]
+    #[classmethod]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+    fn py_new(
+        cls: &Bound<'_, PyType>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
         let poller = Poller::new().map_err(|errno| Python::attach(|py| os_error(py, errno)))?;
         let timer_stats = Arc::new(TimerStats::default());
         Ok(Self {
@@ -713,7 +725,7 @@ impl Loop {
             task_factory: Mutex::new(None),
             handle_pool: HandlePool::default(),
             own_kwargs: Mutex::new(None),
-            class_time: AtomicBool::new(false),
+            class_time: AtomicBool::new(defines_own_time(cls)?),
         })
     }
 
@@ -856,10 +868,9 @@ impl Loop {
         let sys = python_api::sys(py)?;
         let old_hooks = sys.call_method0("get_asyncgen_hooks")?;
         this.thread_id.store(current_thread_id(), Ordering::Relaxed);
-        let own_time = py.get_type::<Loop>().getattr(pyo3::intern!(py, "time"))?;
-        let class_time = slf.get_type().getattr(pyo3::intern!(py, "time"))?;
+        // Again: the class may have been patched since the loop was made.
         this.class_time
-            .store(!class_time.is(&own_time), Ordering::Relaxed);
+            .store(defines_own_time(&slf.get_type())?, Ordering::Relaxed);
         let outcome = (|| {
             let own_kwargs = PyDict::new(py);
             own_kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;

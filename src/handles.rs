@@ -644,10 +644,10 @@ impl TimerHandle {
         self.slot.is_cancelled()
     }
 
-    fn when_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    fn when_object(&self, py: Python<'_>) -> Py<PyAny> {
         match &self.when_given {
-            Some(given) => Ok(given.clone_ref(py)),
-            None => Ok(PyFloat::new(py, self.when).into_any().unbind()),
+            Some(given) => given.clone_ref(py),
+            None => PyFloat::new(py, self.when).into_any().unbind(),
         }
     }
 
@@ -683,7 +683,7 @@ impl TimerHandle {
     }
 
     /// The absolute loop time at which the callback is due.
-    fn when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    fn when(&self, py: Python<'_>) -> Py<PyAny> {
         self.when_object(py)
     }
 
@@ -696,7 +696,7 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    fn _when(&self, py: Python<'_>) -> Py<PyAny> {
         self.when_object(py)
     }
 

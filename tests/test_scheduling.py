@@ -846,3 +846,22 @@ def test_call_at_keeps_the_when_it_was_given(loop):
 
     (when, when_type, later_type), at = loop.run_until_complete(main())
     assert (when, when_type, later_type) == (at, int, float)
+
+
+def test_subclass_time_sets_deadlines_before_the_loop_runs(loop_factory):
+    """call_later on a loop that has not run yet already uses the subclass's time."""
+    probe = loop_factory()
+    base = type(probe)
+    probe.close()
+
+    class Ahead(base):
+        def time(self):
+            return super().time() + 1_000_000.0
+
+    ahead = Ahead()
+    try:
+        handle = ahead.call_later(10, lambda: None)
+        assert handle.when() > ahead.time() + 9
+        handle.cancel()
+    finally:
+        ahead.close()
