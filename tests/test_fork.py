@@ -15,6 +15,7 @@ import asyncio
 import os
 import socket
 import sys
+import threading
 
 import pytest
 
@@ -22,6 +23,19 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_threads() -> None:
+    """Fork from a single-threaded process, as a forking server would.
+
+    A previous test's loop closes its default executor without waiting, so a
+    worker may still be exiting; forking then makes Python 3.12+ warn that the
+    process is multi-threaded. Give such threads a moment to finish first.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread():
+            thread.join(timeout=5)
 
 
 class Echo(asyncio.Protocol):
