@@ -60,7 +60,7 @@ MICRO_S = {
     "future_roundtrip": 0.9,
     "run_in_executor": 0.7,
     "getaddrinfo_numeric": 0.6,
-    "connect_storm": 0.6,
+    "connect_storm": 0.8,
     "loop_create_close": 0.9,
     "subprocess_spawn": 1.0,
     "subprocess_pipe": 0.7,
