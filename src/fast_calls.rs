@@ -272,6 +272,7 @@ unsafe fn call_soon(
     };
     let rest = positional.get(1..).unwrap_or_default();
     let call_args = match rest {
+        [] => Args::None,
         [only] => Args::One(unsafe { Bound::from_borrowed_ptr(py, *only) }.unbind()),
         _ => Args::Tuple(
             PyTuple::new(

@@ -35,10 +35,12 @@ use pyo3::PyTraverseError;
 
 use crate::python_api::format_callback_source;
 
-/// A callback's positional arguments. A single argument, the common case
-/// (a future's done-callbacks, `call_soon(fut.set_result, value)`), is
-/// kept as it is: no tuple is built for it, and it is passed by vectorcall.
+/// A callback's positional arguments. None (a task's next step) and a
+/// single argument (a future's done-callbacks, `call_soon(fut.set_result,
+/// value)`), the common cases, need no tuple; one argument is passed by
+/// vectorcall.
 pub enum Args {
+    None,
     One(Py<PyAny>),
     Tuple(Py<PyTuple>),
 }
@@ -46,6 +48,7 @@ pub enum Args {
 impl Args {
     pub fn clone_ref(&self, py: Python<'_>) -> Self {
         match self {
+            Self::None => Self::None,
             Self::One(arg) => Self::One(arg.clone_ref(py)),
             Self::Tuple(args) => Self::Tuple(args.clone_ref(py)),
         }
@@ -54,6 +57,7 @@ impl Args {
     /// The arguments as asyncio's `Handle._args` holds them.
     pub fn to_tuple(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
         match self {
+            Self::None => Ok(PyTuple::empty(py).unbind()),
             Self::One(arg) => Ok(PyTuple::new(py, [arg])?.unbind()),
             Self::Tuple(args) => Ok(args.clone_ref(py)),
         }
@@ -61,6 +65,7 @@ impl Args {
 
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
+            Self::None => Ok(()),
             Self::One(arg) => visit.call(arg),
             Self::Tuple(args) => visit.call(args),
         }
@@ -113,6 +118,8 @@ impl Callback {
     fn call(&self, _py: Python<'_>) -> *mut ffi::PyObject {
         let func = self.func.as_ptr();
         match &self.args {
+            // SAFETY: `func` is live; the GIL is held.
+            Args::None => unsafe { ffi::PyObject_CallNoArgs(func) },
             Args::One(arg) => {
                 // A free slot in front of the argument lets a bound method
                 // put `self` there instead of copying the arguments.
