@@ -574,6 +574,12 @@ impl Handle {
         self.slot.context().map(|context| context.clone_ref(py))
     }
 
+    /// asyncio's attribute for `get_context()` (the only way before 3.12).
+    #[getter(_context)]
+    fn context_attribute(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.get_context(py)
+    }
+
     /// Run the callback now, reporting an exception to the loop's handler.
     fn _run(slf: &Bound<'_, Self>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {
         slf.get().slot.run(slf.py(), loop_, slf.as_any())
@@ -696,6 +702,12 @@ impl TimerHandle {
 
     fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.slot.context().map(|context| context.clone_ref(py))
+    }
+
+    /// asyncio's attribute for `get_context()` (the only way before 3.12).
+    #[getter(_context)]
+    fn context_attribute(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.get_context(py)
     }
 
     fn _run(slf: &Bound<'_, Self>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {

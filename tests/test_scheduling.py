@@ -103,6 +103,27 @@ def test_run_handle_keeps_its_callback_until_cancelled(loop):
     assert h._callback is None and h.cancelled()
 
 
+def test_handles_expose_their_context_as_asyncio_does(loop):
+    """`_context` (asyncio's attribute; `get_context()` only exists from 3.12)
+    is the context the callback runs in, kept after the handle ran or was
+    cancelled."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outer")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "inner")
+    seen = []
+    soon = loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+    timer = loop.call_later(3600, print, context=ctx)
+    assert soon._context is ctx and timer._context is ctx
+    plain = loop.call_soon(print)
+    assert isinstance(plain._context, contextvars.Context) and plain._context is not ctx
+    plain.cancel()
+    timer.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == ["inner"]
+    assert soon._context is ctx and timer._context is ctx
+    assert isinstance(plain._context, contextvars.Context)
+
+
 def test_callback_cancelling_its_own_handle_while_running(loop):
     box = {}
 
