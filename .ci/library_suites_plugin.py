@@ -1,0 +1,139 @@
+"""pytest plugin for `.ci/library-suites`: a library's own test suite on asyncio or on ferroloop.
+
+Loaded with `-p library_suites_plugin` (`.ci` on PYTHONPATH); the suite's sources are not edited.
+
+`--library-loop=asyncio` changes nothing: the suite runs as it does where uvloop is not
+installed (its uvloop variants skip themselves).
+
+`--library-loop=ferroloop` makes `import uvloop` return ferroloop, before the suite's conftest
+imports it, so ferroloop is in every slot the suite gives uvloop: anyio's
+`("asyncio", {"loop_factory": uvloop.new_event_loop})` backend and its `use_uvloop` option,
+aiohttp's `--aiohttp-loop=uvloop` choice, its `uvloop_loop` fixture and its uvloop gunicorn
+worker. Test ids keep the name `uvloop`. (aiohttp's loop names are a fixed list inside its
+plugin's pytest_generate_tests; a name "ferroloop" would mean replacing that hook, importing
+aiohttp's plugin before pytest marks it for assertion rewriting, which pytest warns about and
+aiohttp's filterwarnings=error makes an error.) anyio tests whose `anyio_backend` is not
+ferroloop's are deselected: they run on asyncio's loop (or trio), in the asyncio run.
+
+`--library-results=FILE` writes one JSON line per test phase report (node id, phase, outcome,
+whether xfail applied), and per module skipped or failing as a whole, as it happens, so that a
+run that dies still leaves what it finished. `library_suites_compare.py` reads two such files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from typing import IO, Any
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("library-suites", "ferroloop's .ci/library-suites")
+    group.addoption(
+        "--library-loop",
+        choices=("asyncio", "ferroloop"),
+        default="asyncio",
+        help="asyncio: the suite as it is; ferroloop: ferroloop in the suite's uvloop slot",
+    )
+    group.addoption(
+        "--library-results",
+        metavar="FILE",
+        default=None,
+        help="write each test report's node id and outcome to FILE (JSON lines)",
+    )
+
+
+def _ferroloop_as_uvloop() -> None:
+    """Make `import uvloop` (and `uvloop.loop`) return ferroloop's equivalents."""
+    import ferroloop
+
+    if "uvloop" in sys.modules:
+        raise pytest.UsageError("uvloop was imported before ferroloop could take its place")
+    loop_module = types.ModuleType("uvloop.loop", "ferroloop, standing in for uvloop.loop")
+    loop_module.Loop = ferroloop.Loop  # type: ignore[attr-defined]
+    shim = types.ModuleType("uvloop", "ferroloop, standing in for uvloop (.ci/library-suites)")
+    for name in ("EventLoopPolicy", "Loop", "install", "new_event_loop", "run", "__version__"):
+        setattr(shim, name, getattr(ferroloop, name))
+    shim.loop = loop_module  # type: ignore[attr-defined]
+    sys.modules["uvloop"] = shim
+    sys.modules["uvloop.loop"] = loop_module
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # Runs before any conftest is imported: conftests import uvloop at module level.
+    if early_config.known_args_namespace.library_loop == "ferroloop":
+        _ferroloop_as_uvloop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    path = config.getoption("library_results")
+    if path is not None:
+        results = open(path, "w", encoding="utf-8")  # closed at unconfigure
+        config.pluginmanager.register(_ReportWriter(results), "library-suites-writer")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if config.getoption("library_loop") == "asyncio":
+        return "library-suites: asyncio's own event loop (uvloop not installed)"
+    import ferroloop
+
+    return (
+        f"library-suites: ferroloop {ferroloop.__version__} in uvloop's slot ({ferroloop.__file__})"
+    )
+
+
+def _is_ferroloop_backend(backend: Any) -> bool:
+    """Whether an anyio_backend parameter is ("asyncio", {"loop_factory": ferroloop's})."""
+    import ferroloop
+
+    return (
+        isinstance(backend, tuple)
+        and len(backend) == 2
+        and backend[0] == "asyncio"
+        and isinstance(backend[1], dict)
+        and backend[1].get("loop_factory") is ferroloop.new_event_loop
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("library_loop") != "ferroloop":
+        return
+    selected: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params: dict[str, Any] = callspec.params if callspec is not None else {}
+        if "anyio_backend" in params and not _is_ferroloop_backend(params["anyio_backend"]):
+            deselected.append(item)
+        else:
+            selected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+class _ReportWriter:
+    """Writes each test report as a JSON line as soon as pytest has it."""
+
+    def __init__(self, results: IO[str]) -> None:
+        self._results = results
+
+    def _write(self, nodeid: str, when: str, outcome: str, xfail: bool) -> None:
+        record = {"nodeid": nodeid, "when": when, "outcome": outcome, "xfail": xfail}
+        self._results.write(json.dumps(record) + "\n")
+        self._results.flush()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._write(report.nodeid, report.when, report.outcome, hasattr(report, "wasxfail"))
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        # A module skipped or failing as a whole: pytest counts it as one skip or error.
+        if not report.passed:
+            self._write(report.nodeid, "collect", report.outcome, False)
+
+    def pytest_unconfigure(self) -> None:
+        self._results.close()
