@@ -1324,7 +1324,7 @@ impl Loop {
             (
                 Callback {
                     func,
-                    args: Args::Tuple(args),
+                    args: Args::from(args.bind(py)),
                 },
                 context,
             ),

@@ -74,7 +74,11 @@ impl Args {
 
 impl From<&Bound<'_, PyTuple>> for Args {
     fn from(args: &Bound<'_, PyTuple>) -> Self {
-        Self::Tuple(args.clone().unbind())
+        if args.is_empty() {
+            Self::None
+        } else {
+            Self::Tuple(args.clone().unbind())
+        }
     }
 }
 

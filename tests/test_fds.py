@@ -362,3 +362,25 @@ def test_remove_after_the_file_object_was_closed(loop):
 
     invalid = "ValueError: Invalid file descriptor: -1"
     assert loop.run_until_complete(main()) == [True, invalid, True, invalid]
+
+
+def test_descriptor_watched_again_by_number_keeps_the_file_object(loop):
+    """Watching a descriptor again by number keeps the registration under the
+    file object it was made with: the closed object still removes it, and
+    the number alone then finds nothing."""
+
+    async def main():
+        reading, peer = socket.socketpair()
+        fd = reading.fileno()
+        loop.add_reader(reading, lambda: None)
+        duplicate = os.dup(fd)
+        reading.close()  # the descriptor number is free, then taken again
+        os.dup2(duplicate, fd)
+        os.close(duplicate)
+        loop.add_reader(fd, lambda: None)
+        out = [_attempt(loop.remove_reader, reading), _attempt(loop.remove_reader, fd)]
+        os.close(fd)
+        peer.close()
+        return out
+
+    assert loop.run_until_complete(main()) == [True, False]

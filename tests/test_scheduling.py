@@ -103,6 +103,25 @@ def test_run_handle_keeps_its_callback_until_cancelled(loop):
     assert h._callback is None and h.cancelled()
 
 
+def test_callbacks_without_arguments_run_with_none(loop):
+    """Every way to schedule a callback without arguments: `_args` is an
+    empty tuple, and the callback is called with no arguments."""
+    calls = []
+
+    def record(*args):
+        calls.append(args)
+
+    handles = [
+        loop.call_soon(record),
+        loop.call_soon_threadsafe(record),
+        loop.call_later(0, record),
+        loop.call_at(loop.time(), record),
+    ]
+    assert [h._args for h in handles] == [()] * 4
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert calls == [()] * 4
+
+
 def test_handles_expose_their_context_as_asyncio_does(loop):
     """`_context` (asyncio's attribute; `get_context()` only exists from 3.12)
     is the context the callback runs in, kept after the handle ran or was

@@ -362,31 +362,36 @@ class EventLoop(  # type: ignore[misc]
 
     def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
         """Call `callback(*args)` whenever `fd` is readable (level-triggered)."""
-        fileobj = fd
-        fd = self._release_finished_sock_ops(fileobj_to_fd(fileobj))
-        self._add_reader(fd, callback, *args)
-        if not isinstance(fileobj, int):
-            self._reader_files[fd] = fileobj
+        self._watch(self._add_reader, self._reader_files, fd, callback, args)
 
     def remove_reader(self, fd: Any) -> bool:
         """Stop watching `fd` for reading; True if it was watched."""
-        fd = _registered_fd(fd, self._reader_files)
-        self._reader_files.pop(fd, None)
-        return self._remove_reader(fd)
+        return _unwatch(self._remove_reader, self._reader_files, fd)
 
     def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
         """Call `callback(*args)` whenever `fd` is writable (level-triggered)."""
-        fileobj = fd
-        fd = self._release_finished_sock_ops(fileobj_to_fd(fileobj))
-        self._add_writer(fd, callback, *args)
-        if not isinstance(fileobj, int):
-            self._writer_files[fd] = fileobj
+        self._watch(self._add_writer, self._writer_files, fd, callback, args)
 
     def remove_writer(self, fd: Any) -> bool:
         """Stop watching `fd` for writing; True if it was watched."""
-        fd = _registered_fd(fd, self._writer_files)
-        self._writer_files.pop(fd, None)
-        return self._remove_writer(fd)
+        return _unwatch(self._remove_writer, self._writer_files, fd)
+
+    def _watch(
+        self,
+        add: Callable[..., None],
+        files: dict[int, Any],
+        fileobj: Any,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+    ) -> None:
+        fd = self._release_finished_sock_ops(fileobj_to_fd(fileobj))
+        add(fd, callback, *args)
+        # Remember a file object (not a plain descriptor): removing it must
+        # still work after it was closed (see _registered_fd). Watching the
+        # descriptor again by number keeps it, as asyncio's selector keeps
+        # the registration's original key.
+        if not isinstance(fileobj, int):
+            files[fd] = fileobj
 
     def _release_finished_sock_ops(self, fd: int) -> int:
         # A sock_* call cancelled in this iteration still watches `fd` until
@@ -514,6 +519,12 @@ def _context_of_failure(context: dict[str, Any]) -> Any:
     get_context = getattr(failed, "get_context", None)
     found = get_context() if get_context is not None else None
     return found if hasattr(found, "run") else None
+
+
+def _unwatch(remove: Callable[[int], bool], files: dict[int, Any], fileobj: Any) -> bool:
+    fd = _registered_fd(fileobj, files)
+    files.pop(fd, None)
+    return remove(fd)
 
 
 def _registered_fd(fileobj: Any, files: dict[int, Any]) -> int:
