@@ -29,6 +29,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyTuple, PyType};
 use pyo3::{ffi, PyTraverseError};
 
+use crate::call_soon_descriptor;
 use crate::errors::os_error;
 use crate::fd_watchers::{Direction, Dispatch, FdWatchers, NativeWatch};
 use crate::handles::{
@@ -157,6 +158,10 @@ pub struct Loop {
     /// with keyword names would build this dict afresh each time. It exists
     /// only while running so that it never keeps a stopped loop alive.
     own_kwargs: Mutex<Option<Py<PyDict>>>,
+    /// `self.call_soon` bound once while the loop runs, for CPython 3.11's C
+    /// Future and Task (call_soon_descriptor.rs); None otherwise, and on later
+    /// Pythons. Only while running, for the same reason as `own_kwargs`.
+    call_soon_of_run: Mutex<Option<Py<PyAny>>>,
     /// The loop's class defines its own `time` (checked when a run starts).
     class_time: AtomicBool,
 }
@@ -190,6 +195,14 @@ impl Loop {
             .lock()
             .as_ref()
             .map(|kwargs| kwargs.bind(py).clone())
+    }
+
+    /// The bound `call_soon` held for this run (see the field).
+    pub fn call_soon_of_run(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.call_soon_of_run
+            .lock()
+            .as_ref()
+            .map(|bound| bound.clone_ref(py))
     }
 
     fn check_closed(&self) -> PyResult<()> {
@@ -725,6 +738,7 @@ impl Loop {
             task_factory: Mutex::new(None),
             handle_pool: HandlePool::default(),
             own_kwargs: Mutex::new(None),
+            call_soon_of_run: Mutex::new(None),
             class_time: AtomicBool::new(defines_own_time(cls)?),
         })
     }
@@ -875,6 +889,7 @@ impl Loop {
             let own_kwargs = PyDict::new(py);
             own_kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
             *this.own_kwargs.lock() = Some(own_kwargs.unbind());
+            *this.call_soon_of_run.lock() = call_soon_descriptor::bind_for_run(slf)?;
             let hooks = PyDict::new(py);
             hooks.set_item("firstiter", slf.getattr("_asyncgen_firstiter_hook")?)?;
             hooks.set_item("finalizer", slf.getattr("_asyncgen_finalizer_hook")?)?;
@@ -891,6 +906,8 @@ impl Loop {
         this.thread_id.store(0, Ordering::Relaxed);
         let own_kwargs = this.own_kwargs.lock().take();
         drop(own_kwargs);
+        let call_soon = this.call_soon_of_run.lock().take();
+        drop(call_soon);
         let restored = python_api::set_running_loop(py, &py.None().into_bound(py))
             .and_then(|_| slf.call_method1("_set_coroutine_origin_tracking", (false,)))
             .and_then(|_| sys.call_method1("set_asyncgen_hooks", old_hooks.cast::<PyTuple>()?));
@@ -1146,6 +1163,9 @@ impl Loop {
         if let Some(own_kwargs) = self.own_kwargs.try_lock() {
             visit.call(&*own_kwargs)?;
         }
+        if let Some(call_soon) = self.call_soon_of_run.try_lock() {
+            visit.call(&*call_soon)?;
+        }
         if let Some(batch) = self.batch.try_lock() {
             for job in batch.iter() {
                 job.visit(&visit)?;
@@ -1161,6 +1181,8 @@ impl Loop {
         drop(factory);
         let own_kwargs = self.own_kwargs.lock().take();
         drop(own_kwargs);
+        let call_soon = self.call_soon_of_run.lock().take();
+        drop(call_soon);
     }
 }
 

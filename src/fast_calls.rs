@@ -21,6 +21,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 
+use crate::call_soon_descriptor;
 use crate::event_loop::Loop;
 use crate::handles::Args;
 use crate::stream::StreamTransport;
@@ -44,12 +45,13 @@ type FastCall = unsafe extern "C" fn(
 
 /// Installs the fast calls on their types.
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    install_method(
-        &py.get_type::<Loop>(),
-        c"call_soon",
-        call_soon_fastcall,
-        CALL_SOON_DOC,
-    )?;
+    let loop_type = py.get_type::<Loop>();
+    let call_soon = method_descriptor(&loop_type, c"call_soon", call_soon_fastcall, CALL_SOON_DOC)?;
+    if call_soon_descriptor::wanted(py) {
+        call_soon_descriptor::install(&loop_type, call_soon)?;
+    } else {
+        loop_type.setattr("call_soon", call_soon)?;
+    }
     let stream_transport = py.get_type::<StreamTransport>();
     install_method(&stream_transport, c"write", write_fastcall, WRITE_DOC)?;
     install_method(
@@ -66,6 +68,17 @@ fn install_method(
     function: FastCall,
     doc: &'static CStr,
 ) -> PyResult<()> {
+    let descriptor = method_descriptor(owner, name, function, doc)?;
+    owner.setattr(name.to_str().expect("method names are ASCII"), descriptor)
+}
+
+/// A `method_descriptor` of `owner` for a fast call.
+fn method_descriptor<'py>(
+    owner: &Bound<'py, PyType>,
+    name: &'static CStr,
+    function: FastCall,
+    doc: &'static CStr,
+) -> PyResult<Bound<'py, PyAny>> {
     // The definition must outlive the type: leak it once per module import.
     let definition = Box::leak(Box::new(ffi::PyMethodDef {
         ml_name: name.as_ptr(),
@@ -76,13 +89,12 @@ fn install_method(
         ml_doc: doc.as_ptr() as *const c_char,
     }));
     // SAFETY: `owner` is a live type object and `definition` lives forever.
-    let descriptor = unsafe {
+    unsafe {
         Bound::from_owned_ptr_or_err(
             owner.py(),
             ffi::PyDescr_NewMethod(owner.as_ptr().cast(), definition),
-        )?
-    };
-    owner.setattr(name.to_str().expect("method names are ASCII"), descriptor)
+        )
+    }
 }
 
 /// Runs a fast call's body: attached to the interpreter (which holds the GIL

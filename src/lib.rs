@@ -4,6 +4,7 @@
 //! the parts of asyncio's API that run once per loop or per connection.
 
 mod buffers;
+mod call_soon_descriptor;
 mod connector;
 mod errors;
 mod event_loop;

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import weakref
 
 import pytest
 from loop_helpers import only_ferroloop
@@ -76,6 +77,81 @@ def test_call_soon_context_keyword_from_c_futures(loop):
 
     loop.run_until_complete(main())
     assert seen == ["theirs"]
+
+
+def test_c_tasks_use_a_call_soon_patched_on_the_running_loop(loop):
+    """The C Task and Future look `call_soon` up on the loop for every step: a
+    patch on the instance is used while it is there, and only then."""
+    from unittest import mock
+
+    async def step():
+        await asyncio.sleep(0)
+
+    async def main():
+        with mock.patch.object(loop, "call_soon", wraps=loop.call_soon) as patched:
+            await loop.create_task(step())
+        await loop.create_task(step())
+        return patched.call_count
+
+    # The task's first step, its step after sleep(0), and main's wake-up; none
+    # of the steps after the patch ended.
+    assert loop.run_until_complete(main()) == 3
+
+
+def test_c_tasks_use_a_subclass_call_soon(loop_factory):
+    probe = loop_factory()
+    base = type(probe)
+    probe.close()
+    scheduled = []
+
+    class Counting(base):
+        def call_soon(self, callback, *args, context=None):
+            scheduled.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    counting = Counting()
+    try:
+        counting.run_until_complete(asyncio.sleep(0))
+    finally:
+        counting.close()
+    assert len(scheduled) >= 2
+
+
+def test_call_soon_bound_and_unbound(loop):
+    """`loop.call_soon` is bound to the loop whether or not it runs; the class
+    attribute takes the loop as its first argument."""
+    cls = type(loop)
+    out = []
+
+    async def main():
+        running = loop.call_soon
+        assert running.__self__ is loop
+        cls.call_soon(loop, out.append, "unbound")
+        await asyncio.sleep(0)
+
+    assert loop.call_soon.__self__ is loop
+    loop.run_until_complete(main())
+    assert out == ["unbound"]
+    assert loop.call_soon.__self__ is loop
+    with pytest.raises(TypeError):
+        cls.call_soon()
+    assert cls.call_soon.__name__ == "call_soon"
+
+
+def test_a_loop_that_ran_is_freed_without_the_collector(loop_factory):
+    """Running leaves no reference cycle through the loop behind: once closed
+    and dropped, it goes at once."""
+    loop = loop_factory()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    gc.collect()
+    gc.disable()
+    try:
+        ref = weakref.ref(loop)
+        del loop
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 def test_handles_still_referenced_are_never_reused(loop):
