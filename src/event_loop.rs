@@ -1339,8 +1339,19 @@ impl Loop {
 
     /// Schedules `func(*args)` like `call_soon`, from Rust.
     pub fn soon(&self, py: Python<'_>, func: Py<PyAny>, args: Py<PyTuple>) -> PyResult<()> {
-        self.check_closed()?;
         let context = context_or_copy(py, None)?;
+        self.soon_in(py, func, args, context)
+    }
+
+    /// `soon`, in `context`.
+    pub fn soon_in(
+        &self,
+        py: Python<'_>,
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Py<PyAny>,
+    ) -> PyResult<()> {
+        self.check_closed()?;
         self.schedule_one_shot(
             py,
             (

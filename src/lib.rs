@@ -5,6 +5,7 @@
 
 mod buffers;
 mod call_soon_descriptor;
+mod callback_context;
 mod connector;
 mod errors;
 mod event_loop;

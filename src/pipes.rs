@@ -34,6 +34,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::buffers::{contiguous_copy, is_non_contiguous, with_bytes};
+use crate::callback_context::{self, TransportContexts};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
@@ -79,6 +80,8 @@ struct PipeState {
     protocol_paused: bool,
     /// Writes refused after the connection was lost (asyncio's `_conn_lost`).
     conn_lost: u32,
+    /// The contexts reads and flushes run in (callback_context.rs).
+    contexts: TransportContexts,
 }
 
 impl PipeState {
@@ -205,20 +208,23 @@ impl PipeTransport {
     }
 
     fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
+        let reading = || this.state.lock().contexts.reading(py);
         match this.kind {
             Kind::Read => {
                 if readiness.readable {
-                    Self::read_ready(slf)?;
+                    callback_context::run_in(py, reading().as_ref(), || Self::read_ready(slf))?;
                 }
             }
             Kind::Write => {
                 // asyncio runs the reader callback before the writer one.
                 if readiness.readable && this.interest(&this.state.lock()).read {
-                    Self::peer_closed(slf)?;
+                    callback_context::run_in(py, reading().as_ref(), || Self::peer_closed(slf))?;
                 }
                 if readiness.writable {
-                    Self::write_ready(slf)?;
+                    let writing = this.state.lock().contexts.writing(py);
+                    callback_context::run_in(py, writing.as_ref(), || Self::write_ready(slf))?;
                 }
             }
         }
@@ -415,6 +421,11 @@ impl PipeTransport {
                 pause,
             } => {
                 if start_writer {
+                    // Flushes run in a copy of this writer's context, as
+                    // asyncio's writer handle, made now, would.
+                    let writer = callback_context::copy_current(py)?;
+                    let previous = this.state.lock().contexts.set_writing(writer);
+                    drop(previous);
                     this.update_interest(py)?;
                 }
                 if pause {
@@ -625,6 +636,7 @@ impl PipeTransport {
             )));
         }
         let kind = if writable { Kind::Write } else { Kind::Read };
+        let context = callback_context::copy_current(event_loop.py())?;
         Ok(Self {
             read_size: ReadSizeHint::default(),
             fd,
@@ -646,6 +658,7 @@ impl PipeTransport {
                 low_water: DEFAULT_HIGH_WATER / 4,
                 protocol_paused: false,
                 conn_lost: 0,
+                contexts: TransportContexts::new(context),
             }),
         })
     }
@@ -797,13 +810,17 @@ impl PipeTransport {
     }
 
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
-        {
+        // asyncio adds a new reader handle: reads go on in the caller's context.
+        let caller = callback_context::copy_current(py)?;
+        let previous = {
             let mut state = self.state.lock();
             if state.closing || !state.reading_paused {
                 return Ok(());
             }
             state.reading_paused = false;
-        }
+            state.contexts.reading_resumed(caller)
+        };
+        drop(previous);
         self.update_interest(py)
     }
 
@@ -886,7 +903,7 @@ impl PipeTransport {
         visit.call(&state.wrapper)?;
         visit.call(&state.protocol)?;
         visit.call(&state.pipe)?;
-        Ok(())
+        state.contexts.visit(&visit)
     }
 
     fn __clear__(&self) {
@@ -894,7 +911,11 @@ impl PipeTransport {
             let Some(mut state) = self.state.try_lock() else {
                 return;
             };
-            (state.wrapper.take(), state.protocol.take())
+            (
+                state.wrapper.take(),
+                state.protocol.take(),
+                state.contexts.take(),
+            )
         };
         drop(taken);
     }

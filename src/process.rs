@@ -22,6 +22,7 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 
+use crate::callback_context;
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
@@ -30,6 +31,8 @@ struct WatcherState {
     /// The open pidfd while the child is watched.
     pidfd: Option<OwnedFd>,
     callback: Option<Py<PyAny>>,
+    /// The context the callback is scheduled in (see `exit_context`).
+    context: Option<Py<PyAny>>,
 }
 
 /// Watches one child process for termination through its pidfd.
@@ -104,6 +107,7 @@ impl ChildWatcher {
             Reaped::Exited(code) => Some(code),
             Reaped::Unknown => None,
         };
+        let context = this.state.lock().context.take();
         let Some(callback) = this.stop() else {
             return Ok(());
         };
@@ -114,7 +118,13 @@ impl ChildWatcher {
         }
         let call_soon = loop_.getattr(pyo3::intern!(py, "call_soon"))?;
         let args = (callback, this.pid, returncode).into_pyobject(py)?;
-        loop_.get().soon(py, call_soon.unbind(), args.unbind())
+        let context = match context {
+            Some(context) => context,
+            None => exit_context(py)?,
+        };
+        loop_
+            .get()
+            .soon_in(py, call_soon.unbind(), args.unbind(), context)
     }
 
     /// Stops watching and closes the pidfd; returns the callback (to be
@@ -131,6 +141,18 @@ impl ChildWatcher {
         }
         callback
     }
+}
+
+/// The context a child's exit is reported in, as asyncio's default child
+/// watcher reports it: from 3.12 a pidfd reader handle made when the watch
+/// starts (a copy of the caller's context); on 3.11 `call_soon_threadsafe`
+/// from the waiting thread, whose context is a new, empty one.
+fn exit_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    if py.version_info() >= (3, 12) {
+        return callback_context::copy_current(py);
+    }
+    // SAFETY: PyContext_New returns a new reference or NULL with an error set.
+    unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_New()).map(Bound::unbind) }
 }
 
 /// The loop's entry point for readiness of a pidfd.
@@ -161,6 +183,7 @@ impl ChildWatcher {
                 "invalid pid: {pid}"
             )));
         }
+        let context = exit_context(py)?;
         let pidfd = pidfd_open(pid).map_err(|errno| os_error(py, errno))?;
         let raw = pidfd.as_raw_fd();
         let watcher = Py::new(
@@ -171,6 +194,7 @@ impl ChildWatcher {
                 state: Mutex::new(WatcherState {
                     pidfd: Some(pidfd),
                     callback: Some(callback),
+                    context: Some(context),
                 }),
             },
         )?;
@@ -220,6 +244,7 @@ impl ChildWatcher {
         visit.call(&self.loop_)?;
         if let Some(state) = self.state.try_lock() {
             visit.call(&state.callback)?;
+            visit.call(&state.context)?;
         }
         Ok(())
     }

@@ -12,12 +12,14 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
+use parking_lot::Mutex;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 
 use socket2::SockAddr;
 
+use crate::callback_context;
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
@@ -34,6 +36,9 @@ pub struct Listener {
     /// TCP listeners: disable Nagle on accepted sockets, as asyncio does.
     nodelay: bool,
     watching: AtomicBool,
+    /// Where connections are accepted: a copy of the context `start` was
+    /// called in (asyncio's reader handle for the listening socket).
+    context: Mutex<Option<Py<PyAny>>>,
 }
 
 /// Who opens an accepted connection.
@@ -85,6 +90,11 @@ fn dispatch(
 ) -> PyResult<()> {
     let listener = target.cast::<Listener>()?.get();
     let py = target.py();
+    let context = listener.context.lock().as_ref().map(|c| c.clone_ref(py));
+    callback_context::run_in(py, context.as_ref(), || accept_backlog(listener, py))
+}
+
+fn accept_backlog(listener: &Listener, py: Python<'_>) -> PyResult<()> {
     for _ in 0..listener.backlog.max(1) {
         if !listener.watching.load(Ordering::Relaxed) {
             break;
@@ -146,15 +156,19 @@ impl Listener {
             backlog,
             nodelay,
             watching: AtomicBool::new(false),
+            context: Mutex::new(None),
         })
     }
 
     /// Start accepting connections.
     fn start(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
+        let serving_context = callback_context::copy_current(slf.py())?;
         if this.watching.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
+        let previous = this.context.lock().replace(serving_context);
+        drop(previous);
         let read = Interest::level(true, false);
         this.loop_.get().native_watch(
             slf.py(),
@@ -182,6 +196,15 @@ impl Listener {
             OnAccept::Python(on_accept) => visit.call(on_accept)?,
             OnAccept::Native(maker) => maker.visit(&visit)?,
         }
-        visit.call(&self.on_exhausted)
+        visit.call(&self.on_exhausted)?;
+        if let Some(context) = self.context.try_lock() {
+            visit.call(&*context)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let context = self.context.lock().take();
+        drop(context);
     }
 }

@@ -23,6 +23,7 @@ use pyo3::types::PyDict;
 use pyo3::{intern, PyTraverseError};
 use socket2::SockAddr;
 
+use crate::callback_context;
 use crate::connector::ConnectedSocket;
 use crate::errors::is_fatal;
 use crate::event_loop::Loop;
@@ -55,7 +56,15 @@ impl ConnectionMaker {
         let py = event_loop.py();
         // SAFETY: `fd` was just accepted and nothing else owns it.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        match self.build(event_loop, fd, owned, peer) {
+        // asyncio opens each connection in a task of its own: the protocol
+        // factory and the transport's set-up run in a copy of the context
+        // the server accepts in.
+        let built = callback_context::copy_current(py).and_then(|connection| {
+            callback_context::run_in(py, Some(&connection), || {
+                self.build(event_loop, fd, owned, peer)
+            })
+        });
+        match built {
             Ok(()) => Ok(()),
             Err(err) if is_fatal(py, &err) => Err(err),
             Err(err) => report_failure(event_loop, err),
@@ -121,6 +130,7 @@ impl<'py> SocketTransportParts<'py> {
             wrapper.clone().unbind(),
             protocol.clone().unbind(),
             buffered,
+            callback_context::copy_current(py)?,
         );
         core.set_addresses(self.addresses.0, self.addresses.1);
         let core = Bound::new(py, core)?;

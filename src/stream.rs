@@ -34,6 +34,7 @@ use socket2::SockAddr;
 use crate::buffers::{
     check_write_type, contiguous_copy, is_non_contiguous, with_bytes, with_bytes_mut, BytesView,
 };
+use crate::callback_context::{self, TransportContexts};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
@@ -90,6 +91,8 @@ struct StreamState {
     /// order (the loop calls the transport object: no bound method and no
     /// argument tuple to allocate per callback).
     scheduled: VecDeque<Scheduled>,
+    /// The contexts reads and flushes run in (callback_context.rs).
+    contexts: TransportContexts,
 }
 
 enum Scheduled {
@@ -227,11 +230,14 @@ impl StreamTransport {
     }
 
     fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {
+        let py = slf.py();
         if readiness.writable {
-            Self::write_ready(slf)?;
+            let context = slf.get().state.lock().contexts.writing(py);
+            callback_context::run_in(py, context.as_ref(), || Self::write_ready(slf))?;
         }
         if readiness.readable {
-            Self::read_ready(slf)?;
+            let context = slf.get().state.lock().contexts.reading(py);
+            callback_context::run_in(py, context.as_ref(), || Self::read_ready(slf))?;
         }
         Ok(())
     }
@@ -539,7 +545,8 @@ impl StreamTransport {
             });
         }
         let mut already_sent = 0;
-        if state.buffered_len() == 0 {
+        let was_empty = state.buffered_len() == 0;
+        if was_empty {
             let sent = match parts {
                 [single] => send_some(self.fd, single),
                 _ => send_parts(self.fd, parts),
@@ -558,6 +565,9 @@ impl StreamTransport {
             state.append(&part[already_sent..]);
             already_sent = 0;
         }
+        if was_empty {
+            state.contexts.buffering_started();
+        }
         Ok(self.after_buffering(&mut state))
     }
 
@@ -575,16 +585,25 @@ impl StreamTransport {
         match outcome {
             WriteOutcome::Done => {
                 // Only a (re)started buffer changes what we wait for.
-                let needs_writer = {
-                    let state = this.state.lock();
-                    state.buffered_len() > 0 && state.conn_lost == 0
+                let (needs_writer, started) = {
+                    let mut state = this.state.lock();
+                    (
+                        state.buffered_len() > 0 && state.conn_lost == 0,
+                        state.contexts.take_writing_stale(),
+                    )
                 };
+                if started {
+                    this.adopt_writing_context(py)?;
+                }
                 if needs_writer {
                     this.update_interest(py)?;
                 }
                 Ok(())
             }
             WriteOutcome::PauseProtocol => {
+                if this.state.lock().contexts.take_writing_stale() {
+                    this.adopt_writing_context(py)?;
+                }
                 this.update_interest(py)?;
                 Self::call_protocol_flow(slf, "pause_writing")
             }
@@ -599,6 +618,15 @@ impl StreamTransport {
                 Ok(())
             }
         }
+    }
+
+    /// The write buffer started filling: it is flushed in a copy of the
+    /// writer's context (asyncio's writer handle is made then).
+    fn adopt_writing_context(&self, py: Python<'_>) -> PyResult<()> {
+        let writer = callback_context::copy_current(py)?;
+        let previous = self.state.lock().contexts.set_writing(writer);
+        drop(previous);
+        Ok(())
     }
 
     /// `pause_writing`/`resume_writing`; a failure is reported, not raised.
@@ -745,6 +773,8 @@ pub fn dispatch(
 
 impl StreamTransport {
     /// A transport over `fd`, owned as `owner` says; not yet watched.
+    /// Its protocol's reads run in `context` (a copy of the context it is
+    /// made in).
     pub fn create(
         event_loop: Bound<'_, Loop>,
         fd: RawFd,
@@ -752,6 +782,7 @@ impl StreamTransport {
         wrapper: Py<PyAny>,
         protocol: Py<PyAny>,
         buffered: bool,
+        context: Py<PyAny>,
     ) -> Self {
         Self {
             read_size: ReadSizeHint::default(),
@@ -780,6 +811,7 @@ impl StreamTransport {
                 server: None,
                 open_waiter: None,
                 scheduled: VecDeque::new(),
+                contexts: TransportContexts::new(context),
             }),
         }
     }
@@ -895,7 +927,8 @@ impl StreamTransport {
             // SAFETY: the caller transfers ownership of `fd` to us.
             None => SocketOwner::Native(unsafe { OwnedFd::from_raw_fd(fd) }),
         };
-        let transport = Self::create(event_loop, fd, owner, wrapper, protocol, buffered);
+        let context = callback_context::copy_current(event_loop.py())?;
+        let transport = Self::create(event_loop, fd, owner, wrapper, protocol, buffered, context);
         transport.set_addresses(
             sockaddr::getsockname(fd).ok(),
             sockaddr::getpeername(fd).ok(),
@@ -1051,13 +1084,17 @@ impl StreamTransport {
     }
 
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
-        {
+        // asyncio adds a new reader handle: reads go on in the caller's context.
+        let caller = callback_context::copy_current(py)?;
+        let previous = {
             let mut state = self.state.lock();
             if state.closing || !state.reading_paused {
                 return Ok(());
             }
             state.reading_paused = false;
-        }
+            state.contexts.reading_resumed(caller)
+        };
+        drop(previous);
         self.update_interest(py)
     }
 
@@ -1186,6 +1223,7 @@ impl StreamTransport {
         visit.call(&state.drain_waiter)?;
         visit.call(&state.open_waiter)?;
         visit.call(&state.server)?;
+        state.contexts.visit(&visit)?;
         for scheduled in &state.scheduled {
             if let Scheduled::ConnectionLost(exc) = scheduled {
                 visit.call(exc)?;
@@ -1208,6 +1246,7 @@ impl StreamTransport {
                 state.open_waiter.take(),
                 state.server.take(),
                 std::mem::take(&mut state.scheduled),
+                state.contexts.take(),
             )
         };
         drop(taken);

@@ -43,6 +43,7 @@ use pyo3::PyTraverseError;
 use socket2::SockAddr;
 
 use crate::buffers::{contiguous_copy, is_non_contiguous, with_bytes};
+use crate::callback_context::{self, TransportContexts};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
@@ -100,6 +101,8 @@ struct DatagramState {
     reading_paused: bool,
     closing: bool,
     conn_lost: u32,
+    /// The contexts reads and flushes run in (callback_context.rs).
+    contexts: TransportContexts,
 }
 
 impl DatagramState {
@@ -221,11 +224,14 @@ impl DatagramTransport {
     }
 
     fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {
+        let py = slf.py();
         if readiness.writable {
-            Self::write_ready(slf)?;
+            let context = slf.get().state.lock().contexts.writing(py);
+            callback_context::run_in(py, context.as_ref(), || Self::write_ready(slf))?;
         }
         if readiness.readable {
-            Self::read_ready(slf)?;
+            let context = slf.get().state.lock().contexts.reading(py);
+            callback_context::run_in(py, context.as_ref(), || Self::read_ready(slf))?;
         }
         Ok(())
     }
@@ -508,6 +514,7 @@ impl DatagramTransport {
                 "Invalid file descriptor: {fd}"
             )));
         }
+        let context = callback_context::copy_current(event_loop.py())?;
         Ok(Self {
             fd,
             family,
@@ -529,6 +536,7 @@ impl DatagramTransport {
                 reading_paused: false,
                 closing: false,
                 conn_lost: 0,
+                contexts: TransportContexts::new(context),
             }),
             last_source: Mutex::new(None),
         })
@@ -624,7 +632,8 @@ impl DatagramTransport {
         } else {
             Dest::Python(addr.unbind())
         };
-        if this.state.lock().buffer.is_empty() {
+        let was_empty = this.state.lock().buffer.is_empty();
+        if was_empty {
             match this.send_now(py, &dest, data)? {
                 Sent::Done => return Ok(()),
                 Sent::WouldBlock => {}
@@ -643,6 +652,13 @@ impl DatagramTransport {
             Err(err) if is_non_contiguous(py, &err) => contiguous_copy(data)?.as_bytes().to_vec(),
             copy => copy?,
         };
+        if was_empty {
+            // Flushes run in a copy of this sender's context, as asyncio's
+            // writer handle, made now, would.
+            let sender = callback_context::copy_current(py)?;
+            let previous = this.state.lock().contexts.set_writing(sender);
+            drop(previous);
+        }
         let pause = {
             let mut state = this.state.lock();
             state.buffer_size += copy.len() + this.header_size;
@@ -728,13 +744,17 @@ impl DatagramTransport {
     }
 
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
-        {
+        // asyncio adds a new reader handle: reads go on in the caller's context.
+        let caller = callback_context::copy_current(py)?;
+        let previous = {
             let mut state = self.state.lock();
             if state.closing || !state.reading_paused {
                 return Ok(());
             }
             state.reading_paused = false;
-        }
+            state.contexts.reading_resumed(caller)
+        };
+        drop(previous);
         self.update_interest(py)
     }
 
@@ -816,6 +836,7 @@ impl DatagramTransport {
         if let Some(state) = self.state.try_lock() {
             visit.call(&state.wrapper)?;
             visit.call(&state.protocol)?;
+            state.contexts.visit(&visit)?;
             // `sock` is deliberately not visited: to the collector the socket
             // then stays reachable while an unclosed transport is collected,
             // so the wrapper's finalizer closes it (warning about the
@@ -840,7 +861,11 @@ impl DatagramTransport {
             let Some(mut state) = self.state.try_lock() else {
                 return;
             };
-            (state.wrapper.take(), state.protocol.take())
+            (
+                state.wrapper.take(),
+                state.protocol.take(),
+                state.contexts.take(),
+            )
         };
         drop(taken);
     }
