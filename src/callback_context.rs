@@ -26,7 +26,7 @@ pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
 /// Runs `body` with `context` entered (if any), as a handle runs its callback.
 pub fn run_in<R>(
     py: Python<'_>,
-    context: Option<&Py<PyAny>>,
+    context: Option<&Bound<'_, PyAny>>,
     body: impl FnOnce() -> PyResult<R>,
 ) -> PyResult<R> {
     let Some(context) = context else {
@@ -68,16 +68,18 @@ impl TransportContexts {
     }
 
     /// The context to read in.
-    pub fn reading(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.reading.as_ref().map(|context| context.clone_ref(py))
+    pub fn reading<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.reading
+            .as_ref()
+            .map(|context| context.bind(py).clone())
     }
 
     /// The context to flush the write buffer in.
-    pub fn writing(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+    pub fn writing<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
         self.writing
             .as_ref()
             .or(self.reading.as_ref())
-            .map(|context| context.clone_ref(py))
+            .map(|context| context.bind(py).clone())
     }
 
     /// `resume_reading`: reads now run in `caller` (a copy of the caller's

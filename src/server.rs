@@ -90,7 +90,7 @@ fn dispatch(
 ) -> PyResult<()> {
     let listener = target.cast::<Listener>()?.get();
     let py = target.py();
-    let context = listener.context.lock().as_ref().map(|c| c.clone_ref(py));
+    let context = listener.context.lock().as_ref().map(|c| c.bind(py).clone());
     callback_context::run_in(py, context.as_ref(), || accept_backlog(listener, py))
 }
 

@@ -60,7 +60,7 @@ impl ConnectionMaker {
         // factory and the transport's set-up run in a copy of the context
         // the server accepts in.
         let built = callback_context::copy_current(py).and_then(|connection| {
-            callback_context::run_in(py, Some(&connection), || {
+            callback_context::run_in(py, Some(connection.bind(py)), || {
                 self.build(event_loop, fd, owned, peer)
             })
         });
