@@ -15,6 +15,13 @@ aiohttp's plugin before pytest marks it for assertion rewriting, which pytest wa
 aiohttp's filterwarnings=error makes an error.) anyio tests whose `anyio_backend` is not
 ferroloop's are deselected: they run on asyncio's loop (or trio), in the asyncio run.
 
+`--library-anyio-asyncio` is for suites whose async tests run on anyio's pytest plugin with no
+uvloop backend of their own (uvicorn's, httpx's): their tests on anyio backends other than
+`"asyncio"` (trio) are deselected on both loops, and with `--library-loop=ferroloop` the
+`"asyncio"` backend becomes `("asyncio", {"loop_factory": ferroloop.new_event_loop})`, the
+form anyio's own suite gives uvloop, so anyio's runner creates ferroloop's loop. Test ids keep
+the parameter id `asyncio`.
+
 `--library-results=FILE` writes one JSON line per test phase report (node id, phase, outcome,
 whether xfail applied), and per module skipped or failing as a whole, as it happens, so that a
 run that dies still leaves what it finished. `library_suites_compare.py` reads two such files.
@@ -37,6 +44,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("asyncio", "ferroloop"),
         default="asyncio",
         help="asyncio: the suite as it is; ferroloop: ferroloop in the suite's uvloop slot",
+    )
+    group.addoption(
+        "--library-anyio-asyncio",
+        action="store_true",
+        help="run anyio's asyncio backend only, on ferroloop with --library-loop=ferroloop",
     )
     group.addoption(
         "--library-results",
@@ -81,9 +93,41 @@ def pytest_report_header(config: pytest.Config) -> str:
         return "library-suites: asyncio's own event loop (uvloop not installed)"
     import ferroloop
 
-    return (
-        f"library-suites: ferroloop {ferroloop.__version__} in uvloop's slot ({ferroloop.__file__})"
-    )
+    slots = "uvloop's slot"
+    if config.getoption("library_anyio_asyncio"):
+        slots += " and anyio's asyncio backend"
+    return f"library-suites: ferroloop {ferroloop.__version__} in {slots} ({ferroloop.__file__})"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
+    # The suite's anyio_backend fixture (its conftest's or anyio's default, parametrised or
+    # not) stays in charge, and its value "asyncio" is swapped for ferroloop's backend: the
+    # fixture function is wrapped while pytest calls it, as anyio's own plugin wraps async
+    # fixtures. Everything that reads the backend (anyio's runner for the tests and async
+    # fixtures, anyio_backend_name and _options) then sees ferroloop's.
+    config = request.config
+    if (
+        fixturedef.argname != "anyio_backend"
+        or config.getoption("library_loop") != "ferroloop"
+        or not config.getoption("library_anyio_asyncio")
+    ):
+        return (yield)
+    import ferroloop
+
+    make_backend = fixturedef.func
+
+    def backend_on_ferroloop(*args: Any, **kwargs: Any) -> Any:
+        backend = make_backend(*args, **kwargs)
+        if backend == "asyncio":
+            return ("asyncio", {"loop_factory": ferroloop.new_event_loop})
+        return backend
+
+    fixturedef.func = backend_on_ferroloop  # type: ignore[misc]
+    try:
+        return (yield)
+    finally:
+        fixturedef.func = make_backend  # type: ignore[misc]
 
 
 def _is_ferroloop_backend(backend: Any) -> bool:
@@ -99,18 +143,26 @@ def _is_ferroloop_backend(backend: Any) -> bool:
     )
 
 
+def _runs_here(backend: Any, anyio_asyncio: bool) -> bool:
+    """Whether this run keeps the tests on an anyio_backend parameter."""
+    if anyio_asyncio:
+        return backend == "asyncio"  # on ferroloop in ferroloop's run (pytest_fixture_setup)
+    return _is_ferroloop_backend(backend)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("library_loop") != "ferroloop":
+    anyio_asyncio = config.getoption("library_anyio_asyncio")
+    if config.getoption("library_loop") != "ferroloop" and not anyio_asyncio:
         return
     selected: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
     for item in items:
         callspec = getattr(item, "callspec", None)
         params: dict[str, Any] = callspec.params if callspec is not None else {}
-        if "anyio_backend" in params and not _is_ferroloop_backend(params["anyio_backend"]):
-            deselected.append(item)
-        else:
+        if "anyio_backend" not in params or _runs_here(params["anyio_backend"], anyio_asyncio):
             selected.append(item)
+        else:
+            deselected.append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = selected
