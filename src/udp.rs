@@ -225,13 +225,14 @@ impl DatagramTransport {
 
     fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {
         let py = slf.py();
-        if readiness.writable {
-            let context = slf.get().state.lock().contexts.writing(py);
-            callback_context::run_in(py, context.as_ref(), || Self::write_ready(slf))?;
-        }
+        // asyncio queues a descriptor's reader handle before its writer handle.
         if readiness.readable {
             let context = slf.get().state.lock().contexts.reading(py);
             callback_context::run_in(py, context.as_ref(), || Self::read_ready(slf))?;
+        }
+        if readiness.writable {
+            let context = slf.get().state.lock().contexts.writing(py);
+            callback_context::run_in(py, context.as_ref(), || Self::write_ready(slf))?;
         }
         Ok(())
     }

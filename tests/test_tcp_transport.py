@@ -1862,3 +1862,46 @@ def test_large_backlog_then_eof_after_large_read(loop_factory: Any) -> None:
         await close_server(server)
 
     run(loop_factory, main)
+
+
+def test_read_runs_before_flush_when_both_are_ready(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio queues a descriptor's reader handle before its writer handle: when
+    one poll finds the socket readable and writable, data_received comes first."""
+
+    class Both(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.events: list[str] = []
+            self.paused = False
+
+        def data_received(self, data: bytes) -> None:
+            self.events.append("data_received")
+
+        def pause_writing(self) -> None:
+            self.paused = True
+
+        def resume_writing(self) -> None:
+            self.events.append("resume_writing")
+
+    async def main() -> list[str]:
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        with theirs:
+            transport, proto = await loop.connect_accepted_socket(Both, ours)
+            transport.set_write_buffer_limits(high=0)
+            while not proto.paused:
+                transport.write(b"x" * 1000)
+            # With the loop held here, empty the socket and answer: the next
+            # poll sees it writable (the rest of the buffer fits) and readable.
+            while True:
+                try:
+                    theirs.recv(1 << 20)
+                except BlockingIOError:
+                    break
+            theirs.send(b"y")
+            for _ in range(3):
+                await asyncio.sleep(0)
+            transport.close()
+            await asyncio.sleep(0)
+        return proto.events
+
+    assert loop.run_until_complete(main())[:2] == ["data_received", "resume_writing"]
