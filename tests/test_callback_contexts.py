@@ -53,14 +53,29 @@ class Recording(asyncio.Protocol):
             self.done.set_result(None)
 
 
+async def recorded_pair(loop):
+    """A `Recording` transport over one end of a socket pair, made with `var`
+    at "creator"; the other end; what the protocol saw; its end."""
+    seen: list[tuple[str, str]] = []
+    done = loop.create_future()
+    ours, theirs = socket.socketpair()
+    var.set("creator")
+    transport, _ = await loop.connect_accepted_socket(lambda: Recording(seen, done), ours)
+    return transport, theirs, seen, done
+
+
+async def send_then_close(peer, transport, done) -> None:
+    """Sends from `peer`, then closes `transport` from here once it was read."""
+    peer.sendall(b"data")
+    await asyncio.sleep(0.05)
+    transport.close()
+    await asyncio.wait_for(done, 10)
+
+
 def test_client_callbacks_run_in_copies_of_the_creating_context(loop):
     async def main():
-        seen: list[tuple[str, str]] = []
-        done = loop.create_future()
-        ours, theirs = socket.socketpair()
+        _, theirs, seen, done = await recorded_pair(loop)
         with theirs:
-            var.set("creator")
-            await loop.connect_accepted_socket(lambda: Recording(seen, done), ours)
             var.set("changed after creation")
             theirs.sendall(b"one")
             await asyncio.sleep(0.05)
@@ -94,10 +109,7 @@ def test_create_connection_callbacks_see_the_callers_context(loop):
             var.set("changed")
             peer, _ = await loop.run_in_executor(None, listener.accept)
             with peer:
-                peer.sendall(b"hello")
-                await asyncio.sleep(0.05)
-                transport.close()
-                await asyncio.wait_for(done, 10)
+                await send_then_close(peer, transport, done)
         return seen
 
     seen = loop.run_until_complete(main())
@@ -167,12 +179,8 @@ def test_stream_handlers_see_the_server_creators_context(loop):
 
 def test_resume_reading_reads_in_the_resumers_context(loop):
     async def main():
-        seen: list[tuple[str, str]] = []
-        done = loop.create_future()
-        ours, theirs = socket.socketpair()
+        transport, theirs, seen, done = await recorded_pair(loop)
         with theirs:
-            var.set("creator")
-            transport, _ = await loop.connect_accepted_socket(lambda: Recording(seen, done), ours)
             transport.pause_reading()
 
             async def resumer():
@@ -180,10 +188,7 @@ def test_resume_reading_reads_in_the_resumers_context(loop):
                 transport.resume_reading()
 
             await loop.create_task(resumer())
-            theirs.sendall(b"data")
-            await asyncio.sleep(0.05)
-            transport.close()
-            await asyncio.wait_for(done, 10)
+            await send_then_close(theirs, transport, done)
         return seen
 
     seen = loop.run_until_complete(main())
@@ -231,29 +236,43 @@ def test_resume_writing_runs_in_the_buffering_writers_context(loop):
     assert seen == [("pause_writing", "writer"), ("resume_writing", "writer")]
 
 
+class RecordsOnce:
+    """Resolves `got` with `var` as the first call of `record` sees it."""
+
+    def __init__(self, got: asyncio.Future[str]) -> None:
+        self.got = got
+
+    def record(self) -> None:
+        if not self.got.done():
+            self.got.set_result(var.get())
+
+
+async def first_value_seen(loop, make_transport, trigger=lambda transport: None) -> str:
+    """`var` as a protocol's first `record` sees it; "creator" while
+    `make_transport(got)` runs, "changed" from right after."""
+    got = loop.create_future()
+    var.set("creator")
+    transport, _ = await make_transport(got)
+    var.set("changed")
+    trigger(transport)
+    seen = await asyncio.wait_for(got, 10)
+    transport.close()
+    return seen
+
+
 def test_datagram_callbacks_see_the_creating_context(loop):
-    class Datagrams(asyncio.DatagramProtocol):
-        def __init__(self, got):
-            self.got = got
-
+    class Datagrams(RecordsOnce, asyncio.DatagramProtocol):
         def datagram_received(self, data, addr):
-            if not self.got.done():
-                self.got.set_result(var.get())
+            self.record()
 
-    async def main():
-        got = loop.create_future()
-        var.set("endpoint creator")
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: Datagrams(got), local_addr=("127.0.0.1", 0)
-        )
-        var.set("changed")
+    def make(got):
+        return loop.create_datagram_endpoint(lambda: Datagrams(got), local_addr=("127.0.0.1", 0))
+
+    def send(transport):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             sender.sendto(b"hi", transport.get_extra_info("sockname"))
-            seen = await asyncio.wait_for(got, 10)
-        transport.close()
-        return seen
 
-    assert loop.run_until_complete(main()) == "endpoint creator"
+    assert loop.run_until_complete(first_value_seen(loop, make, send)) == "creator"
 
 
 def test_read_pipe_callbacks_see_the_creating_context(loop):
@@ -280,26 +299,14 @@ def test_read_pipe_callbacks_see_the_creating_context(loop):
 
 
 def test_subprocess_pipe_data_sees_the_callers_context(loop):
-    class Child(asyncio.SubprocessProtocol):
-        def __init__(self, got):
-            self.got = got
-
+    class Child(RecordsOnce, asyncio.SubprocessProtocol):
         def pipe_data_received(self, fd, data):
-            if not self.got.done():
-                self.got.set_result(var.get())
+            self.record()
 
-    async def main():
-        got = loop.create_future()
-        var.set("spawner")
-        transport, _ = await loop.subprocess_exec(
-            lambda: Child(got), "echo", "hi", stdin=None, stderr=None
-        )
-        var.set("changed")
-        seen = await asyncio.wait_for(got, 10)
-        transport.close()
-        return seen
+    def make(got):
+        return loop.subprocess_exec(lambda: Child(got), "echo", "hi", stdin=None, stderr=None)
 
-    assert loop.run_until_complete(main()) == "spawner"
+    assert loop.run_until_complete(first_value_seen(loop, make)) == "creator"
 
 
 def test_process_exited_runs_where_asyncios_child_watcher_reports(loop):
@@ -307,23 +314,14 @@ def test_process_exited_runs_where_asyncios_child_watcher_reports(loop):
     when the process starts (the spawner's context); 3.11's threaded watcher
     reports from its thread, in a new, empty context."""
 
-    class Child(asyncio.SubprocessProtocol):
-        def __init__(self, got):
-            self.got = got
-
+    class Child(RecordsOnce, asyncio.SubprocessProtocol):
         def process_exited(self):
-            self.got.set_result(var.get())
+            self.record()
 
-    async def main():
-        got = loop.create_future()
-        var.set("spawner")
-        transport, _ = await loop.subprocess_exec(
+    def make(got):
+        return loop.subprocess_exec(
             lambda: Child(got), "true", stdin=None, stdout=None, stderr=None
         )
-        var.set("changed")
-        seen = await asyncio.wait_for(got, 10)
-        transport.close()
-        return seen
 
-    expected = "spawner" if sys.version_info >= (3, 12) else "unset"
-    assert loop.run_until_complete(main()) == expected
+    expected = "creator" if sys.version_info >= (3, 12) else "unset"
+    assert loop.run_until_complete(first_value_seen(loop, make)) == expected
