@@ -104,16 +104,20 @@ fn accept_backlog(listener: &Listener, py: Python<'_>) -> PyResult<()> {
                 if listener.nodelay {
                     set_nodelay(fd);
                 }
-                // The peer's address as accept() saw it: it stays known even
-                // if the peer resets before anyone asks (asyncio keeps it too).
-                match &listener.on_accept {
-                    OnAccept::Native(maker) => maker.open(listener.loop_.bind(py), fd, peer)?,
-                    OnAccept::Python(on_accept) => {
-                        let peer = sockaddr::to_python(py, &peer)
-                            .unwrap_or_else(|_| py.None().into_bound(py));
-                        on_accept.bind(py).call1((fd, peer))?;
+                // asyncio opens each connection in a task of its own: the
+                // protocol factory and the transport's set-up run in a copy
+                // of the context the server accepts in.
+                let connection = match callback_context::copy_current(py) {
+                    Ok(connection) => connection,
+                    Err(err) => {
+                        // SAFETY: `fd` was just accepted and was handed to no one.
+                        unsafe { libc::close(fd) };
+                        return Err(err);
                     }
-                }
+                };
+                callback_context::run_in(py, Some(connection.bind(py)), || {
+                    open_connection(listener, py, fd, peer)
+                })?;
             }
             Accepted::Exhausted(errno) => {
                 let error = os_error(py, errno);
@@ -125,6 +129,19 @@ fn accept_backlog(listener: &Listener, py: Python<'_>) -> PyResult<()> {
         }
     }
     Ok(())
+}
+
+/// Hands the accepted `fd` to whoever opens the server's connections. The
+/// peer's address is as accept() saw it: it stays known even if the peer
+/// resets before anyone asks (asyncio keeps it too).
+fn open_connection(listener: &Listener, py: Python<'_>, fd: RawFd, peer: SockAddr) -> PyResult<()> {
+    match &listener.on_accept {
+        OnAccept::Native(maker) => maker.open(listener.loop_.bind(py), fd, peer),
+        OnAccept::Python(on_accept) => {
+            let peer = sockaddr::to_python(py, &peer).unwrap_or_else(|_| py.None().into_bound(py));
+            on_accept.bind(py).call1((fd, peer)).map(drop)
+        }
+    }
 }
 
 #[pymethods]

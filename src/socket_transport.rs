@@ -56,15 +56,7 @@ impl ConnectionMaker {
         let py = event_loop.py();
         // SAFETY: `fd` was just accepted and nothing else owns it.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        // asyncio opens each connection in a task of its own: the protocol
-        // factory and the transport's set-up run in a copy of the context
-        // the server accepts in.
-        let built = callback_context::copy_current(py).and_then(|connection| {
-            callback_context::run_in(py, Some(connection.bind(py)), || {
-                self.build(event_loop, fd, owned, peer)
-            })
-        });
-        match built {
+        match self.build(event_loop, fd, owned, peer) {
             Ok(()) => Ok(()),
             Err(err) if is_fatal(py, &err) => Err(err),
             Err(err) => report_failure(event_loop, err),

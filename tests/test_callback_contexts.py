@@ -23,6 +23,7 @@ import sys
 import threading
 
 import pytest
+import tls_certs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,8 +119,11 @@ def test_create_connection_callbacks_see_the_callers_context(loop):
     assert seen[2] == ("connection_lost", "changed")
 
 
-def test_server_connections_run_in_copies_of_the_serving_context(loop):
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_server_connections_run_in_copies_of_the_serving_context(loop, tls):
     factory_saw: list[str] = []
+    server_ssl = tls_certs.server_context() if tls else None
+    client_ssl = tls_certs.client_context() if tls else None
 
     class Server(Recording):
         def __init__(self, seen, done):
@@ -131,11 +135,15 @@ def test_server_connections_run_in_copies_of_the_serving_context(loop):
         seen: list[tuple[str, str]] = []
         done = loop.create_future()
         var.set("server creator")
-        server = await loop.create_server(lambda: Server(seen, done), "127.0.0.1", 0)
+        server = await loop.create_server(
+            lambda: Server(seen, done), "127.0.0.1", 0, ssl=server_ssl
+        )
         var.set("changed after create_server")
         port = server.sockets[0].getsockname()[1]
         for _ in range(2):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_ssl, server_hostname="localhost" if tls else None
+            )
             writer.write(b"ping")
             await writer.drain()
             await asyncio.sleep(0.05)
@@ -147,9 +155,12 @@ def test_server_connections_run_in_copies_of_the_serving_context(loop):
 
     seen = loop.run_until_complete(main())
     assert factory_saw == ["server creator", "server creator"]
+    # Over TLS, asyncio's SSLProtocol calls connection_made when the handshake
+    # ends, from the reads, in the context data_received then runs in too.
+    read_sees = "set in connection_made" if tls else "set in protocol_factory"
     per_connection = [
         ("connection_made", "set in protocol_factory"),
-        ("data_received", "set in protocol_factory"),
+        ("data_received", read_sees),
     ]
     made_and_read = [entry for entry in seen if entry[0] in ("connection_made", "data_received")]
     assert made_and_read == per_connection * 2
