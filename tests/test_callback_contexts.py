@@ -65,10 +65,16 @@ async def recorded_pair(loop):
     return transport, theirs, seen, done
 
 
-async def send_then_close(peer, transport, done) -> None:
+async def read_by(seen: list[tuple[str, str]], count: int) -> None:
+    """Waits until the protocol has recorded `count` data_received calls."""
+    while sum(name == "data_received" for name, _ in seen) < count:
+        await asyncio.sleep(0.005)
+
+
+async def send_then_close(peer, transport, seen, done) -> None:
     """Sends from `peer`, then closes `transport` from here once it was read."""
     peer.sendall(b"data")
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(read_by(seen, 1), 10)
     transport.close()
     await asyncio.wait_for(done, 10)
 
@@ -79,9 +85,9 @@ def test_client_callbacks_run_in_copies_of_the_creating_context(loop):
         with theirs:
             var.set("changed after creation")
             theirs.sendall(b"one")
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(read_by(seen, 1), 10)
             theirs.sendall(b"two")
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(read_by(seen, 2), 10)
             theirs.shutdown(socket.SHUT_WR)
             await asyncio.wait_for(done, 10)
         return seen, var.get()
@@ -110,7 +116,7 @@ def test_create_connection_callbacks_see_the_callers_context(loop):
             var.set("changed")
             peer, _ = await loop.run_in_executor(None, listener.accept)
             with peer:
-                await send_then_close(peer, transport, done)
+                await send_then_close(peer, transport, seen, done)
         return seen
 
     seen = loop.run_until_complete(main())
@@ -140,13 +146,13 @@ def test_server_connections_run_in_copies_of_the_serving_context(loop, tls):
         )
         var.set("changed after create_server")
         port = server.sockets[0].getsockname()[1]
-        for _ in range(2):
+        for connections in (1, 2):
             _, writer = await asyncio.open_connection(
                 "127.0.0.1", port, ssl=client_ssl, server_hostname="localhost" if tls else None
             )
             writer.write(b"ping")
             await writer.drain()
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(read_by(seen, connections), 10)
             writer.close()
             await writer.wait_closed()
         server.close()
@@ -199,7 +205,7 @@ def test_resume_reading_reads_in_the_resumers_context(loop):
                 transport.resume_reading()
 
             await loop.create_task(resumer())
-            await send_then_close(theirs, transport, done)
+            await send_then_close(theirs, transport, seen, done)
         return seen
 
     seen = loop.run_until_complete(main())
