@@ -923,12 +923,13 @@ impl StreamTransport {
                 "Invalid file descriptor: {fd}"
             )));
         }
+        // Before taking `fd` over: nothing may fail once this owns it.
+        let context = callback_context::copy_current(event_loop.py())?;
         let owner = match sock {
             Some(sock) => SocketOwner::Python(sock),
             // SAFETY: the caller transfers ownership of `fd` to us.
             None => SocketOwner::Native(unsafe { OwnedFd::from_raw_fd(fd) }),
         };
-        let context = callback_context::copy_current(event_loop.py())?;
         let transport = Self::create(event_loop, fd, owner, wrapper, protocol, buffered, context);
         transport.set_addresses(
             sockaddr::getsockname(fd).ok(),
