@@ -115,8 +115,9 @@ fn accept_backlog(listener: &Listener, py: Python<'_>) -> PyResult<()> {
                         return Err(err);
                     }
                 };
-                callback_context::run_in(py, Some(connection.bind(py)), || {
-                    open_connection(listener, py, fd, peer)
+                let connection = connection.bind(py);
+                callback_context::run_in(py, Some(connection), || {
+                    open_connection(listener, fd, peer, connection)
                 })?;
             }
             Accepted::Exhausted(errno) => {
@@ -134,9 +135,15 @@ fn accept_backlog(listener: &Listener, py: Python<'_>) -> PyResult<()> {
 /// Hands the accepted `fd` to whoever opens the server's connections. The
 /// peer's address is as accept() saw it: it stays known even if the peer
 /// resets before anyone asks (asyncio keeps it too).
-fn open_connection(listener: &Listener, py: Python<'_>, fd: RawFd, peer: SockAddr) -> PyResult<()> {
+fn open_connection(
+    listener: &Listener,
+    fd: RawFd,
+    peer: SockAddr,
+    context: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = context.py();
     match &listener.on_accept {
-        OnAccept::Native(maker) => maker.open(listener.loop_.bind(py), fd, peer),
+        OnAccept::Native(maker) => maker.open(listener.loop_.bind(py), fd, peer, context),
         OnAccept::Python(on_accept) => {
             let peer = sockaddr::to_python(py, &peer).unwrap_or_else(|_| py.None().into_bound(py));
             on_accept.bind(py).call1((fd, peer)).map(drop)

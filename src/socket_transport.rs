@@ -51,12 +51,20 @@ impl ConnectionMaker {
         })
     }
 
-    /// Opens the connection `fd` (ours from now on) from `peer`.
-    pub fn open(&self, event_loop: &Bound<'_, Loop>, fd: RawFd, peer: SockAddr) -> PyResult<()> {
+    /// Opens the connection `fd` (ours from now on) from `peer`, whose reads
+    /// run in `context` (the connection's own copy of the serving context,
+    /// current while this runs).
+    pub fn open(
+        &self,
+        event_loop: &Bound<'_, Loop>,
+        fd: RawFd,
+        peer: SockAddr,
+        context: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let py = event_loop.py();
         // SAFETY: `fd` was just accepted and nothing else owns it.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        match self.build(event_loop, fd, owned, peer) {
+        match self.build(event_loop, fd, owned, peer, context) {
             Ok(()) => Ok(()),
             Err(err) if is_fatal(py, &err) => Err(err),
             Err(err) => report_failure(event_loop, err),
@@ -69,6 +77,7 @@ impl ConnectionMaker {
         fd: RawFd,
         owned: OwnedFd,
         peer: SockAddr,
+        context: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = event_loop.py();
         let protocol = self.protocol_factory.bind(py).call0()?;
@@ -80,6 +89,9 @@ impl ConnectionMaker {
             addresses,
             server: Some(self.server.bind(py).clone()),
             waiter: None,
+            // asyncio's reader handle copies the connection task's context,
+            // in which nothing runs after this: the context itself will do.
+            context: Some(context.clone().unbind()),
         };
         made.make(event_loop, &protocol).map(drop)
     }
@@ -100,6 +112,9 @@ pub struct SocketTransportParts<'py> {
     pub server: Option<Bound<'py, PyAny>>,
     /// Resolved once `connection_made` ran (`create_connection` awaits it).
     pub waiter: Option<Py<PyAny>>,
+    /// The context the transport's reads run in; None for a copy of the
+    /// current one.
+    pub context: Option<Py<PyAny>>,
 }
 
 impl<'py> SocketTransportParts<'py> {
@@ -122,7 +137,10 @@ impl<'py> SocketTransportParts<'py> {
             wrapper.clone().unbind(),
             protocol.clone().unbind(),
             buffered,
-            callback_context::copy_current(py)?,
+            match self.context {
+                Some(context) => context,
+                None => callback_context::copy_current(py)?,
+            },
         );
         core.set_addresses(self.addresses.0, self.addresses.1);
         let core = Bound::new(py, core)?;
@@ -152,7 +170,6 @@ fn attach(
     waiter: Option<Py<PyAny>>,
 ) -> PyResult<()> {
     let py = event_loop.py();
-    wrapper.setattr(intern!(py, "_extra"), PyDict::new(py))?;
     wrapper.setattr(intern!(py, "_loop"), event_loop)?;
     wrapper.setattr(intern!(py, "_server"), server.as_ref())?;
     wrapper.setattr(intern!(py, "_family"), family)?;
@@ -183,6 +200,7 @@ pub fn connected_transport<'py>(
         addresses: connected.addresses(),
         server: None,
         waiter: Some(waiter),
+        context: None,
     };
     parts.make(event_loop, protocol)
 }

@@ -1905,3 +1905,30 @@ def test_read_runs_before_flush_when_both_are_ready(loop: asyncio.AbstractEventL
         return proto.events
 
     assert loop.run_until_complete(main())[:2] == ["data_received", "resume_writing"]
+
+
+def test_extra_info_goes_through_asyncios_get_extra_info(loop: asyncio.AbstractEventLoop) -> None:
+    """Socket transports answer with asyncio's own BaseTransport.get_extra_info
+    (websockets' tests patch it), from `_extra` entries asyncio's would have;
+    an address the socket has not is None, not the default."""
+    from unittest import mock
+
+    async def main() -> tuple[Any, ...]:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
+            with mock.patch("asyncio.BaseTransport.get_extra_info", return_value="patched"):
+                patched = transport.get_extra_info("sockname")
+            seen = (
+                patched,
+                transport.get_extra_info("sockname", "default"),
+                transport.get_extra_info("peername", "default"),
+                isinstance(transport.get_extra_info("socket"), trsock.TransportSocket),
+                transport.get_extra_info("no such thing", "default"),
+                all(name in transport._extra for name in ("socket", "sockname", "peername")),
+            )
+            transport.close()
+            await asyncio.sleep(0)
+        return seen
+
+    assert loop.run_until_complete(main()) == ("patched", "", "", True, "default", True)

@@ -40,6 +40,7 @@ _DIRECT_METHODS = (
 
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _ADDRESSES = frozenset({"sockname", "peername"})
+_MADE_ON_USE = _ADDRESSES | {"socket"}
 #: The C getter behind `socket.socket.family`: the plain int, without the
 #: Python-level property's AddressFamily conversion.
 _raw_family = _socket.socket.family.__get__
@@ -82,6 +83,72 @@ def _is_buffered(protocol: object) -> bool:
     return isinstance(protocol, asyncio.BufferedProtocol)
 
 
+class SocketExtra(dict[str, Any]):
+    """A socket transport's `_extra`, which asyncio's `get_extra_info` reads.
+
+    asyncio fills in 'socket', 'sockname' and 'peername' when it makes the
+    transport. Here the native core records the addresses then, and they are
+    converted into Python objects on first use, as is the 'socket' entry:
+    most connections never ask. The transport keeps asyncio's own
+    `get_extra_info` (code that patches it on asyncio's classes reaches ours).
+    """
+
+    __slots__ = ("_core", "_family")
+
+    _core: Any
+    _family: int | None
+
+    def __missing__(self, name: str) -> Any:
+        if name not in _MADE_ON_USE:
+            raise KeyError(name)
+        core = self._core
+        if name in _ADDRESSES:
+            value = core._address(name == "peername")
+        else:
+            sock = core._socket()
+            value = self._closed_socket() if sock is None else trsock.TransportSocket(sock)
+        self[name] = value
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or name in _MADE_ON_USE
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def _closed_socket(self) -> trsock.TransportSocket | None:
+        """After close, asyncio still returns a TransportSocket (over a closed
+        socket); give one of the right family."""
+        if self._family is None:
+            return None
+        placeholder = socket.socket(self._family, socket.SOCK_STREAM)
+        placeholder.close()
+        return trsock.TransportSocket(placeholder)
+
+
+def socket_extra(core: Any, family: int | None, given: dict[str, Any] | None) -> SocketExtra:
+    """The `_extra` of a transport over `core`, with the entries `given` at creation."""
+    extra = SocketExtra() if given is None else SocketExtra(given)
+    extra._core = core
+    extra._family = family
+    return extra
+
+
+class _ExtraOnFirstUse:
+    """`SocketTransport._extra`, made when first read (a non-data descriptor:
+    once made, the instance attribute shadows it). Most connections never ask."""
+
+    def __get__(self, transport: SocketTransport | None, owner: type | None = None) -> Any:
+        if transport is None:
+            return self
+        extra = socket_extra(transport._core, transport._family, None)
+        transport.__dict__["_extra"] = extra
+        return extra
+
+
 class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
     """A stream transport over a connected TCP or Unix socket.
 
@@ -94,6 +161,7 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
     #: A class default instead of getattr(self, "_core", None) in __del__: that
     #: builtin call cost ~350 instructions per transport in the connect storm.
     _core: Any = None
+    _extra = _ExtraOnFirstUse()  # type: ignore[assignment]
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _start_tls_compatible = True
 
@@ -117,7 +185,6 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         # (once per connection; the flow-control state itself is native).
         # src/socket_transport.rs sets the same attributes on transports it makes:
         # keep the two in step.
-        self._extra = {} if extra is None else extra
         self._loop = loop
         self._server = server
         if sock is not None:
@@ -128,6 +195,8 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         core = self._core = _core.StreamTransport(
             loop, fd, sock, self, protocol, isinstance(protocol, asyncio.BufferedProtocol)
         )
+        if extra is not None:
+            self._extra = socket_extra(core, family, extra)
         if isinstance(sock, socket.socket) and family in _INET_FAMILIES:
             _set_nodelay(sock)
         core._attach(server)
@@ -170,35 +239,6 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Switch the protocol that receives data (StreamWriter.start_tls does this)."""
         self._core._set_protocol(protocol, _is_buffered(protocol))
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """Transport details: 'socket', 'sockname', 'peername', plus anything given at creation."""
-        if name in self._extra:
-            value = self._extra[name]
-            return default if value is None else value
-        if name in _ADDRESSES:
-            value = self._extra[name] = self._core._address(name == "peername")
-            return default if value is None else value
-        sock = self._core._socket()
-        if sock is None:
-            if name == "socket":
-                return self._closed_socket()
-            return default
-        if name != "socket":
-            return default
-        value = self._extra[name] = trsock.TransportSocket(sock)
-        return value
-
-    def _closed_socket(self) -> trsock.TransportSocket | None:
-        """After close, asyncio still returns a TransportSocket (over a closed
-        socket); give one of the right family."""
-        if self._family is None:
-            return None
-        placeholder = socket.socket(self._family, socket.SOCK_STREAM)
-        placeholder.close()
-        value = trsock.TransportSocket(placeholder)
-        self._extra["socket"] = value
-        return value
 
     def _force_close(self, exc: BaseException | None) -> None:
         self._core._force_close(exc)
