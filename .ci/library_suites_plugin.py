@@ -22,6 +22,17 @@ uvloop backend of their own (uvicorn's, httpx's): their tests on anyio backends 
 form anyio's own suite gives uvloop, so anyio's runner creates ferroloop's loop. Test ids keep
 the parameter id `asyncio`.
 
+`--library-asyncio-policy` is for suites that make loops through asyncio's own API, outside
+any uvloop slot they have (websockets' unittest test cases: `IsolatedAsyncioTestCase`,
+`asyncio.run`, `asyncio.new_event_loop`; asyncpg's fuzzing proxy): with
+`--library-loop=ferroloop` it installs ferroloop's event-loop policy (`ferroloop.install()`)
+before any conftest or test module is imported, so every loop those make is ferroloop's.
+
+Both runs count the times an event loop starts running, by the loop's class
+(`asyncio.events._set_running_loop`, which asyncio's loops and ferroloop's call then, is
+wrapped), and pytest's summary shows them: the check that a suite's tests really ran on the
+loop meant for the run.
+
 `--library-results=FILE` writes one JSON line per test phase report (node id, phase, outcome,
 whether xfail applied), and per module skipped or failing as a whole, as it happens, so that a
 run that dies still leaves what it finished. `library_suites_compare.py` reads two such files.
@@ -29,9 +40,11 @@ run that dies still leaves what it finished. `library_suites_compare.py` reads t
 
 from __future__ import annotations
 
+import asyncio.events
 import json
 import sys
 import types
+from collections import Counter
 from typing import IO, Any
 
 import pytest
@@ -49,6 +62,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--library-anyio-asyncio",
         action="store_true",
         help="run anyio's asyncio backend only, on ferroloop with --library-loop=ferroloop",
+    )
+    group.addoption(
+        "--library-asyncio-policy",
+        action="store_true",
+        help="with --library-loop=ferroloop, install ferroloop's event-loop policy",
     )
     group.addoption(
         "--library-results",
@@ -74,11 +92,36 @@ def _ferroloop_as_uvloop() -> None:
     sys.modules["uvloop.loop"] = loop_module
 
 
+# How many times a loop of each class ("module.qualname") started running.
+_loop_runs: Counter[str] = Counter()
+
+
+def _count_running_loops() -> None:
+    """Wrap asyncio.events._set_running_loop to count the classes of the loops it is given."""
+    set_running_loop = asyncio.events._set_running_loop
+
+    def counting_set_running_loop(loop: Any) -> None:
+        if loop is not None:
+            _loop_runs[f"{type(loop).__module__}.{type(loop).__qualname__}"] += 1
+        set_running_loop(loop)
+
+    # asyncio's loops look it up in asyncio.events at each run; ferroloop looks it up there
+    # once, on its first run, which comes after this.
+    asyncio.events._set_running_loop = counting_set_running_loop
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
-    # Runs before any conftest is imported: conftests import uvloop at module level.
-    if early_config.known_args_namespace.library_loop == "ferroloop":
+    # Runs before any conftest is imported: conftests import uvloop at module level, and
+    # test modules may make loops at import.
+    _count_running_loops()
+    options = early_config.known_args_namespace
+    if options.library_loop == "ferroloop":
         _ferroloop_as_uvloop()
+        if options.library_asyncio_policy:
+            import ferroloop
+
+            ferroloop.install()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -96,7 +139,15 @@ def pytest_report_header(config: pytest.Config) -> str:
     slots = "uvloop's slot"
     if config.getoption("library_anyio_asyncio"):
         slots += " and anyio's asyncio backend"
+    if config.getoption("library_asyncio_policy"):
+        slots += " and asyncio's event-loop policy"
     return f"library-suites: ferroloop {ferroloop.__version__} in {slots} ({ferroloop.__file__})"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_sep("-", "library-suites: event loop runs, by the loop's class")
+    for name, count in _loop_runs.most_common():
+        terminalreporter.write_line(f"{count:6d} {name}")
 
 
 @pytest.hookimpl(wrapper=True)
