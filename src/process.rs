@@ -111,6 +111,10 @@ impl ChildWatcher {
         let Some(callback) = this.stop() else {
             return Ok(());
         };
+        // Both go together; only the collector clears one (and then both).
+        let Some(context) = context else {
+            return Ok(());
+        };
         let loop_ = this.loop_.bind(py);
         if loop_.get().closed() {
             drop(callback);
@@ -118,10 +122,6 @@ impl ChildWatcher {
         }
         let call_soon = loop_.getattr(pyo3::intern!(py, "call_soon"))?;
         let args = (callback, this.pid, returncode).into_pyobject(py)?;
-        let context = match context {
-            Some(context) => context,
-            None => exit_context(py)?,
-        };
         loop_
             .get()
             .soon_in(py, call_soon.unbind(), args.unbind(), context)
@@ -250,11 +250,11 @@ impl ChildWatcher {
     }
 
     fn __clear__(&self) {
-        let callback = self
+        let taken = self
             .state
             .try_lock()
-            .and_then(|mut state| state.callback.take());
-        drop(callback);
+            .map(|mut state| (state.callback.take(), state.context.take()));
+        drop(taken);
     }
 }
 
