@@ -51,9 +51,6 @@ pub fn run_in<R>(
 pub struct TransportContexts {
     reading: Option<Py<PyAny>>,
     writing: Option<Py<PyAny>>,
-    /// The write buffer has just started filling: the next `write` to finish
-    /// takes a copy of its caller's context for the flushes.
-    writing_stale: bool,
 }
 
 impl TransportContexts {
@@ -63,7 +60,6 @@ impl TransportContexts {
         Self {
             reading: Some(made_in),
             writing: None,
-            writing_stale: false,
         }
     }
 
@@ -86,16 +82,6 @@ impl TransportContexts {
     /// context); returns the context they ran in, to drop with no lock held.
     pub fn reading_resumed(&mut self, caller: Py<PyAny>) -> Option<Py<PyAny>> {
         self.reading.replace(caller)
-    }
-
-    /// A `write` had to buffer into an empty buffer.
-    pub fn buffering_started(&mut self) {
-        self.writing_stale = true;
-    }
-
-    /// Whether the finishing `write` must supply the flushes' context.
-    pub fn take_writing_stale(&mut self) -> bool {
-        std::mem::take(&mut self.writing_stale)
     }
 
     /// Flushes now run in `caller`; returns the context they ran in, for the

@@ -210,17 +210,24 @@ impl PipeTransport {
     fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let reading = || this.state.lock().contexts.reading(py);
         match this.kind {
             Kind::Read => {
                 if readiness.readable {
-                    callback_context::run_in(py, reading().as_ref(), || Self::read_ready(slf))?;
+                    Self::read_ready(slf)?;
                 }
             }
             Kind::Write => {
                 // asyncio runs the reader callback before the writer one.
-                if readiness.readable && this.interest(&this.state.lock()).read {
-                    callback_context::run_in(py, reading().as_ref(), || Self::peer_closed(slf))?;
+                if readiness.readable {
+                    let reading = {
+                        let state = this.state.lock();
+                        this.interest(&state)
+                            .read
+                            .then(|| state.contexts.reading(py))
+                    };
+                    if let Some(context) = reading {
+                        callback_context::run_in(py, context.as_ref(), || Self::peer_closed(slf))?;
+                    }
                 }
                 if readiness.writable {
                     let writing = this.state.lock().contexts.writing(py);
@@ -234,25 +241,32 @@ impl PipeTransport {
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let protocol = {
+        let (protocol, context) = {
             let state = this.state.lock();
             if !this.interest(&state).read {
                 return Ok(());
             }
-            state.protocol.as_ref().map(|p| p.clone_ref(py))
+            let Some(protocol) = state.protocol.as_ref() else {
+                return Ok(());
+            };
+            (protocol.clone_ref(py), state.contexts.reading(py))
         };
-        let Some(protocol) = protocol else {
-            return Ok(());
-        };
+        callback_context::run_in(py, context.as_ref(), || {
+            Self::read_into_protocol(slf, protocol.bind(py))
+        })
+    }
+
+    /// Reads once for `protocol`'s `data_received` (or its end of file).
+    fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
         let received = this.read_size.read(py, this.fd, ReadCall::Read, READ_SIZE);
         match received {
             Ok(Received::WouldBlock) => Ok(()),
-            Ok(Received::Eof) => Self::eof(slf, protocol.bind(py)),
+            Ok(Received::Eof) => Self::eof(slf, protocol),
             Ok(Received::Data(data)) => {
                 // Looked up on every call, as asyncio does.
-                let result = protocol
-                    .bind(py)
-                    .call_method1(pyo3::intern!(py, "data_received"), (&data,));
+                let result = protocol.call_method1(pyo3::intern!(py, "data_received"), (&data,));
                 recycled_bytes::recycle(data);
                 match result {
                     Ok(_) => Ok(()),

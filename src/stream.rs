@@ -135,6 +135,16 @@ impl StreamState {
         }
     }
 
+    /// Pauses the protocol if the buffer went over the high-water mark;
+    /// true if `pause_writing()` must be called.
+    fn should_pause(&mut self) -> bool {
+        if !self.protocol_paused && self.buffered_len() > self.high_water {
+            self.protocol_paused = true;
+            return true;
+        }
+        false
+    }
+
     fn clear_buffer(&mut self) {
         self.write_buffer.clear();
         self.write_offset = 0;
@@ -155,8 +165,15 @@ pub struct StreamTransport {
 
 /// What a write decided under the lock, to be acted on after releasing it.
 enum WriteOutcome {
+    /// Sent in full, or nothing to do.
     Done,
-    PauseProtocol,
+    /// Some of it waits in the buffer. `started`: the buffer was empty, so
+    /// the flushes need a context and the poller a write interest;
+    /// `pause`: the buffer just went over the high-water mark.
+    Buffered {
+        started: bool,
+        pause: bool,
+    },
     Failed(Errno),
     WarnConnLost,
 }
@@ -233,8 +250,7 @@ impl StreamTransport {
         let py = slf.py();
         // asyncio queues a descriptor's reader handle before its writer handle.
         if readiness.readable {
-            let context = slf.get().state.lock().contexts.reading(py);
-            callback_context::run_in(py, context.as_ref(), || Self::read_ready(slf))?;
+            Self::read_ready(slf)?;
         }
         if readiness.writable {
             let context = slf.get().state.lock().contexts.writing(py);
@@ -246,32 +262,42 @@ impl StreamTransport {
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, buffered) = {
+        let (protocol, buffered, context) = {
             let state = this.state.lock();
             if !state.interest().read {
                 return Ok(());
             }
+            let Some(protocol) = state.protocol.as_ref() else {
+                return Ok(());
+            };
             (
-                state.protocol.as_ref().map(|p| p.clone_ref(py)),
+                protocol.clone_ref(py),
                 state.buffered,
+                state.contexts.reading(py),
             )
         };
-        let Some(protocol) = protocol else {
-            return Ok(());
-        };
-        if buffered {
-            return Self::read_into_protocol_buffer(slf, protocol.bind(py));
-        }
+        let protocol = protocol.bind(py);
+        callback_context::run_in(py, context.as_ref(), || {
+            if buffered {
+                Self::read_into_protocol_buffer(slf, protocol)
+            } else {
+                Self::read_into_bytes(slf, protocol)
+            }
+        })
+    }
+
+    /// Reads into a new `bytes` for `data_received`.
+    fn read_into_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
         let received = this.read_size.read(py, this.fd, ReadCall::Recv, READ_SIZE);
         match received {
             Ok(Received::WouldBlock) => Ok(()),
-            Ok(Received::Eof) => Self::eof(slf, protocol.bind(py)),
+            Ok(Received::Eof) => Self::eof(slf, protocol),
             Ok(Received::Data(data)) => {
                 // Looked up on every call, as asyncio does (a protocol may
                 // rebind it); the method call allocates no bound method.
-                let result = protocol
-                    .bind(py)
-                    .call_method1(intern!(py, "data_received"), (&data,));
+                let result = protocol.call_method1(intern!(py, "data_received"), (&data,));
                 recycled_bytes::recycle(data);
                 match result {
                     Ok(_) => Ok(()),
@@ -566,47 +592,26 @@ impl StreamTransport {
             state.append(&part[already_sent..]);
             already_sent = 0;
         }
-        if was_empty {
-            state.contexts.buffering_started();
-        }
-        Ok(self.after_buffering(&mut state))
-    }
-
-    fn after_buffering(&self, state: &mut StreamState) -> WriteOutcome {
-        if !state.protocol_paused && state.buffered_len() > state.high_water {
-            state.protocol_paused = true;
-            return WriteOutcome::PauseProtocol;
-        }
-        WriteOutcome::Done
+        Ok(WriteOutcome::Buffered {
+            started: was_empty,
+            pause: state.should_pause(),
+        })
     }
 
     fn finish_write(slf: &Bound<'_, Self>, outcome: WriteOutcome) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         match outcome {
-            WriteOutcome::Done => {
-                // Only a (re)started buffer changes what we wait for.
-                let (needs_writer, started) = {
-                    let mut state = this.state.lock();
-                    (
-                        state.buffered_len() > 0 && state.conn_lost == 0,
-                        state.contexts.take_writing_stale(),
-                    )
-                };
+            WriteOutcome::Done => Ok(()),
+            WriteOutcome::Buffered { started, pause } => {
                 if started {
                     this.adopt_writing_context(py)?;
-                }
-                if needs_writer {
                     this.update_interest(py)?;
                 }
-                Ok(())
-            }
-            WriteOutcome::PauseProtocol => {
-                if this.state.lock().contexts.take_writing_stale() {
-                    this.adopt_writing_context(py)?;
+                if pause {
+                    Self::call_protocol_flow(slf, "pause_writing")?;
                 }
-                this.update_interest(py)?;
-                Self::call_protocol_flow(slf, "pause_writing")
+                Ok(())
             }
             WriteOutcome::Failed(errno) => Self::fatal_error(
                 slf,
@@ -1117,13 +1122,16 @@ impl StreamTransport {
     ) -> PyResult<()> {
         let (high, low) = flow_control::water_marks(high, low)?;
         let this = slf.get();
-        let outcome = {
+        let pause = {
             let mut state = this.state.lock();
             state.high_water = high;
             state.low_water = low;
-            this.after_buffering(&mut state)
+            state.should_pause()
         };
-        Self::finish_write(slf, outcome)
+        if pause {
+            Self::call_protocol_flow(slf, "pause_writing")?;
+        }
+        Ok(())
     }
 
     #[pyo3(signature = (protocol, buffered))]

@@ -227,8 +227,7 @@ impl DatagramTransport {
         let py = slf.py();
         // asyncio queues a descriptor's reader handle before its writer handle.
         if readiness.readable {
-            let context = slf.get().state.lock().contexts.reading(py);
-            callback_context::run_in(py, context.as_ref(), || Self::read_ready(slf))?;
+            Self::read_ready(slf)?;
         }
         if readiness.writable {
             let context = slf.get().state.lock().contexts.writing(py);
@@ -243,7 +242,7 @@ impl DatagramTransport {
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, sock) = {
+        let (protocol, sock, context) = {
             let state = this.state.lock();
             if !state.interest().read {
                 return Ok(());
@@ -254,9 +253,22 @@ impl DatagramTransport {
             (
                 protocol.clone_ref(py),
                 state.sock.as_ref().map(|s| s.clone_ref(py)),
+                state.contexts.reading(py),
             )
         };
-        let protocol = protocol.bind(py);
+        callback_context::run_in(py, context.as_ref(), || {
+            Self::receive_one(slf, protocol.bind(py), sock)
+        })
+    }
+
+    /// Receives one datagram for `protocol`.
+    fn receive_one(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+        sock: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
         if !this.is_native_family() {
             let Some(sock) = sock else { return Ok(()) };
             return match sock.bind(py).call_method1("recvfrom", (READ_SIZE,)) {

@@ -1122,6 +1122,34 @@ def test_pause_and_resume_writing_at_water_marks(loop_factory: Any) -> None:
 
     run(loop_factory, main)
 
+def test_lowering_the_high_water_mark_under_the_buffer_pauses_at_once(
+    loop_factory: Any,
+) -> None:
+    async def main() -> list[Any]:
+        server, side, tr, proto = await tcp_pair()
+        sproto = await side.first()
+        sproto.transport.pause_reading()
+        chunk = b"b" * (64 * 1024)
+        # Fill the socket until writes start buffering, staying under the mark.
+        while tr.get_write_buffer_size() == 0:
+            tr.write(chunk)
+            await asyncio.sleep(0)
+        buffered = tr.get_write_buffer_size()
+        seen = [proto.pause_calls, buffered <= 64 * 1024]
+        tr.set_write_buffer_limits(high=buffered - 1)
+        seen.append(proto.pause_calls)
+        tr.set_write_buffer_limits(high=buffered - 1)  # already paused
+        seen.append(proto.pause_calls)
+        tr.abort()
+        await proto.lost
+        await close_server(server)
+        return seen
+
+    expected = run_oracle(main)
+    assert expected == [0, True, 1, 1]
+    assert run(loop_factory, main) == expected
+
+
 
 def test_large_transfer_to_slow_reader_is_bounded_and_intact(loop_factory: Any) -> None:
     """100 MiB through one transport to a reader that keeps pausing: memory stays
