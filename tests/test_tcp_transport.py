@@ -1122,6 +1122,7 @@ def test_pause_and_resume_writing_at_water_marks(loop_factory: Any) -> None:
 
     run(loop_factory, main)
 
+
 def test_lowering_the_high_water_mark_under_the_buffer_pauses_at_once(
     loop_factory: Any,
 ) -> None:
@@ -1148,7 +1149,6 @@ def test_lowering_the_high_water_mark_under_the_buffer_pauses_at_once(
     expected = run_oracle(main)
     assert expected == [0, True, 1, 1]
     assert run(loop_factory, main) == expected
-
 
 
 def test_large_transfer_to_slow_reader_is_bounded_and_intact(loop_factory: Any) -> None:
