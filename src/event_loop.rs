@@ -58,6 +58,16 @@ pub enum Job {
 }
 
 impl Job {
+    /// Drops the job's reference with the GIL known to be held: dropping a
+    /// `Py` directly first asks a thread-local whether it is.
+    fn release(self, py: Python<'_>) {
+        match self {
+            Job::Call(handle) => drop(handle.into_bound(py)),
+            Job::Timer(timer) => drop(timer.into_bound(py)),
+            Job::Native { target, .. } => drop(target.into_bound(py)),
+        }
+    }
+
     /// One-shot handles are not tracked by the collector: the loop reports
     /// their contents on their behalf (each sits in exactly one queue).
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -428,7 +438,7 @@ impl Loop {
             };
             match job {
                 Job::Call(handle) => self.handle_pool.recycle(handle),
-                other => drop(other),
+                other => other.release(slf.py()),
             }
             if let Err(err) = result {
                 // Whatever did not run yet stays queued, ahead of newer callbacks.
@@ -562,9 +572,9 @@ fn queue_io(
                 });
             }
         }
-        let Some(watch) = state.watchers.get(event.fd) else {
+        if watch.reader.is_none() && watch.writer.is_none() {
             continue;
-        };
+        }
         let mut stale = Vec::new();
         for (direction, slot, ready) in [
             (Direction::Read, &watch.reader, event.readable),

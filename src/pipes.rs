@@ -249,10 +249,10 @@ impl PipeTransport {
             let Some(protocol) = state.protocol.as_ref() else {
                 return Ok(());
             };
-            (protocol.clone_ref(py), state.contexts.reading(py))
+            (protocol.bind(py).clone(), state.contexts.reading(py))
         };
         callback_context::run_in(py, context.as_ref(), || {
-            Self::read_into_protocol(slf, protocol.bind(py))
+            Self::read_into_protocol(slf, &protocol)
         })
     }
 

@@ -270,18 +270,18 @@ impl StreamTransport {
             let Some(protocol) = state.protocol.as_ref() else {
                 return Ok(());
             };
+            // Bound, not Py: dropping a Py asks a thread-local about the GIL.
             (
-                protocol.clone_ref(py),
+                protocol.bind(py).clone(),
                 state.buffered,
                 state.contexts.reading(py),
             )
         };
-        let protocol = protocol.bind(py);
         callback_context::run_in(py, context.as_ref(), || {
             if buffered {
-                Self::read_into_protocol_buffer(slf, protocol)
+                Self::read_into_protocol_buffer(slf, &protocol)
             } else {
-                Self::read_into_bytes(slf, protocol)
+                Self::read_into_bytes(slf, &protocol)
             }
         })
     }

@@ -251,13 +251,13 @@ impl DatagramTransport {
                 return Ok(());
             };
             (
-                protocol.clone_ref(py),
+                protocol.bind(py).clone(),
                 state.sock.as_ref().map(|s| s.clone_ref(py)),
                 state.contexts.reading(py),
             )
         };
         callback_context::run_in(py, context.as_ref(), || {
-            Self::receive_one(slf, protocol.bind(py), sock)
+            Self::receive_one(slf, &protocol, sock)
         })
     }
 
