@@ -154,6 +154,9 @@ pub struct Loop {
     state: Mutex<LoopState>,
     /// The batch being run by the current iteration; its buffer is reused.
     batch: Mutex<VecDeque<Job>>,
+    /// The readiness a poll reported, emptied after queueing; its buffer is
+    /// reused so that busy iterations allocate nothing.
+    readiness: Mutex<Vec<Readiness>>,
     poller: Mutex<Option<Arc<Poller>>>,
     timer_stats: Arc<TimerStats>,
     closed: AtomicBool,
@@ -384,7 +387,7 @@ impl Loop {
         // A non-blocking poll with nothing but the waker registered can only
         // report wake-ups, and those matter only to a sleeping loop (what
         // they announce is already in the ready queue): skip the system call.
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut *self.readiness.lock());
         let waited = if timeout_ms == 0 && !watching {
             Ok(())
         } else if timeout_ms == 0 {
@@ -421,6 +424,9 @@ impl Loop {
             }
         }
         drop(garbage);
+        // An early return above only costs the next poll a new buffer.
+        events.clear();
+        *self.readiness.lock() = events;
         Ok(())
     }
 
@@ -739,6 +745,7 @@ impl Loop {
                 signal_channel: None,
             }),
             batch: Mutex::new(VecDeque::new()),
+            readiness: Mutex::new(Vec::new()),
             poller: Mutex::new(Some(Arc::new(poller))),
             timer_stats,
             closed: AtomicBool::new(false),
