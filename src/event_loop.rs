@@ -387,13 +387,16 @@ impl Loop {
         // A non-blocking poll with nothing but the waker registered can only
         // report wake-ups, and those matter only to a sleeping loop (what
         // they announce is already in the ready queue): skip the system call.
-        let mut events = std::mem::take(&mut *self.readiness.lock());
+        let mut events = Vec::new();
         let waited = if timeout_ms == 0 && !watching {
             Ok(())
-        } else if timeout_ms == 0 {
-            poller.wait(0, &mut events)
         } else {
-            py.detach(|| poller.wait(timeout_ms, &mut events))
+            events = std::mem::take(&mut *self.readiness.lock());
+            if timeout_ms == 0 {
+                poller.wait(0, &mut events)
+            } else {
+                py.detach(|| poller.wait(timeout_ms, &mut events))
+            }
         };
         poller.done_sleeping();
         waited.map_err(|errno| os_error(py, errno))?;
@@ -425,8 +428,10 @@ impl Loop {
         }
         drop(garbage);
         // An early return above only costs the next poll a new buffer.
-        events.clear();
-        *self.readiness.lock() = events;
+        if events.capacity() > 0 {
+            events.clear();
+            *self.readiness.lock() = events;
+        }
         Ok(())
     }
 
