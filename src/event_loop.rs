@@ -411,19 +411,16 @@ impl Loop {
             if !events.is_empty() {
                 queue_io(py, &mut state, &poller, &events, &mut garbage);
             }
-            // No clock read, and no vector to drop, in iterations without timers.
+            // No clock read in iterations without timers.
             if !state.timers.is_empty() {
-                let mut due = Vec::new();
-                state
-                    .timers
-                    .pop_due(now.unwrap_or_else(monotonic), &mut due);
-                for timer in due {
+                let LoopState { timers, ready, .. } = &mut *state;
+                timers.pop_due(now.unwrap_or_else(monotonic), |timer| {
                     if timer.get().is_cancelled() {
                         garbage.timers.push(timer);
                     } else {
-                        state.ready.push_back(Job::Timer(timer));
+                        ready.push_back(Job::Timer(timer));
                     }
-                }
+                });
             }
         }
         drop(garbage);
@@ -448,7 +445,7 @@ impl Loop {
                 run_job(slf, &job)
             };
             match job {
-                Job::Call(handle) => self.handle_pool.recycle(handle),
+                Job::Call(handle) => self.handle_pool.recycle(slf.py(), handle),
                 other => other.release(slf.py()),
             }
             if let Err(err) = result {

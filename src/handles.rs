@@ -89,6 +89,17 @@ pub struct Callback {
 }
 
 impl Callback {
+    /// Drops the callback's references with the GIL known to be held (a
+    /// `Py`'s own drop first asks a thread-local whether it is).
+    pub fn release(self, py: Python<'_>) {
+        drop(self.func.into_bound(py));
+        match self.args {
+            Args::None => {}
+            Args::One(arg) => drop(arg.into_bound(py)),
+            Args::Tuple(args) => drop(args.into_bound(py)),
+        }
+    }
+
     pub fn clone_ref(&self, py: Python<'_>) -> Self {
         Self {
             func: self.func.clone_ref(py),
@@ -459,11 +470,12 @@ impl HandlePool {
     }
 
     /// Takes a handle back after its job ran, if it can be reused.
-    pub fn recycle(&self, handle: Py<Handle>) {
+    pub fn recycle(&self, py: Python<'_>, handle: Py<Handle>) {
         // A full pool (a burst of callbacks) costs one read per handle.
         if self.pooled.load(Ordering::Relaxed) >= Self::CAPACITY
             || !handle.get().is_reusable(&handle)
         {
+            drop(handle.into_bound(py));
             return;
         }
         // SAFETY: `is_reusable` proved ours is the only reference; GIL held.
@@ -478,8 +490,12 @@ impl HandlePool {
         self.pooled.store(free.len(), Ordering::Relaxed);
         drop(free);
         // Destructors run Python code, which may schedule callbacks: only now.
-        drop(surplus);
-        drop(spent);
+        drop(surplus.map(|handle| handle.into_bound(py)));
+        let (callback, context) = spent;
+        if let Some(callback) = callback {
+            callback.release(py);
+        }
+        drop(context.map(|context| context.into_bound(py)));
     }
 
     /// Lets go of every pooled handle (the loop is closing).

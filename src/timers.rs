@@ -115,14 +115,14 @@ impl TimerHeap {
 
     /// Pops every timer due at or before `now`, cancelled ones included (the
     /// caller skips those). Returned timers are no longer scheduled.
-    pub fn pop_due(&mut self, now: f64, due: &mut Vec<Py<TimerHandle>>) {
+    pub fn pop_due(&mut self, now: f64, mut due: impl FnMut(Py<TimerHandle>)) {
         // Keys order like their deadlines, so `<=` on keys is `<=` on times
         // (now is never NaN).
         let now = deadline_key(now);
         while self.heap.peek().is_some_and(|entry| entry.key <= now) {
             let entry = self.heap.pop().expect("peeked entry exists");
             self.forget(&entry.timer);
-            due.push(entry.timer);
+            due(entry.timer);
         }
     }
 
