@@ -10,6 +10,17 @@ use pyo3::prelude::*;
 /// asyncio's default high water mark; the low one is a quarter of it.
 pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
+/// The check a transport makes after its buffer grew or its marks changed:
+/// true, once, when `buffered` went over `high` and the protocol must be
+/// paused (`paused` records that it is).
+pub fn crossed_high_water(paused: &mut bool, buffered: usize, high: usize) -> bool {
+    if *paused || buffered <= high {
+        return false;
+    }
+    *paused = true;
+    true
+}
+
 /// `(high, low)` for `set_write_buffer_limits(high, low)`, with asyncio's
 /// defaults (a missing mark derives from the other, factor 4) and its error.
 pub fn water_marks(high: Option<i64>, low: Option<i64>) -> PyResult<(usize, usize)> {

@@ -118,11 +118,8 @@ impl PipeState {
     /// Pauses the protocol if the buffer went over the high-water mark;
     /// true if `pause_writing()` must be called.
     fn should_pause(&mut self) -> bool {
-        if !self.protocol_paused && self.buffered_len() > self.high_water {
-            self.protocol_paused = true;
-            return true;
-        }
-        false
+        let buffered = self.buffered_len();
+        flow_control::crossed_high_water(&mut self.protocol_paused, buffered, self.high_water)
     }
 }
 

@@ -138,11 +138,8 @@ impl StreamState {
     /// Pauses the protocol if the buffer went over the high-water mark;
     /// true if `pause_writing()` must be called.
     fn should_pause(&mut self) -> bool {
-        if !self.protocol_paused && self.buffered_len() > self.high_water {
-            self.protocol_paused = true;
-            return true;
-        }
-        false
+        let buffered = self.buffered_len();
+        flow_control::crossed_high_water(&mut self.protocol_paused, buffered, self.high_water)
     }
 
     fn clear_buffer(&mut self) {
@@ -247,14 +244,12 @@ impl StreamTransport {
     }
 
     fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {
-        let py = slf.py();
         // asyncio queues a descriptor's reader handle before its writer handle.
         if readiness.readable {
             Self::read_ready(slf)?;
         }
         if readiness.writable {
-            let context = slf.get().state.lock().contexts.writing(py);
-            callback_context::run_in(py, context.as_ref(), || Self::write_ready(slf))?;
+            Self::write_ready(slf)?;
         }
         Ok(())
     }
@@ -455,6 +450,22 @@ impl StreamTransport {
 
     fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        let (waiter, context) = {
+            let mut state = slf.get().state.lock();
+            let waiter = if state.conn_lost == 0 && state.buffered_len() == 0 {
+                state.drain_waiter.take()
+            } else {
+                None
+            };
+            (waiter, state.contexts.writing(py))
+        };
+        callback_context::run_in(py, context.as_ref(), || Self::flush(slf, waiter))
+    }
+
+    /// Sends what the buffer holds, or resolves the drain `waiter` of an
+    /// empty buffer.
+    fn flush(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
         enum After {
             Nothing,
@@ -465,14 +476,6 @@ impl StreamTransport {
             },
             Failed(Errno),
         }
-        let waiter = {
-            let mut state = this.state.lock();
-            if state.conn_lost == 0 && state.buffered_len() == 0 {
-                state.drain_waiter.take()
-            } else {
-                None
-            }
-        };
         if let Some(waiter) = waiter {
             this.update_interest(py)?;
             return resolve_waiter(waiter.bind(py), None);

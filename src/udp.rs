@@ -116,11 +116,11 @@ impl DatagramState {
 
     /// Whether the protocol must be paused now (and marks it paused).
     fn should_pause(&mut self) -> bool {
-        if !self.protocol_paused && self.buffer_size > self.high_water {
-            self.protocol_paused = true;
-            return true;
-        }
-        false
+        flow_control::crossed_high_water(
+            &mut self.protocol_paused,
+            self.buffer_size,
+            self.high_water,
+        )
     }
 }
 
