@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import inspect
 import logging
 import math
 import socket
@@ -380,6 +381,29 @@ def test_setters_reject_bad_values(loop):
         loop.set_task_factory(1)
     with pytest.raises(TypeError):
         loop.set_default_executor(1)
+
+
+#: Keyword arguments asyncio's loop methods gained, and the version that added them.
+NEWER_KEYWORDS = [
+    ("create_connection", "all_errors", (3, 12)),
+    ("create_server", "keep_alive", (3, 13)),
+    ("create_unix_server", "cleanup_socket", (3, 13)),
+    ("shutdown_default_executor", "timeout", (3, 12)),
+]
+
+
+@pytest.mark.parametrize(("method", "keyword", "since"), NEWER_KEYWORDS)
+def test_keywords_of_newer_pythons_are_unknown_before_them(loop, method, keyword, since):
+    bound = getattr(loop, method)
+    assert asyncio.iscoroutinefunction(bound)
+    listed = keyword in inspect.signature(bound).parameters
+    if sys.version_info >= since:
+        assert listed
+        return
+    assert not listed
+    # Raised by the call itself, before a coroutine exists, as for any unknown keyword.
+    with pytest.raises(TypeError, match=keyword):
+        bound(**{keyword: True})
 
 
 # -- bad input: file descriptors -----------------------------------------------------------

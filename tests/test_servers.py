@@ -27,7 +27,7 @@ from helpers_net import (
     close_server,
     run_oracle,
 )
-from loop_helpers import only_ferroloop, run
+from loop_helpers import run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -185,11 +185,10 @@ def test_create_server_argument_errors(loop_factory: Any) -> None:
     assert run(loop_factory, main) == expected
 
 
-def test_create_server_keep_alive(loop_factory: Any, loop_name: str) -> None:
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="keep_alive is new in Python 3.13")
+def test_create_server_keep_alive(loop_factory: Any) -> None:
     """keep_alive=True (3.13) turns on SO_KEEPALIVE for the listening socket, and
     so for the connections it accepts; the default leaves it off."""
-    if sys.version_info < (3, 13):
-        only_ferroloop(loop_name, "asyncio has keep_alive from 3.13, ferroloop always")
 
     async def main() -> list[int]:
         loop = asyncio.get_running_loop()

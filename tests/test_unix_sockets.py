@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from helpers_net import EchoProtocol, RecordingProtocol, ServerSide, close_server, run_oracle
-from loop_helpers import only_ferroloop, run
+from loop_helpers import run
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -119,11 +119,10 @@ def test_unix_server_on_regular_file_or_live_socket(loop_factory: Any, sock_path
     assert run(loop_factory, main) == expected
 
 
-def test_unix_server_cleanup_socket(loop_factory: Any, loop_name: str, sock_path: Path) -> None:
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="cleanup_socket is new in Python 3.13")
+def test_unix_server_cleanup_socket(loop_factory: Any, sock_path: Path) -> None:
     """cleanup_socket=True (3.13's default) removes the socket file when the server
     closes, unless another file has taken its place; False leaves it."""
-    if sys.version_info < (3, 13):
-        only_ferroloop(loop_name, "asyncio has cleanup_socket from 3.13, ferroloop always")
 
     async def main() -> list[Any]:
         loop = asyncio.get_running_loop()

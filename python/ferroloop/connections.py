@@ -26,6 +26,7 @@ from . import _core, dns
 from .server import Server, resolve_hosts
 from .sockets import SocketOpsMixin
 from .transports import SocketTransport, wait_opened
+from .versions import PY313, keywords_since
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 AddrInfo = tuple[Any, ...]
@@ -38,15 +39,14 @@ _HAS_IPV6 = hasattr(socket, "AF_INET6")
 _SOCK_CONNECT = SocketOpsMixin.sock_connect
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
-#: From 3.13 asyncio words bind errors with the whole `str(exc)`, skips a
-#: listening address whose family the host has not enabled (EADDRNOTAVAIL) and
-#: removes a Unix server's socket file when the server closes.
-_PY313 = sys.version_info >= (3, 13)
+# From 3.13 (PY313) asyncio words bind errors with the whole `str(exc)`, skips
+# a listening address whose family the host has not enabled (EADDRNOTAVAIL)
+# and removes a Unix server's socket file when the server closes.
 
 
 def _bind_error(exc: OSError, address: Any) -> OSError:
     """The OSError asyncio raises when binding to `address` failed with `exc`."""
-    if _PY313:
+    if PY313:
         reason = str(exc).lower()
     else:
         reason = exc.strerror.lower() if exc.strerror else str(exc)
@@ -213,6 +213,7 @@ class ConnectionsMixin:
 
     # -- create_connection -------------------------------------------------------
 
+    @keywords_since((3, 12), "all_errors")
     async def create_connection(
         self: Any,
         protocol_factory: ProtocolFactory,
@@ -433,6 +434,7 @@ class ConnectionsMixin:
 
     # -- servers -------------------------------------------------------------------
 
+    @keywords_since((3, 13), "keep_alive")
     async def create_server(
         self: Any,
         protocol_factory: ProtocolFactory,
@@ -524,7 +526,7 @@ class ConnectionsMixin:
                     sock.bind(address)
                 except OSError as err:
                     error = _bind_error(err, address)
-                    if _PY313 and err.errno == errno.EADDRNOTAVAIL:
+                    if PY313 and err.errno == errno.EADDRNOTAVAIL:
                         # The host has this family disabled (bpo-30945): skip it.
                         sockets.pop()
                         sock.close()
@@ -532,7 +534,7 @@ class ConnectionsMixin:
                             logger.warning("%s", error.strerror)
                         continue
                     raise error from None
-            if _PY313 and not sockets:
+            if PY313 and not sockets:
                 addresses = [info[4] for info in infos]
                 raise OSError(f"could not bind on any address out of {addresses!r}")
             completed = True
@@ -601,6 +603,7 @@ class ConnectionsMixin:
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
 
+    @keywords_since((3, 13), "cleanup_socket")
     async def create_unix_server(
         self: Any,
         protocol_factory: ProtocolFactory,
@@ -612,7 +615,7 @@ class ConnectionsMixin:
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
         start_serving: bool = True,
-        cleanup_socket: bool = _PY313,
+        cleanup_socket: bool = PY313,
     ) -> Server:
         """Listen on the Unix socket `path` (a stale socket file there is replaced).
 

@@ -14,7 +14,6 @@ import asyncio
 import os
 import socket
 import stat
-import sys
 import warnings
 from asyncio import futures, selector_events, trsock
 from asyncio.log import logger
@@ -23,6 +22,7 @@ from typing import Any
 
 from . import _core
 from .transports import wait_opened
+from .versions import PY313
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
@@ -44,15 +44,13 @@ _DIRECT_METHODS = (
 #: (asyncio >= 3.13 counts the UDP header; older versions count the payload only).
 _HEADER_SIZE: int = getattr(selector_events._SelectorDatagramTransport, "_header_size", 0)
 
-_PY313 = sys.version_info >= (3, 13)
-
 #: asyncio sends empty datagrams from 3.13 on; before, `sendto(b"")` does nothing.
-_SEND_EMPTY = _PY313
+_SEND_EMPTY = PY313
 
 
 def _check_datagram_socket(sock: socket.socket) -> None:
     # 3.13 accepts any socket that is not a stream (raw, seqpacket) and words it anew.
-    if _PY313:
+    if PY313:
         if sock.type == socket.SOCK_STREAM:
             raise ValueError(f"A datagram socket was expected, got {sock!r}")
     elif sock.type != socket.SOCK_DGRAM:

@@ -33,6 +33,7 @@ from .pipes import PipesMixin
 from .process import SubprocessMixin
 from .sockets import SocketOpsMixin
 from .tls import TlsMixin
+from .versions import keywords_since
 
 _T = TypeVar("_T")
 
@@ -295,6 +296,7 @@ class EventLoop(  # type: ignore[misc]
             raise TypeError("executor must be ThreadPoolExecutor")
         self._default_executor = executor
 
+    @keywords_since((3, 12), "timeout")
     async def shutdown_default_executor(self, timeout: float | None = None) -> None:
         """Wait for the default executor's threads to finish, then shut it down."""
         self._executor_shutdown_called = True

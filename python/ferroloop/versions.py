@@ -1,0 +1,61 @@
+"""Which CPython's asyncio ferroloop is imitating: version flags, and keyword
+arguments that newer versions added.
+
+asyncio's methods gain keyword arguments from version to version
+(`create_connection(all_errors=)` in 3.12, `create_server(keep_alive=)` in
+3.13, ...). ferroloop implements the newest signature once; on an older
+Python, passing one of the newer arguments raises the `TypeError` that
+asyncio raises there, so code written against ferroloop behaves the same on
+asyncio's loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from asyncio import coroutines
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+PY312 = sys.version_info >= (3, 12)
+PY313 = sys.version_info >= (3, 13)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: 3.11's `asyncio.iscoroutinefunction` recognises a wrapper by this marker.
+_COROUTINE_MARKER = getattr(coroutines, "_is_coroutine", None)
+
+
+def keywords_since(version: tuple[int, int], *names: str) -> Callable[[F], F]:
+    """Decorate a method whose keyword arguments `names` appeared in `version`.
+
+    From `version` on the method is returned unchanged. Before it, a call
+    passing any of `names` raises `TypeError` at call time, as calling
+    asyncio's coroutine method with an unknown keyword does, and the
+    method's signature no longer lists them.
+    """
+
+    def decorate(method: F) -> F:
+        if sys.version_info >= version:
+            return method
+        unknown = frozenset(names)
+
+        @functools.wraps(method)
+        def older_signature(*args: Any, **kwargs: Any) -> Any:
+            if kwargs and not unknown.isdisjoint(kwargs):
+                name = next(n for n in kwargs if n in unknown)
+                raise TypeError(
+                    f"{method.__qualname__}() got an unexpected keyword argument {name!r}"
+                )
+            return method(*args, **kwargs)
+
+        signature = inspect.signature(method)
+        older_signature.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p for p in signature.parameters.values() if p.name not in unknown]
+        )
+        if inspect.iscoroutinefunction(method) and _COROUTINE_MARKER is not None:
+            older_signature._is_coroutine = _COROUTINE_MARKER  # type: ignore[attr-defined]
+        return older_signature  # type: ignore[return-value]
+
+    return decorate
