@@ -575,7 +575,8 @@ impl Handle {
     }
 
     pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
-        Ok(format!("<Handle {}>", callback.describe(py)?))
+        let origin = created_at(py, self.source_traceback.as_ref())?;
+        Ok(format!("<Handle {}{origin}>", callback.describe(py)?))
     }
 }
 
@@ -626,7 +627,13 @@ impl Handle {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        describe_handle(py, "Handle", &self.slot, None)
+        describe_handle(
+            py,
+            "Handle",
+            &self.slot,
+            None,
+            self.source_traceback.as_ref(),
+        )
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -690,8 +697,9 @@ impl TimerHandle {
     }
 
     pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
+        let origin = created_at(py, self.source_traceback.as_ref())?;
         Ok(format!(
-            "<TimerHandle when={} {}>",
+            "<TimerHandle when={} {}{origin}>",
             self.when,
             callback.describe(py)?
         ))
@@ -765,7 +773,13 @@ impl TimerHandle {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        describe_handle(py, "TimerHandle", &self.slot, Some(self.when))
+        describe_handle(
+            py,
+            "TimerHandle",
+            &self.slot,
+            Some(self.when),
+            self.source_traceback.as_ref(),
+        )
     }
 
     fn __hash__(&self) -> u64 {
@@ -778,7 +792,13 @@ impl TimerHandle {
     }
 }
 
-fn describe_handle(py: Python<'_>, kind: &str, slot: &Slot, when: Option<f64>) -> PyResult<String> {
+fn describe_handle(
+    py: Python<'_>,
+    kind: &str,
+    slot: &Slot,
+    when: Option<f64>,
+    source_traceback: Option<&Py<PyAny>>,
+) -> PyResult<String> {
     let mut parts = vec![kind.to_owned()];
     if slot.is_cancelled() {
         parts.push("cancelled".to_owned());
@@ -791,7 +811,28 @@ fn describe_handle(py: Python<'_>, kind: &str, slot: &Slot, when: Option<f64>) -
             parts.push(description);
         }
     }
-    Ok(format!("<{}>", parts.join(" ")))
+    Ok(format!(
+        "<{}{}>",
+        parts.join(" "),
+        created_at(py, source_traceback)?
+    ))
+}
+
+/// " created at file:line" for a handle made in debug mode (where its
+/// `_source_traceback` is kept), as asyncio's handles describe themselves.
+fn created_at(py: Python<'_>, source_traceback: Option<&Py<PyAny>>) -> PyResult<String> {
+    let Some(stack) = source_traceback.map(|tb| tb.bind(py)) else {
+        return Ok(String::new());
+    };
+    if stack.len()? == 0 {
+        return Ok(String::new());
+    }
+    let frame = stack.get_item(-1)?;
+    Ok(format!(
+        " created at {}:{}",
+        frame.get_item(0)?.str()?,
+        frame.get_item(1)?.str()?
+    ))
 }
 
 /// Hands a callback's exception to the loop's exception handler, as asyncio's

@@ -542,6 +542,22 @@ def test_slow_callback_warning_in_debug_mode(loop, caplog):
     slow = [m for m in messages if "took" in m and "seconds" in m]
     assert slow, messages
     assert "slow_callback" in slow[0]
+    assert f"created at {__file__}:" in slow[0]
+
+
+def test_handles_made_in_debug_mode_say_where(loop):
+    loop.set_debug(True)
+    soon_line = inspect.currentframe().f_lineno + 1
+    soon = loop.call_soon(_noop)
+    later = loop.call_later(10, _noop)
+    later_line = soon_line + 1
+    assert repr(soon).endswith(f"created at {__file__}:{soon_line}>")
+    assert repr(later).endswith(f"created at {__file__}:{later_line}>")
+    loop.set_debug(False)
+    quiet = loop.call_soon(_noop)
+    assert "created at" not in repr(quiet)
+    for handle in (soon, later, quiet):
+        handle.cancel()
 
 
 def test_no_slow_callback_warning_without_debug(loop, caplog):
