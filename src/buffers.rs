@@ -128,9 +128,36 @@ pub fn with_bytes_mut<R>(
     }
     // SAFETY: as in `with_bytes`; the buffer is writable and exclusively ours
     // for the duration of `f`, which runs no Python code.
-    let slice =
-        unsafe { std::slice::from_raw_parts_mut(buffer.buf_ptr() as *mut u8, buffer.len_bytes()) };
-    Ok(f(slice))
+    Ok(f(unsafe { untyped_slice_mut(&buffer) }))
+}
+
+/// The bytes of a C-contiguous buffer; an exporter may give a NULL pointer
+/// for an empty one, which a Rust slice must not have.
+///
+/// # Safety
+/// The buffer must stay exported, unmoved and unresized while the slice lives.
+pub unsafe fn untyped_slice(buffer: &PyUntypedBuffer) -> &[u8] {
+    let data = buffer.buf_ptr() as *const u8;
+    if data.is_null() || buffer.len_bytes() == 0 {
+        return &[];
+    }
+    // SAFETY: `len_bytes` contiguous bytes at `data`, valid per the caller.
+    unsafe { std::slice::from_raw_parts(data, buffer.len_bytes()) }
+}
+
+/// `untyped_slice` for a writable buffer.
+///
+/// # Safety
+/// As `untyped_slice`; the buffer must be writable and nothing else may use
+/// it while the slice lives.
+#[allow(clippy::mut_from_ref)]
+unsafe fn untyped_slice_mut(buffer: &PyUntypedBuffer) -> &mut [u8] {
+    let data = buffer.buf_ptr() as *mut u8;
+    if data.is_null() || buffer.len_bytes() == 0 {
+        return &mut [];
+    }
+    // SAFETY: as `untyped_slice`, writable and exclusive per the caller.
+    unsafe { std::slice::from_raw_parts_mut(data, buffer.len_bytes()) }
 }
 
 fn type_name(data: &Bound<'_, PyAny>) -> String {

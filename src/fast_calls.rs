@@ -266,7 +266,11 @@ unsafe fn call_soon(
     // the type of `self` before calling a method descriptor's function).
     let this = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Loop>() };
     let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
-    let positional = unsafe { std::slice::from_raw_parts(args, nargs) };
+    // A caller may pass NULL for no arguments, which a Rust slice must not hold.
+    let positional = match nargs {
+        0 => &[],
+        _ => unsafe { std::slice::from_raw_parts(args, nargs) },
+    };
     let keywords = unsafe { Keywords::parse(py, args.add(nargs), kwnames)? };
     let callback = match (positional.first(), keywords.callback) {
         (Some(&callback), None) => unsafe { Bound::from_borrowed_ptr(py, callback) },

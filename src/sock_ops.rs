@@ -41,7 +41,7 @@ use pyo3::types::{PyBytes, PyWeakrefReference};
 use pyo3::{ffi, intern, PyTraverseError};
 use socket2::SockAddr;
 
-use crate::buffers::with_bytes_mut;
+use crate::buffers::{self, with_bytes_mut};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
@@ -187,10 +187,7 @@ impl Data {
             Data::Buffer(buffer) => {
                 // SAFETY: the buffer stays exported (valid, unmoved, not
                 // resizable) while `self` holds it; `f` runs no Python code.
-                let slice = unsafe {
-                    std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes())
-                };
-                f(slice)
+                f(unsafe { buffers::untyped_slice(buffer) })
             }
         }
     }
