@@ -7,6 +7,7 @@ mod buffers;
 mod call_soon_descriptor;
 mod callback_context;
 mod connector;
+mod dns;
 mod errors;
 mod event_loop;
 mod fast_calls;
@@ -46,6 +47,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     udp::register(m)?;
     pipes::register(m)?;
     process::register(m)?;
+    dns::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

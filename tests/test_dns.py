@@ -7,8 +7,10 @@ import concurrent.futures
 import functools
 import itertools
 import logging
+import os
 import re
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import ferroloop
 import pytest
 from ferroloop import dns
+from loop_helpers import run_python
 
 LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -279,29 +282,34 @@ def test_fast_path_classification(host: Any, port: Any, flags: Any, fast: bool) 
 
 
 @pytest.mark.parametrize(
-    ("host", "port", "flags", "hops"),
+    ("host", "port", "flags", "off_thread"),
     [
-        ("127.0.0.1", 80, 0, 0),
-        ("::1", "443", socket.AI_PASSIVE, 0),
-        (None, 0, socket.AI_PASSIVE, 0),
-        ("fe80::1%lo", None, 0, 0),
-        ("localhost", 80, 0, 1),
-        ("127.0.0.1", "http", 0, 1),
-        ("", 80, 0, 1),
-        ("127.0.0.1", 80, socket.AI_ADDRCONFIG, 1),
+        ("127.0.0.1", 80, 0, False),
+        ("::1", "443", socket.AI_PASSIVE, False),
+        (None, 0, socket.AI_PASSIVE, False),
+        ("fe80::1%lo", None, 0, False),
+        ("localhost", 80, 0, True),
+        ("127.0.0.1", "http", 0, True),
+        ("", 80, 0, True),
+        ("127.0.0.1", 80, socket.AI_ADDRCONFIG, True),
     ],
 )
-def test_executor_only_when_needed(
-    dns_loop: asyncio.AbstractEventLoop, host: Any, port: Any, flags: int, hops: int
+def test_lookup_thread_only_when_needed(
+    dns_loop: asyncio.AbstractEventLoop, host: Any, port: Any, flags: int, off_thread: bool
 ) -> None:
-    """Numeric lookups skip the executor; lookups that may need NSS go through it."""
+    """Numeric lookups run in the loop's thread; lookups that may need NSS run in
+    another: the executor for asyncio's loop, the native resolver's threads for
+    ferroloop's (so its executor is not used)."""
     executor = CountingExecutor()
     dns_loop.set_default_executor(executor)
     got = outcome(
         lambda: dns_loop.run_until_complete(dns.getaddrinfo(dns_loop, host, port, flags=flags))
     )
     assert got == outcome(lambda: socket.getaddrinfo(host, port, flags=flags))
-    assert len(executor.submitted) == hops
+    native = isinstance(dns_loop, ferroloop.EventLoop)
+    assert len(executor.submitted) == (off_thread and not native)
+    if native:
+        assert (dns_loop._dns_resolver is not None) == off_thread
 
 
 def test_name_lookup_does_not_block_the_loop(
@@ -325,6 +333,122 @@ def test_name_lookup_does_not_block_the_loop(
     assert dns_loop.run_until_complete(main()) == real_getaddrinfo(
         "localhost", 80, type=socket.SOCK_STREAM
     )
+
+
+# -- lookups off the loop's thread ---------------------------------------------------------
+
+
+def test_name_lookup_results_have_socket_types(dns_loop: asyncio.AbstractEventLoop) -> None:
+    """The entries are socket's enum members and plain tuples, as socket.getaddrinfo's."""
+    got = dns_loop.run_until_complete(dns_loop.getaddrinfo("localhost", "http"))
+    want = socket.getaddrinfo("localhost", "http")
+    assert got == want
+    assert [tuple(map(type, entry)) for entry in got] == [tuple(map(type, entry)) for entry in want]
+    assert [type(entry[4][0]) for entry in got] == [str] * len(got)
+
+
+def test_many_concurrent_name_lookups(dns_loop: asyncio.AbstractEventLoop) -> None:
+    """More lookups at once than lookup threads: every one gets its own answer."""
+    ports = list(range(1000, 1200))
+
+    async def main() -> list[Any]:
+        lookups = [
+            dns_loop.getaddrinfo("localhost", port, type=socket.SOCK_STREAM) for port in ports
+        ]
+        return await asyncio.gather(*lookups)
+
+    answers = dns_loop.run_until_complete(main())
+    assert answers == [socket.getaddrinfo("localhost", p, type=socket.SOCK_STREAM) for p in ports]
+
+
+def test_cancelled_name_lookup_leaves_the_loop_working(dns_loop: asyncio.AbstractEventLoop) -> None:
+    """A lookup whose waiter was cancelled finishes in the background; its answer is dropped."""
+
+    async def main() -> list[Any]:
+        lookups = [asyncio.ensure_future(dns_loop.getaddrinfo("localhost", 80)) for _ in range(20)]
+        await asyncio.sleep(0)
+        for lookup in lookups:
+            lookup.cancel()
+        await asyncio.gather(*lookups, return_exceptions=True)
+        assert all(lookup.cancelled() for lookup in lookups)
+        await asyncio.sleep(0.05)  # the answers arrive and are dropped
+        return await dns_loop.getaddrinfo("localhost", 80)
+
+    assert dns_loop.run_until_complete(main()) == socket.getaddrinfo("localhost", 80)
+
+
+def test_name_lookup_on_a_closed_loop_raises() -> None:
+    for factory in LOOP_FACTORIES.values():
+        loop = factory()
+        loop.close()
+        lookup = loop.getaddrinfo("localhost", 80)
+        with pytest.raises(RuntimeError, match="closed"):
+            lookup.send(None)
+        lookup.close()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_closing_the_loop_releases_what_name_lookups_used() -> None:
+    """No descriptor stays open after a loop that resolved names is closed."""
+    for factory in LOOP_FACTORIES.values():
+        before = _open_descriptors()
+        loop = factory()
+        loop.run_until_complete(loop.getaddrinfo("localhost", 80))
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+        del loop
+        assert _open_descriptors() == before
+
+
+def test_name_lookups_raise_the_audit_event(dns_loop: asyncio.AbstractEventLoop) -> None:
+    """socket.getaddrinfo's audit event, with the caller's arguments, on both loops."""
+    _AUDITED.clear()
+    _AUDITING.set()
+    try:
+        dns_loop.run_until_complete(
+            dns_loop.getaddrinfo("localhost", "http", type=socket.SOCK_STREAM)
+        )
+    finally:
+        _AUDITING.clear()
+    event = ("localhost", "http", 0, int(socket.SOCK_STREAM), 0)
+    assert [(args, list(map(type, args))) for args in _AUDITED] == [
+        (event, [str, str, int, int, int])
+    ]
+
+
+_AUDITED: list[tuple[Any, ...]] = []
+_AUDITING = threading.Event()
+
+
+def _record_getaddrinfo_audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "socket.getaddrinfo" and _AUDITING.is_set():
+        _AUDITED.append(args)
+
+
+sys.addaudithook(_record_getaddrinfo_audit)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_resolves_names() -> None:
+    """ferroloop only: a child forked after the parent resolved names (its lookup
+    threads are not inherited) resolves with a loop of its own."""
+    script = (
+        "import asyncio, os, ferroloop\n"
+        "async def lookup():\n"
+        "    return await asyncio.get_running_loop().getaddrinfo('localhost', 80)\n"
+        "parent = ferroloop.run(lookup())\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if ferroloop.run(lookup()) == parent else 1)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), ferroloop.run(lookup()) == parent)\n"
+    )
+    result = run_python("-c", script, timeout=30)
+    assert result.stdout.split() == ["0", "True"], result.stderr
 
 
 # -- debug mode -----------------------------------------------------------------------------

@@ -265,3 +265,19 @@ class ChildWatcher:
     @property
     def pid(self) -> int: ...
     def __getattr__(self, name: str) -> Any: ...
+
+class Resolver:
+    """getaddrinfo for host names on native threads (see dns.py, src/dns.rs)."""
+
+    def __init__(self, event_loop: Loop) -> None: ...
+    def resolve(
+        self,
+        host: bytes | None,
+        port: bytes | None,
+        family: int,
+        type: int,
+        proto: int,
+        flags: int,
+        future: Any,
+    ) -> None: ...
+    def close(self) -> None: ...

@@ -1,8 +1,10 @@
 """Name resolution that never blocks the loop.
 
 `getaddrinfo` and `getnameinfo` behave exactly like their `socket` module
-counterparts (same results, same exceptions) but run the blocking C call in the
-loop's default executor.
+counterparts (same results, same exceptions) but never block the loop.
+`getnameinfo` runs in the loop's default executor. `getaddrinfo` runs a lookup
+that may reach the name service on the native resolver's threads (`_c_arguments`
+says when; see src/dns.rs), or else in the default executor.
 
 `getaddrinfo` has a fast path: when the call provably cannot reach the name
 service switch (NSS: /etc/hosts, DNS, /etc/services, nscd, LDAP, ...) it calls
@@ -54,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import sys
 import time
 from asyncio.log import logger
 from collections.abc import Callable
@@ -246,7 +249,65 @@ async def getaddrinfo(
         if func is socket.getaddrinfo and result.__class__ is list:
             _remember(result, host, port, family, type, proto, flags)
         return result
+    native_resolver = getattr(loop, "_resolver", None)
+    if native_resolver is not None and func is _SOCKET_GETADDRINFO:
+        query = _c_arguments(host, port, (family, type, proto, flags))
+        if query is not None:
+            # The event socket.getaddrinfo raises, with the numbers as plain ints.
+            sys.audit("socket.getaddrinfo", host, port, int(family), int(type), int(proto))
+            waiter = loop.create_future()
+            native_resolver().resolve(*query, family, type, proto, flags, waiter)
+            return await waiter
     return await loop.run_in_executor(None, func, host, port, family, type, proto, flags)
+
+
+#: The function the native resolver stands in for; when it is replaced
+#: (tests patch it), lookups call the replacement in the executor instead.
+_SOCKET_GETADDRINFO = socket.getaddrinfo
+_C_INT_MIN, _C_INT_MAX = -(2**31), 2**31 - 1
+_C_LONG_MIN, _C_LONG_MAX = -(2**63), 2**63 - 1
+
+
+def _c_arguments(host: Any, port: Any, numbers: tuple[Any, ...]) -> tuple[Any, Any] | None:
+    """`host` and `port` as bytes (or None), as `socket.getaddrinfo` hands them
+    to C, when the native resolver gives exactly its result; None otherwise.
+
+    Anything unusual (other types, values C would reject or truncate at a NUL,
+    text the codecs refuse) returns None, and the call goes to
+    `socket.getaddrinfo` itself in the executor, which raises what it raises.
+    """
+    if host is None:
+        c_host = None
+    elif host.__class__ is str:
+        try:
+            c_host = host.encode("idna")
+        except UnicodeError:
+            return None
+    elif host.__class__ is bytes:
+        c_host = host
+    else:
+        return None
+    if port is None:
+        c_port = None
+    elif port.__class__ is int:
+        if not _C_LONG_MIN <= port <= _C_LONG_MAX:
+            return None
+        c_port = b"%d" % port
+    elif port.__class__ is str:
+        try:
+            c_port = port.encode("utf-8")
+        except UnicodeError:
+            return None
+    elif port.__class__ is bytes:
+        c_port = port
+    else:
+        return None
+    if (c_host is not None and b"\0" in c_host) or (c_port is not None and b"\0" in c_port):
+        return None
+    for number in numbers:
+        if number.__class__ not in _INT_TYPES or not _C_INT_MIN <= number <= _C_INT_MAX:
+            return None
+    return c_host, c_port
 
 
 async def getnameinfo(

@@ -84,6 +84,7 @@ class EventLoop(  # type: ignore[misc]
         "_coroutine_origin_tracking_enabled",
         "_coroutine_origin_tracking_saved_depth",
         "_default_executor",
+        "_dns_resolver",
         "_exception_handler",
         "_executor_shutdown_called",
         "_reader_files",
@@ -97,6 +98,7 @@ class EventLoop(  # type: ignore[misc]
         self._sock_ops_core = None
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
+        self._dns_resolver: _core.Resolver | None = None
         self._exception_handler: ExceptionHandler | None = None
         self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
@@ -172,6 +174,9 @@ class EventLoop(  # type: ignore[misc]
         else:
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
+        resolver, self._dns_resolver = self._dns_resolver, None
+        if resolver is not None:
+            resolver.close()
         self._close_core()
         self._reader_files.clear()
         self._writer_files.clear()
@@ -351,6 +356,13 @@ class EventLoop(  # type: ignore[misc]
         return await dns.getaddrinfo(
             self, host, port, family=family, type=type, proto=proto, flags=flags
         )
+
+    def _resolver(self) -> _core.Resolver:
+        """The native resolver `dns.getaddrinfo` hands host names to (made on first use)."""
+        resolver = self._dns_resolver
+        if resolver is None:
+            resolver = self._dns_resolver = _core.Resolver(self)
+        return resolver
 
     #: create_connection resolves memoised numeric addresses itself unless
     #: getaddrinfo is overridden (by a subclass or on the instance).
