@@ -276,38 +276,36 @@ def _c_arguments(host: Any, port: Any, numbers: tuple[Any, ...]) -> tuple[Any, A
     text the codecs refuse) returns None, and the call goes to
     `socket.getaddrinfo` itself in the executor, which raises what it raises.
     """
-    if host is None:
-        c_host = None
-    elif host.__class__ is str:
-        try:
-            c_host = host.encode("idna")
-        except UnicodeError:
-            return None
-    elif host.__class__ is bytes:
-        c_host = host
-    else:
-        return None
-    if port is None:
-        c_port = None
-    elif port.__class__ is int:
-        if not _C_LONG_MIN <= port <= _C_LONG_MAX:
-            return None
-        c_port = b"%d" % port
-    elif port.__class__ is str:
-        try:
-            c_port = port.encode("utf-8")
-        except UnicodeError:
-            return None
-    elif port.__class__ is bytes:
-        c_port = port
-    else:
-        return None
-    if (c_host is not None and b"\0" in c_host) or (c_port is not None and b"\0" in c_port):
-        return None
     for number in numbers:
         if number.__class__ not in _INT_TYPES or not _C_INT_MIN <= number <= _C_INT_MAX:
             return None
+    c_host = _c_text(host, "idna")
+    if port.__class__ is int:
+        c_port = b"%d" % port if _C_LONG_MIN <= port <= _C_LONG_MAX else _UNUSABLE
+    else:
+        c_port = _c_text(port, "utf-8")
+    if c_host is _UNUSABLE or c_port is _UNUSABLE:
+        return None
     return c_host, c_port
+
+
+#: What `_c_text` returns for a value the native resolver cannot pass on exactly.
+_UNUSABLE: Any = object()
+
+
+def _c_text(value: Any, encoding: str) -> Any:
+    """None, or the bytes C gets for `value` (a str encoded with `encoding`, or
+    bytes); `_UNUSABLE` for other types, codec errors and NUL bytes."""
+    if value is None:
+        return None
+    if value.__class__ is str:
+        try:
+            value = value.encode(encoding)
+        except UnicodeError:
+            return _UNUSABLE
+    elif value.__class__ is not bytes:
+        return _UNUSABLE
+    return _UNUSABLE if b"\0" in value else value
 
 
 async def getnameinfo(
