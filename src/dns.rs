@@ -11,21 +11,22 @@
 //! objects `socket.getaddrinfo` builds (the same `AddressFamily`/`SocketKind`
 //! members, address tuples and exceptions) and completes the waiting future.
 //!
-//! The pool threads live as long as the process, as asyncio's executor
-//! threads do, and only call libc: a lookup still running at interpreter exit
-//! cannot touch a finalising interpreter. After `fork()` the child starts a
-//! pool of its own and never touches the parent's (whose lock a parent thread
-//! may have held at the fork).
+//! The pool threads only call libc: a lookup still running at interpreter exit
+//! cannot touch a finalising interpreter. They end with the last loop using
+//! them (see `Pool`). After `fork()` the child starts a pool of its own and
+//! never touches the parent's (whose lock a parent thread may have held at the
+//! fork).
 
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::os::fd::AsRawFd;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::{JoinHandle, ThreadId};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyUnicodeDecodeError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -123,17 +124,36 @@ struct Lookup {
 }
 
 /// The process-wide pool of lookup threads.
+///
+/// Threads start on demand and, like asyncio's executor threads after
+/// `shutdown_default_executor`, are gone once no loop uses the pool: when the
+/// last open resolver closes, the idle threads leave and are joined (a busy
+/// one leaves after its lookup). A process that forks after its loops have
+/// closed is then single-threaded again, as Python 3.12+ checks.
 struct Pool {
     generation: u64,
     state: Mutex<PoolState>,
+    /// Signalled when work arrives or the pool retires.
     work: Condvar,
+    /// Signalled when a thread leaves.
+    left: Condvar,
 }
 
 #[derive(Default)]
 struct PoolState {
     waiting: VecDeque<Lookup>,
     idle: usize,
+    /// Threads running `serve`.
     threads: usize,
+    /// Threads running a lookup.
+    busy: usize,
+    open_resolvers: usize,
+    /// Set when the last resolver closed; threads leave once out of work.
+    retiring: bool,
+    /// Every thread started and not joined yet.
+    handles: Vec<JoinHandle<()>>,
+    /// Threads that have left `serve` and only need joining.
+    leaving: Vec<ThreadId>,
 }
 
 /// The current pool (leaked: it lives as long as the process, and a forked
@@ -153,6 +173,7 @@ fn pool() -> &'static Pool {
         generation,
         state: Mutex::new(PoolState::default()),
         work: Condvar::new(),
+        left: Condvar::new(),
     }));
     match POOL.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
         // SAFETY: just leaked above.
@@ -172,6 +193,7 @@ impl Pool {
     /// Queues `lookup`, starting a thread if none is free (up to the limit).
     fn submit(&'static self, lookup: Lookup) -> std::io::Result<()> {
         let mut state = self.state.lock();
+        state.retiring = false;
         state.waiting.push_back(lookup);
         if state.idle >= state.waiting.len() || state.threads >= MAX_THREADS {
             self.work.notify_one();
@@ -181,8 +203,9 @@ impl Pool {
             .name("ferroloop-dns".to_owned())
             .spawn(move || self.serve());
         match spawned {
-            Ok(_) => {
+            Ok(handle) => {
                 state.threads += 1;
+                state.handles.push(handle);
                 Ok(())
             }
             Err(err) if state.threads > 0 => {
@@ -198,22 +221,66 @@ impl Pool {
         }
     }
 
-    /// A pool thread's life: run lookups as they come.
+    /// A pool thread's life: run lookups as they come, until the pool retires.
     fn serve(&self) {
-        loop {
-            let lookup = {
-                let mut state = self.state.lock();
-                loop {
-                    if let Some(lookup) = state.waiting.pop_front() {
-                        break lookup;
-                    }
-                    state.idle += 1;
-                    self.work.wait(&mut state);
-                    state.idle -= 1;
-                }
-            };
-            let answer = resolve(&lookup.query);
+        let mut state = self.state.lock();
+        while let Some(lookup) = self.next_lookup(&mut state) {
+            let answer = MutexGuard::unlocked(&mut state, || resolve(&lookup.query));
+            // Delivered under the pool's lock: by the time the loop sees the
+            // answer, this thread is no longer busy, so a retirement that
+            // follows waits for it to leave.
             lookup.inbox.deliver(lookup.id, answer);
+            state.busy -= 1;
+        }
+    }
+
+    /// The next lookup to run, waiting for one; None when the thread should leave.
+    fn next_lookup(&self, state: &mut MutexGuard<'_, PoolState>) -> Option<Lookup> {
+        loop {
+            if let Some(lookup) = state.waiting.pop_front() {
+                state.busy += 1;
+                return Some(lookup);
+            }
+            if state.retiring {
+                state.threads -= 1;
+                state.leaving.push(std::thread::current().id());
+                self.left.notify_all();
+                return None;
+            }
+            state.idle += 1;
+            self.work.wait(state);
+            state.idle -= 1;
+        }
+    }
+
+    fn resolver_opened(&self) {
+        self.state.lock().open_resolvers += 1;
+    }
+
+    /// When the last resolver closes, sends the threads that are not running a
+    /// lookup away and joins them (they leave at once); busy ones leave after
+    /// their lookup and are joined by a later retirement.
+    fn resolver_closed(&self) {
+        let leavers = {
+            let mut state = self.state.lock();
+            state.open_resolvers = state.open_resolvers.saturating_sub(1);
+            if state.open_resolvers > 0 || state.threads == 0 && state.handles.is_empty() {
+                return;
+            }
+            state.retiring = true;
+            self.work.notify_all();
+            while state.threads > state.busy {
+                self.left.wait(&mut state);
+            }
+            let leaving = std::mem::take(&mut state.leaving);
+            let (gone, staying) = std::mem::take(&mut state.handles)
+                .into_iter()
+                .partition(|handle| leaving.contains(&handle.thread().id()));
+            state.handles = staying;
+            gone
+        };
+        for handle in leavers {
+            let _ = handle.join();
         }
     }
 }
@@ -291,6 +358,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 #[pyclass(frozen, module = "ferroloop._core")]
 pub struct Resolver {
     loop_: Py<Loop>,
+    /// The pool this resolver counts as a user of (the pool of the process
+    /// it was made in).
+    pool: &'static Pool,
+    closed: AtomicBool,
     /// The doorbell's number, for unwatching (the inbox owns the descriptor).
     doorbell_fd: std::os::fd::RawFd,
     inbox: Arc<Inbox>,
@@ -309,6 +380,9 @@ impl Resolver {
             py,
             Resolver {
                 loop_: event_loop.clone().unbind(),
+                pool: pool(),
+                // Open once the loop watches its doorbell (below).
+                closed: AtomicBool::new(true),
                 doorbell_fd: fd,
                 inbox: Arc::new(Inbox {
                     state: Mutex::new(InboxState {
@@ -326,6 +400,8 @@ impl Resolver {
             dispatch,
             Interest::level(true, false),
         )?;
+        resolver.get().pool.resolver_opened();
+        resolver.get().closed.store(false, Ordering::Release);
         Ok(resolver)
     }
 
@@ -344,8 +420,13 @@ impl Resolver {
         flags: libc::c_int,
         future: Py<PyAny>,
     ) -> PyResult<()> {
-        if self.loop_.get().closed() {
+        if self.loop_.get().closed() || self.closed.load(Ordering::Acquire) {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        if self.pool.generation != fork::generation() {
+            return Err(PyRuntimeError::new_err(
+                "this resolver was made before fork(); use a new event loop in the child",
+            ));
         }
         let query = Query {
             host: host.map(c_string).transpose()?,
@@ -362,7 +443,7 @@ impl Resolver {
             query,
             inbox: self.inbox.clone(),
         };
-        if let Err(err) = pool().submit(lookup) {
+        if let Err(err) = self.pool.submit(lookup) {
             let future = self.waiting.lock().remove(&id);
             drop(future);
             return Err(PyOSError::new_err(err.to_string()));
@@ -377,6 +458,7 @@ impl Resolver {
         let answers = self.inbox.close();
         let waiting = std::mem::take(&mut *self.waiting.lock());
         drop((answers, waiting));
+        self.leave_pool();
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -392,6 +474,22 @@ impl Resolver {
     fn __clear__(&self) {
         let waiting = self.waiting.try_lock().map(|mut w| std::mem::take(&mut *w));
         drop(waiting);
+    }
+}
+
+impl Resolver {
+    /// Stops counting as a user of the pool (once; not in a forked child,
+    /// whose pool is another).
+    fn leave_pool(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) && self.pool.generation == fork::generation() {
+            self.pool.resolver_closed();
+        }
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        self.leave_pool();
     }
 }
 

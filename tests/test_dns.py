@@ -432,6 +432,40 @@ def _record_getaddrinfo_audit(event: str, args: tuple[Any, ...]) -> None:
 sys.addaudithook(_record_getaddrinfo_audit)
 
 
+def _lookup_threads() -> list[str]:
+    """The names of this process's threads that are ferroloop's lookup threads."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                names.append(comm.read().strip())
+        except FileNotFoundError:  # the thread exited meanwhile
+            pass
+    return [name for name in names if name == "ferroloop-dns"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc/self/task")
+def test_lookup_threads_end_with_the_last_loop_using_them() -> None:
+    """ferroloop only: as asyncio's executor threads end with asyncio.run, the
+    lookup threads end when the last loop that resolved names is closed (a later
+    fork then happens in a single-threaded process), and start again when needed."""
+    first, second = ferroloop.new_event_loop(), ferroloop.new_event_loop()
+    for loop in (first, second):
+        loop.run_until_complete(loop.getaddrinfo("localhost", 80))
+    assert _lookup_threads()
+    first.close()
+    assert second.run_until_complete(second.getaddrinfo("localhost", 80))
+    second.close()
+    assert _lookup_threads() == []
+    assert ferroloop.run(asyncio.sleep(0, "no lookups")) == "no lookups"
+
+    async def lookup() -> Any:
+        return await asyncio.get_running_loop().getaddrinfo("localhost", 80)
+
+    assert ferroloop.run(lookup()) == socket.getaddrinfo("localhost", 80)
+    assert _lookup_threads() == []
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_resolves_names() -> None:
     """ferroloop only: a child forked after the parent resolved names (its lookup
