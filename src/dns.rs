@@ -31,7 +31,7 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyUnicodeDecodeError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::PyTraverseError;
 use rustc_hash::FxHashMap;
 use socket2::{SockAddr, SockAddrStorage};
@@ -532,8 +532,8 @@ fn complete(py: Python<'_>, future: &Bound<'_, PyAny>, answer: Answer) -> PyResu
 }
 
 static GAIERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static ADDRESS_FAMILY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static SOCKET_KIND: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FAMILIES: EnumMembers = EnumMembers::new("AddressFamily");
+static KINDS: EnumMembers = EnumMembers::new("SocketKind");
 
 /// What `socket.getaddrinfo` returns for `answer`, or the exception it raises.
 fn to_python(py: Python<'_>, answer: Answer) -> PyResult<Bound<'_, PyList>> {
@@ -541,8 +541,6 @@ fn to_python(py: Python<'_>, answer: Answer) -> PyResult<Bound<'_, PyList>> {
         Answer::Found(entries) => entries,
         Answer::Failed { code, errno } => return Err(lookup_error(py, code, errno)),
     };
-    let family_enum = ADDRESS_FAMILY.import(py, "socket", "AddressFamily")?;
-    let kind_enum = SOCKET_KIND.import(py, "socket", "SocketKind")?;
     let list = PyList::empty(py);
     for entry in entries {
         let canonname = match entry.canonname {
@@ -558,8 +556,8 @@ fn to_python(py: Python<'_>, answer: Answer) -> PyResult<Bound<'_, PyList>> {
         let item = PyTuple::new(
             py,
             [
-                enum_or_int(family_enum, entry.family)?,
-                enum_or_int(kind_enum, entry.socktype)?,
+                FAMILIES.member_or_int(py, entry.family)?,
+                KINDS.member_or_int(py, entry.socktype)?,
                 entry.protocol.into_pyobject(py)?.into_any(),
                 canonname.into_any(),
                 sockaddr::to_python(py, &entry.addr)?,
@@ -570,18 +568,47 @@ fn to_python(py: Python<'_>, answer: Answer) -> PyResult<Bound<'_, PyList>> {
     Ok(list)
 }
 
-/// `socket`'s `_intenum_converter`: the enum member for `value`, else the int.
-fn enum_or_int<'py>(
-    enum_type: &Bound<'py, PyAny>,
-    value: libc::c_int,
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = enum_type.py();
-    match enum_type.call1((value,)) {
-        Ok(member) => Ok(member),
-        Err(err) if err.is_instance_of::<pyo3::exceptions::PyValueError>(py) => {
-            Ok(value.into_pyobject(py)?.into_any())
+/// One of `socket`'s int enums, with its members by value as they are met
+/// (an enum's members never change; calling the enum costs ~1 µs).
+struct EnumMembers {
+    name: &'static str,
+    enum_type: PyOnceLock<Py<PyAny>>,
+    by_value: PyOnceLock<Py<PyDict>>,
+}
+
+impl EnumMembers {
+    const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            enum_type: PyOnceLock::new(),
+            by_value: PyOnceLock::new(),
         }
-        Err(err) => Err(err),
+    }
+
+    /// `socket`'s `_intenum_converter`: the member for `value`, else the int.
+    fn member_or_int<'py>(
+        &self,
+        py: Python<'py>,
+        value: libc::c_int,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let by_value = self
+            .by_value
+            .get_or_init(py, || PyDict::new(py).unbind())
+            .bind(py);
+        if let Some(member) = by_value.get_item(value)? {
+            return Ok(member);
+        }
+        let enum_type = self.enum_type.import(py, "socket", self.name)?;
+        match enum_type.call1((value,)) {
+            Ok(member) => {
+                by_value.set_item(value, &member)?;
+                Ok(member)
+            }
+            Err(err) if err.is_instance_of::<pyo3::exceptions::PyValueError>(py) => {
+                Ok(value.into_pyobject(py)?.into_any())
+            }
+            Err(err) => Err(err),
+        }
     }
 }
 
