@@ -498,18 +498,9 @@ def _debug_records(
     loop.slow_callback_duration = slow  # type: ignore[attr-defined]
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="asyncio"):
-        try:
-            loop.run_until_complete(
-                resolve("127.0.0.1", 80, family=socket.AF_INET, type=socket.SOCK_STREAM)
-            )
-        except AttributeError as exc:
-            # ferroloop's EventLoop._set_coroutine_origin_tracking reads
-            # asyncio.coroutines._DEBUG_STACK_DEPTH, which does not exist (asyncio has
-            # asyncio.constants.DEBUG_STACK_DEPTH), so no ferroloop loop runs in debug mode.
-            if "_DEBUG_STACK_DEPTH" not in str(exc):
-                raise
-            loop.set_debug(False)
-            pytest.xfail("ferroloop cannot run in debug mode: " + str(exc))
+        loop.run_until_complete(
+            resolve("127.0.0.1", 80, family=socket.AF_INET, type=socket.SOCK_STREAM)
+        )
         loop.run_until_complete(resolve("localhost", "http", flags=socket.AI_CANONNAME))
         with pytest.raises(socket.gaierror):
             loop.run_until_complete(resolve("127.0.0.1", "no-such-svc"))
