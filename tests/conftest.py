@@ -18,7 +18,7 @@ Helpers (import them from ``loop_helpers``, not from here):
   ``asyncio.Runner(loop_factory=...)`` and return its result.
 - ``only_ferroloop(loop_name, why)``: skip explicitly on the oracle for tests that
   are only meaningful for ferroloop.
-- ``xfail_on_ferroloop(request, loop_name, reason)``, ``run_python(...)``.
+- ``run_python(...)``: run the interpreter in a subprocess.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from loop_helpers import (  # noqa: F401 - re-exported for fixtures
     run,
     run_python,
     set_policy,
-    xfail_on_ferroloop,
 )
 
 

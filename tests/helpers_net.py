@@ -255,14 +255,6 @@ async def close_server(server: asyncio.AbstractServer) -> None:
     await asyncio.wait_for(server.wait_closed(), 10)
 
 
-def xfail_ferroloop(request: Any, loop_name: str, reason: str) -> None:
-    """Strict expected failure on the ferroloop parameter only (a known ferroloop bug)."""
-    import pytest
-
-    if loop_name == "ferroloop":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"ferroloop bug: {reason}"))
-
-
 def run_oracle(coro_fn: Any, *, debug: bool | None = None) -> Any:
     """Run `coro_fn()` on asyncio's own loop: the expected behaviour."""
     from loop_helpers import make_loop_factory, run

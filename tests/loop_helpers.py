@@ -69,12 +69,6 @@ def only_ferroloop(loop_name: str, why: str) -> None:
         pytest.skip(f"only meaningful for ferroloop: {why}")
 
 
-def xfail_on_ferroloop(request: pytest.FixtureRequest, loop_name: str, reason: str) -> None:
-    """Mark the current test as a non-strict expected failure, for ferroloop only."""
-    if loop_name == "ferroloop":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=reason))
-
-
 def run_python(
     *args: str,
     cwd: str | os.PathLike[str] | None = None,
