@@ -396,6 +396,8 @@ NEWER_KEYWORDS = [
 def test_keywords_of_newer_pythons_are_unknown_before_them(loop, method, keyword, since):
     bound = getattr(loop, method)
     assert asyncio.iscoroutinefunction(bound)
+    if sys.version_info >= (3, 12):  # inspect.markcoroutinefunction exists from 3.12
+        assert inspect.iscoroutinefunction(bound)
     listed = keyword in inspect.signature(bound).parameters
     if sys.version_info >= since:
         assert listed

@@ -27,6 +27,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 _COROUTINE_MARKER = getattr(coroutines, "_is_coroutine", None)
 
 
+def _mark_coroutine_function(function: Callable[..., Any]) -> None:
+    """Make a plain function that returns a coroutine pass for a coroutine
+    function: for `inspect` from 3.12, for `asyncio` alone before."""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(function)
+    elif _COROUTINE_MARKER is not None:
+        function._is_coroutine = _COROUTINE_MARKER  # type: ignore[attr-defined]
+
+
 def keywords_since(version: tuple[int, int], *names: str) -> Callable[[F], F]:
     """Decorate a method whose keyword arguments `names` appeared in `version`.
 
@@ -54,8 +64,8 @@ def keywords_since(version: tuple[int, int], *names: str) -> Callable[[F], F]:
         older_signature.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=[p for p in signature.parameters.values() if p.name not in unknown]
         )
-        if inspect.iscoroutinefunction(method) and _COROUTINE_MARKER is not None:
-            older_signature._is_coroutine = _COROUTINE_MARKER  # type: ignore[attr-defined]
+        if inspect.iscoroutinefunction(method):
+            _mark_coroutine_function(older_signature)
         return older_signature  # type: ignore[return-value]
 
     return decorate
