@@ -42,10 +42,12 @@ use crate::fork;
 use crate::poller::{Interest, Readiness};
 use crate::sockaddr;
 
-/// At most this many lookups run at once in a process; more wait in line.
-/// (asyncio's default executor has min(32, CPUs + 4) threads, shared with
-/// everything else it runs.)
-const MAX_THREADS: usize = 16;
+/// At most this many lookups run at once in a process; more wait in line
+/// (lookups of loops closed meanwhile are dropped from the line). asyncio's
+/// default executor has up to 32 threads per loop (min(32, CPUs + 4)),
+/// shared with everything else it runs; libuv's pool, uvloop's, has 4 per
+/// process.
+const MAX_THREADS: usize = 32;
 
 /// getaddrinfo's arguments in C form.
 struct Query {
@@ -107,6 +109,10 @@ impl Inbox {
             let _ = doorbell.read();
         }
         std::mem::take(&mut state.answers)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state.lock().doorbell.is_none()
     }
 
     /// Closes the doorbell and drops answers not collected.
@@ -238,6 +244,10 @@ impl Pool {
     fn next_lookup(&self, state: &mut MutexGuard<'_, PoolState>) -> Option<Lookup> {
         loop {
             if let Some(lookup) = state.waiting.pop_front() {
+                if lookup.inbox.is_closed() {
+                    // Its loop is closed: nobody waits for the answer.
+                    continue;
+                }
                 state.busy += 1;
                 return Some(lookup);
             }
