@@ -34,7 +34,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::PyTraverseError;
 use rustc_hash::FxHashMap;
-use socket2::{SockAddr, SockAddrStorage};
+use socket2::SockAddr;
 
 use crate::errors::os_error;
 use crate::event_loop::Loop;
@@ -331,19 +331,21 @@ fn resolve(query: &Query) -> Answer {
 }
 
 fn entry(info: &libc::addrinfo) -> Entry {
-    let mut storage = SockAddrStorage::zeroed();
-    let len = (info.ai_addrlen as usize).min(storage.size_of() as usize);
-    if !info.ai_addr.is_null() {
-        // SAFETY: `ai_addr` points to `ai_addrlen` bytes; at most the
-        // storage's size is copied.
+    let ((), addr) = sockaddr::filled_by(|storage, len| {
+        // SAFETY: `len` is filled_by's in/out length; `ai_addr` points to
+        // `ai_addrlen` bytes, `storage` to `*len`: the smaller count is copied.
         unsafe {
-            ptr::copy_nonoverlapping(
-                info.ai_addr.cast::<u8>(),
-                (&mut storage as *mut SockAddrStorage).cast::<u8>(),
-                len,
-            );
+            let count = info.ai_addrlen.min(*len);
+            if !info.ai_addr.is_null() {
+                ptr::copy_nonoverlapping(
+                    info.ai_addr.cast::<u8>(),
+                    storage.cast::<u8>(),
+                    count as usize,
+                );
+            }
+            *len = count;
         }
-    }
+    });
     let canonname = (!info.ai_canonname.is_null())
         // SAFETY: a NUL-terminated string owned by the list.
         .then(|| {
@@ -356,8 +358,7 @@ fn entry(info: &libc::addrinfo) -> Entry {
         socktype: info.ai_socktype,
         protocol: info.ai_protocol,
         canonname,
-        // SAFETY: zeroed storage, `len` bytes of it an address.
-        addr: unsafe { SockAddr::new(storage, len as libc::socklen_t) },
+        addr,
     }
 }
 

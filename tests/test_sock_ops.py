@@ -7,6 +7,7 @@ and socket pairs.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import gc
@@ -93,6 +94,23 @@ def test_recv_into_and_memoryview_send(loop_factory: LoopFactory, pair: Any) -> 
         return count, bytes(buf[:count])
 
     assert run(loop_factory, main) == (4, b"cdef")
+
+
+def test_empty_buffer_objects(loop_factory: LoopFactory, pair: Any) -> None:
+    """Empty buffers of other exporters (array, memoryview) send nothing and
+    do not disturb the data that follows."""
+    a, b = pair
+
+    async def main() -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(b, array.array("b"))
+        await loop.sock_sendall(b, memoryview(b""))
+        await loop.sock_sendall(b, array.array("b", b"xyz"))
+        buf = array.array("b", bytes(8))
+        count = await loop.sock_recv_into(a, buf)
+        return count, buf.tobytes()[:count]
+
+    assert run(loop_factory, main) == (3, b"xyz")
 
 
 def test_eof_returns_empty_bytes(loop_factory: LoopFactory, pair: Any) -> None:
