@@ -61,6 +61,7 @@ MICRO_S = {
     "run_in_executor": 0.7,
     "getaddrinfo_numeric": 0.6,
     "connect_storm": 0.8,
+    "tls_echo": 1.5,
     "loop_create_close": 0.9,
     "subprocess_spawn": 1.0,
     "subprocess_pipe": 0.7,

@@ -317,6 +317,74 @@ def b_connect_storm(loop_name, scale):
     return run(loop_name, main)
 
 
+def _self_signed_tls_contexts(directory):
+    """A server and a client context sharing a throw-away localhost certificate."""
+    import ssl
+    import subprocess
+
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    return server, client
+
+
+@bench("tls_echo", unit="req/s")
+def b_tls_echo(loop_name, scale):
+    """1 KiB request/response over TLS streams, 10 connections, both ends on the loop."""
+    import tempfile
+
+    per_conn = n_of(2_000, scale, 50)
+    conns = 10
+    with tempfile.TemporaryDirectory() as directory:
+        server_ctx, client_ctx = _self_signed_tls_contexts(directory)
+
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def client(port, ready, go):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+        ready.release()
+        await go.wait()
+        message = b"x" * 1024
+        for _ in range(per_conn):
+            writer.write(message)
+            await writer.drain()
+            await reader.readexactly(len(message))
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        # Handshakes are not timed: every client connects before the clock starts.
+        ready, go = asyncio.Semaphore(0), asyncio.Event()
+        clients = [asyncio.ensure_future(client(port, ready, go)) for _ in range(conns)]
+        for _ in range(conns):
+            await ready.acquire()
+        t0 = time.perf_counter()
+        go.set()
+        await asyncio.gather(*clients)
+        dt = time.perf_counter() - t0
+        server.close()
+        await server.wait_closed()
+        return conns * per_conn, dt
+
+    return run(loop_name, main)
+
+
 # --------------------------------------------------------------- loop itself
 
 

@@ -43,3 +43,10 @@ DATAGRAM_HEADER_NEVER_DRAINS = AsyncioBug(
     "queued datagrams' header bytes stay in the write buffer size, so writing never resumes",
     (3, 13, 0) <= _VERSION < (3, 13, 6),
 )
+
+TLS_BYTEARRAY_BUFFER_LOSES_DATA = AsyncioBug(
+    "gh-156275",
+    "over TLS, a BufferedProtocol whose get_buffer() returns a bytearray loses data",
+    # Open in every release this project supports.
+    True,
+)

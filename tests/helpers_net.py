@@ -11,6 +11,7 @@ import contextlib
 import os
 import resource
 import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -260,3 +261,31 @@ def run_oracle(coro_fn: Any, *, debug: bool | None = None) -> Any:
     from loop_helpers import make_loop_factory, run
 
     return run(make_loop_factory("asyncio"), coro_fn, debug=debug)
+
+
+async def tls_pair(
+    server_factory: Any = RecordingProtocol,
+    client_factory: Any = RecordingProtocol,
+    *,
+    server_context: ssl.SSLContext | None = None,
+) -> tuple[Any, ServerSide, Any, Any]:
+    """A TLS server on 127.0.0.1 and one client connected to it (test certificates)."""
+    import tls_certs
+
+    loop = asyncio.get_running_loop()
+    side = ServerSide(server_factory)
+    server = await loop.create_server(
+        side, "127.0.0.1", 0, ssl=server_context or tls_certs.server_context()
+    )
+    port = server.sockets[0].getsockname()[1]
+    tr, proto = await asyncio.wait_for(
+        loop.create_connection(
+            client_factory,
+            "127.0.0.1",
+            port,
+            ssl=tls_certs.client_context(),
+            server_hostname="localhost",
+        ),
+        10,
+    )
+    return server, side, tr, proto

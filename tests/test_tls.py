@@ -27,6 +27,7 @@ from helpers_net import (
     close_server,
     listening_socket,
     run_oracle,
+    tls_pair,
 )
 from loop_helpers import run
 
@@ -41,23 +42,6 @@ def server_ctx() -> ssl.SSLContext:
 
 def client_ctx() -> ssl.SSLContext:
     return tls_certs.client_context()
-
-
-async def tls_pair(
-    server_factory: Any = RecordingProtocol,
-    client_factory: Any = RecordingProtocol,
-) -> tuple[Any, ServerSide, Any, Any]:
-    loop = asyncio.get_running_loop()
-    side = ServerSide(server_factory)
-    server = await loop.create_server(side, "127.0.0.1", 0, ssl=server_ctx())
-    port = server.sockets[0].getsockname()[1]
-    tr, proto = await asyncio.wait_for(
-        loop.create_connection(
-            client_factory, "127.0.0.1", port, ssl=client_ctx(), server_hostname="localhost"
-        ),
-        10,
-    )
-    return server, side, tr, proto
 
 
 def test_tls_handshake_and_extra_info(loop_factory: Any) -> None:

@@ -1,10 +1,11 @@
 """TLS over ferroloop transports, through asyncio's own `sslproto`.
 
 Users hand us `ssl.SSLContext` objects, so TLS runs in Python's `ssl` module
-(MemoryBIO/SSLObject). asyncio's `SSLProtocol` pumps records between the BIO
-and a transport; here that transport is our native socket transport, so the
-socket I/O and buffering stay in Rust and only the TLS record work (which is
-C code inside `ssl`) runs through Python.
+(MemoryBIO/SSLObject). asyncio's `SSLProtocol` (on 3.11-3.13 our subclass of
+it with a shorter data path, `tls_protocol.LeanSSLProtocol`) pumps records
+between the BIO and a transport; here that transport is our native socket
+transport, so the socket I/O and buffering stay in Rust and only the TLS record
+work (which is C code inside `ssl`) runs through Python.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import ssl as ssl_module
 from asyncio import sslproto
 from typing import TYPE_CHECKING, Any
 
+from .tls_protocol import LeanSSLProtocol, lean_path_available
 from .transports import SocketTransport
 
 if TYPE_CHECKING:
     from .server import Server
+
+
+# asyncio's own class where the lean subclass was not checked against asyncio.
+_TLS_PROTOCOL = LeanSSLProtocol if lean_path_available() else sslproto.SSLProtocol
 
 
 def _context_or_default(ssl: Any) -> ssl_module.SSLContext | None:
@@ -38,7 +44,7 @@ def _new_tls_protocol(
     ssl_shutdown_timeout: float | None,
     call_connection_made: bool = True,
 ) -> sslproto.SSLProtocol:
-    return sslproto.SSLProtocol(
+    return _TLS_PROTOCOL(
         loop,
         app_protocol,
         _context_or_default(ssl),

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from .tls_protocol import LeanSSLProtocol
 
 if TYPE_CHECKING:
     from .server import Server
@@ -80,7 +81,10 @@ async def wait_opened(transport: asyncio.BaseTransport, waiter: asyncio.Future[A
 
 
 def _is_buffered(protocol: object) -> bool:
-    return isinstance(protocol, asyncio.BufferedProtocol)
+    # TLS records arrive as bytes: one call into Python per read instead of two.
+    return isinstance(protocol, asyncio.BufferedProtocol) and not isinstance(
+        protocol, LeanSSLProtocol
+    )
 
 
 class SocketExtra(dict[str, Any]):
@@ -193,7 +197,7 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         # The core records the socket's addresses now, as asyncio does (they
         # stay known after a reset); get_extra_info converts them when asked.
         core = self._core = _core.StreamTransport(
-            loop, fd, sock, self, protocol, isinstance(protocol, asyncio.BufferedProtocol)
+            loop, fd, sock, self, protocol, _is_buffered(protocol)
         )
         if extra is not None:
             self._extra = socket_extra(core, family, extra)
