@@ -23,7 +23,7 @@
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
@@ -517,7 +517,7 @@ pub struct TimerStats {
 #[pyclass(frozen, weakref, module = "ferroloop._core")]
 pub struct Handle {
     pub slot: Slot,
-    source_traceback: Option<Py<PyAny>>,
+    debug: Option<Box<DebugOrigin>>,
 }
 
 impl Handle {
@@ -532,7 +532,7 @@ impl Handle {
             py,
             Self {
                 slot: Slot::new(callback, context, true),
-                source_traceback,
+                debug: DebugOrigin::new(source_traceback),
             },
         )?;
         untrack(&handle);
@@ -550,7 +550,7 @@ impl Handle {
             py,
             Self {
                 slot: Slot::new(callback, context, false),
-                source_traceback,
+                debug: DebugOrigin::new(source_traceback),
             },
         )
     }
@@ -563,7 +563,7 @@ impl Handle {
     fn is_reusable(&self, this: &Py<Self>) -> bool {
         let object = this.as_ptr();
         self.slot.is_one_shot()
-            && self.source_traceback.is_none()
+            && self.debug.is_none()
             && refcount(object) == 1
             && !has_weak_references(object)
             // SAFETY: a live object of a GC-enabled type.
@@ -571,11 +571,14 @@ impl Handle {
     }
 
     pub fn cancel_now(&self, py: Python<'_>) {
+        if let Some(debug) = &self.debug {
+            debug.keep_repr_at_cancel(py, "Handle", &self.slot, None);
+        }
         drop(self.slot.cancel(py));
     }
 
     pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
-        let origin = created_at(py, self.source_traceback.as_ref())?;
+        let origin = created_at(py, DebugOrigin::stack(&self.debug))?;
         Ok(format!("<Handle {}{origin}>", callback.describe(py)?))
     }
 }
@@ -623,22 +626,16 @@ impl Handle {
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+        DebugOrigin::stack(&self.debug).map(|tb| tb.clone_ref(py))
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        describe_handle(
-            py,
-            "Handle",
-            &self.slot,
-            None,
-            self.source_traceback.as_ref(),
-        )
+        describe_handle(py, "Handle", &self.slot, None, &self.debug)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.slot.visit(&visit)?;
-        visit.call(&self.source_traceback)
+        visit.call(DebugOrigin::stack(&self.debug))
     }
 }
 
@@ -653,7 +650,7 @@ pub struct TimerHandle {
     /// True while the timer sits in its loop's heap.
     scheduled: AtomicBool,
     stats: Arc<TimerStats>,
-    source_traceback: Option<Py<PyAny>>,
+    debug: Option<Box<DebugOrigin>>,
 }
 
 impl TimerHandle {
@@ -673,7 +670,7 @@ impl TimerHandle {
                 when_given,
                 scheduled: AtomicBool::new(true),
                 stats,
-                source_traceback,
+                debug: DebugOrigin::new(source_traceback),
             },
         )?;
         untrack(&timer);
@@ -697,7 +694,7 @@ impl TimerHandle {
     }
 
     pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
-        let origin = created_at(py, self.source_traceback.as_ref())?;
+        let origin = created_at(py, DebugOrigin::stack(&self.debug))?;
         Ok(format!(
             "<TimerHandle when={} {}{origin}>",
             self.when,
@@ -711,6 +708,9 @@ impl TimerHandle {
     fn cancel(&self, py: Python<'_>) {
         if self.is_cancelled() {
             return;
+        }
+        if let Some(debug) = &self.debug {
+            debug.keep_repr_at_cancel(py, "TimerHandle", &self.slot, Some(self.when));
         }
         let released = self.slot.cancel(py);
         if self.scheduled.load(Ordering::Relaxed) {
@@ -769,17 +769,11 @@ impl TimerHandle {
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+        DebugOrigin::stack(&self.debug).map(|tb| tb.clone_ref(py))
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        describe_handle(
-            py,
-            "TimerHandle",
-            &self.slot,
-            Some(self.when),
-            self.source_traceback.as_ref(),
-        )
+        describe_handle(py, "TimerHandle", &self.slot, Some(self.when), &self.debug)
     }
 
     fn __hash__(&self) -> u64 {
@@ -788,7 +782,42 @@ impl TimerHandle {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.slot.visit(&visit)?;
-        visit.call(&self.source_traceback)
+        visit.call(DebugOrigin::stack(&self.debug))
+    }
+}
+
+/// What a handle made in debug mode keeps besides its callback: the stack
+/// where it was made and, once cancelled, its description from that moment
+/// (asyncio keeps it so that a late report still names the callback).
+struct DebugOrigin {
+    stack: Py<PyAny>,
+    repr_at_cancel: OnceLock<String>,
+}
+
+impl DebugOrigin {
+    fn new(source_traceback: Option<Py<PyAny>>) -> Option<Box<Self>> {
+        source_traceback.map(|stack| {
+            Box::new(Self {
+                stack,
+                repr_at_cancel: OnceLock::new(),
+            })
+        })
+    }
+
+    fn stack(debug: &Option<Box<Self>>) -> Option<&Py<PyAny>> {
+        debug.as_ref().map(|debug| &debug.stack)
+    }
+
+    /// Called just before `slot` lets go of its callback.
+    fn keep_repr_at_cancel(&self, py: Python<'_>, kind: &str, slot: &Slot, when: Option<f64>) {
+        if slot.is_cancelled() {
+            return;
+        }
+        // A callback whose repr raises is described without it, as later.
+        let callback = slot.describe(py).ok().flatten();
+        if let Ok(repr) = format_handle(py, kind, true, when, callback, Some(&self.stack)) {
+            let _ = self.repr_at_cancel.set(repr);
+        }
     }
 }
 
@@ -797,25 +826,41 @@ fn describe_handle(
     kind: &str,
     slot: &Slot,
     when: Option<f64>,
-    source_traceback: Option<&Py<PyAny>>,
+    debug: &Option<Box<DebugOrigin>>,
+) -> PyResult<String> {
+    if let Some(repr) = debug.as_ref().and_then(|debug| debug.repr_at_cancel.get()) {
+        return Ok(repr.clone());
+    }
+    let cancelled = slot.is_cancelled();
+    let callback = if cancelled { None } else { slot.describe(py)? };
+    format_handle(
+        py,
+        kind,
+        cancelled,
+        when,
+        callback,
+        DebugOrigin::stack(debug),
+    )
+}
+
+/// asyncio's handle repr: `<Kind [cancelled] [when=...] [callback] [created at ...]>`.
+fn format_handle(
+    py: Python<'_>,
+    kind: &str,
+    cancelled: bool,
+    when: Option<f64>,
+    callback: Option<String>,
+    stack: Option<&Py<PyAny>>,
 ) -> PyResult<String> {
     let mut parts = vec![kind.to_owned()];
-    if slot.is_cancelled() {
+    if cancelled {
         parts.push("cancelled".to_owned());
     }
     if let Some(when) = when {
         parts.push(format!("when={when}"));
     }
-    if !slot.is_cancelled() {
-        if let Some(description) = slot.describe(py)? {
-            parts.push(description);
-        }
-    }
-    Ok(format!(
-        "<{}{}>",
-        parts.join(" "),
-        created_at(py, source_traceback)?
-    ))
+    parts.extend(callback);
+    Ok(format!("<{}{}>", parts.join(" "), created_at(py, stack)?))
 }
 
 /// " created at file:line" for a handle made in debug mode (where its

@@ -15,6 +15,7 @@ import gc
 import inspect
 import logging
 import math
+import re
 import socket
 import sys
 import tempfile
@@ -560,6 +561,26 @@ def test_handles_made_in_debug_mode_say_where(loop):
     assert "created at" not in repr(quiet)
     for handle in (soon, later, quiet):
         handle.cancel()
+
+
+def test_cancelled_handles_keep_their_description_in_debug_mode(loop):
+    # asyncio keeps the repr of the moment of cancel() in debug mode, callback included.
+    loop.set_debug(True)
+    line = inspect.currentframe().f_lineno + 1
+    soon = loop.call_soon(_noop, 1)
+    later = loop.call_later(10, _noop, 2)
+    soon.cancel()
+    later.cancel()
+    assert soon._callback is None and later._callback is None
+    where = f"created at {__file__}"
+    assert re.fullmatch(rf"<Handle cancelled _noop\(1\) at .+ {where}:{line}>", repr(soon))
+    assert re.fullmatch(
+        rf"<TimerHandle cancelled when=[0-9.]+ _noop\(2\) at .+ {where}:{line + 1}>", repr(later)
+    )
+    loop.set_debug(False)
+    quiet = loop.call_soon(_noop, 3)
+    quiet.cancel()
+    assert repr(quiet) == "<Handle cancelled>"
 
 
 def test_no_slow_callback_warning_without_debug(loop, caplog):
