@@ -827,7 +827,12 @@ impl Loop {
     }
 
     /// Schedule `coro` as an `asyncio.Task` (or through the task factory).
-    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    // The text signature is asyncio's up to 3.13.2, which takes no other
+    // keywords (`_create_task_slow` rejects them there).
+    #[pyo3(
+        signature = (coro, *, name=None, context=None, **kwargs),
+        text_signature = "($self, coro, *, name=None, context=None)"
+    )]
     fn create_task<'py>(
         slf: &Bound<'py, Self>,
         coro: &Bound<'py, PyAny>,

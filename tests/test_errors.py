@@ -384,6 +384,26 @@ def test_setters_reject_bad_values(loop):
         loop.set_default_executor(1)
 
 
+def _parameters(function):
+    return [
+        (p.name, p.kind, repr(p.default)) for p in inspect.signature(function).parameters.values()
+    ]
+
+
+def test_loop_methods_have_asyncios_signatures(loop):
+    reference = asyncio.SelectorEventLoop()
+    try:
+        for name in dir(asyncio.AbstractEventLoop):
+            if name.startswith("_"):
+                continue
+            if name == "create_task" and sys.version_info >= (3, 13, 3):
+                continue  # asyncio's takes **kwargs from here; ours is listed without them
+            expected = _parameters(getattr(reference, name))
+            assert _parameters(getattr(loop, name)) == expected, name
+    finally:
+        reference.close()
+
+
 #: Keyword arguments asyncio's loop methods gained, and the version that added them.
 NEWER_KEYWORDS = [
     ("create_connection", "all_errors", (3, 12)),
