@@ -84,6 +84,8 @@ struct PipeState {
     contexts: TransportContexts,
 }
 
+transport_common::reading_switch_on_fields!(PipeState);
+
 impl PipeState {
     fn buffered_len(&self) -> usize {
         self.write_buffer.len() - self.write_offset
@@ -805,34 +807,21 @@ impl PipeTransport {
     }
 
     fn is_reading(&self) -> bool {
-        let state = self.state.lock();
-        !state.reading_paused && !state.closing
+        transport_common::is_reading(&self.state)
     }
 
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        {
-            let mut state = self.state.lock();
-            if state.reading_paused || state.closing {
-                return Ok(());
-            }
-            state.reading_paused = true;
+        if transport_common::pause_reading(&self.state) {
+            self.update_interest(py)?;
         }
-        self.update_interest(py)
+        Ok(())
     }
 
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
-        // asyncio adds a new reader handle: reads go on in the caller's context.
-        let caller = callback_context::copy_current(py)?;
-        let previous = {
-            let mut state = self.state.lock();
-            if state.closing || !state.reading_paused {
-                return Ok(());
-            }
-            state.reading_paused = false;
-            state.contexts.reading_resumed(caller)
-        };
-        drop(previous);
-        self.update_interest(py)
+        if transport_common::resume_reading(py, &self.state)? {
+            self.update_interest(py)?;
+        }
+        Ok(())
     }
 
     fn get_write_buffer_size(&self) -> usize {

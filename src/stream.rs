@@ -95,6 +95,8 @@ struct StreamState {
     contexts: TransportContexts,
 }
 
+transport_common::reading_switch_on_fields!(StreamState);
+
 enum Scheduled {
     /// `connection_made`, start reading, resolve `open_waiter`.
     Open,
@@ -1078,34 +1080,21 @@ impl StreamTransport {
     }
 
     fn is_reading(&self) -> bool {
-        let state = self.state.lock();
-        !state.reading_paused && !state.closing
+        transport_common::is_reading(&self.state)
     }
 
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        {
-            let mut state = self.state.lock();
-            if state.reading_paused || state.closing {
-                return Ok(());
-            }
-            state.reading_paused = true;
+        if transport_common::pause_reading(&self.state) {
+            self.update_interest(py)?;
         }
-        self.update_interest(py)
+        Ok(())
     }
 
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
-        // asyncio adds a new reader handle: reads go on in the caller's context.
-        let caller = callback_context::copy_current(py)?;
-        let previous = {
-            let mut state = self.state.lock();
-            if state.closing || !state.reading_paused {
-                return Ok(());
-            }
-            state.reading_paused = false;
-            state.contexts.reading_resumed(caller)
-        };
-        drop(previous);
-        self.update_interest(py)
+        if transport_common::resume_reading(py, &self.state)? {
+            self.update_interest(py)?;
+        }
+        Ok(())
     }
 
     fn get_write_buffer_size(&self) -> usize {

@@ -1,13 +1,81 @@
 //! What every native transport (stream, pipe, datagram) does the same way
-//! around its protocol: flow-control calls whose failures are reported, not
-//! raised, fatal errors reported as asyncio does, and the one-time
-//! `connection_lost` hand-off.
+//! around its protocol: pausing and resuming reading, flow-control calls whose
+//! failures are reported, not raised, fatal errors reported as asyncio does,
+//! and the one-time `connection_lost` hand-off.
 
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use crate::callback_context::{self, TransportContexts};
 use crate::errors::is_fatal;
 use crate::event_loop::Loop;
+
+/// The fields of a transport's state that `pause_reading`/`resume_reading` use.
+pub trait ReadingSwitch {
+    fn reading_paused(&self) -> bool;
+    fn set_reading_paused(&mut self, paused: bool);
+    fn closing(&self) -> bool;
+    fn contexts(&mut self) -> &mut TransportContexts;
+}
+
+/// Implements `ReadingSwitch` for a state struct through its `reading_paused`,
+/// `closing` and `contexts` fields.
+macro_rules! reading_switch_on_fields {
+    ($state:ty) => {
+        impl $crate::transport_common::ReadingSwitch for $state {
+            fn reading_paused(&self) -> bool {
+                self.reading_paused
+            }
+
+            fn set_reading_paused(&mut self, paused: bool) {
+                self.reading_paused = paused;
+            }
+
+            fn closing(&self) -> bool {
+                self.closing
+            }
+
+            fn contexts(&mut self) -> &mut $crate::callback_context::TransportContexts {
+                &mut self.contexts
+            }
+        }
+    };
+}
+pub(crate) use reading_switch_on_fields;
+
+/// asyncio's `is_reading()`: neither paused nor closing.
+pub fn is_reading<S: ReadingSwitch>(state: &Mutex<S>) -> bool {
+    let state = state.lock();
+    !state.reading_paused() && !state.closing()
+}
+
+/// asyncio's `pause_reading()`; true when the caller must update its poller interest.
+pub fn pause_reading<S: ReadingSwitch>(state: &Mutex<S>) -> bool {
+    let mut state = state.lock();
+    if state.reading_paused() || state.closing() {
+        return false;
+    }
+    state.set_reading_paused(true);
+    true
+}
+
+/// asyncio's `resume_reading()`; true when the caller must update its poller interest.
+pub fn resume_reading<S: ReadingSwitch>(py: Python<'_>, state: &Mutex<S>) -> PyResult<bool> {
+    // asyncio adds a new reader handle: reads go on in the caller's context.
+    let caller = callback_context::copy_current(py)?;
+    let previous = {
+        let mut state = state.lock();
+        if state.closing() || !state.reading_paused() {
+            return Ok(false);
+        }
+        state.set_reading_paused(false);
+        state.contexts().reading_resumed(caller)
+    };
+    // The context reads ran in until now, dropped with no lock held.
+    drop(previous);
+    Ok(true)
+}
 
 /// Calls `protocol.<method>()` (`pause_writing`/`resume_writing`). A failure
 /// goes to the loop's exception handler, as asyncio does; only SystemExit and

@@ -105,6 +105,8 @@ struct DatagramState {
     contexts: TransportContexts,
 }
 
+transport_common::reading_switch_on_fields!(DatagramState);
+
 impl DatagramState {
     fn interest(&self) -> Interest {
         let alive = self.conn_lost == 0 && self.sock.is_some();
@@ -741,34 +743,21 @@ impl DatagramTransport {
     }
 
     fn is_reading(&self) -> bool {
-        let state = self.state.lock();
-        !state.reading_paused && !state.closing
+        transport_common::is_reading(&self.state)
     }
 
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        {
-            let mut state = self.state.lock();
-            if state.reading_paused || state.closing {
-                return Ok(());
-            }
-            state.reading_paused = true;
+        if transport_common::pause_reading(&self.state) {
+            self.update_interest(py)?;
         }
-        self.update_interest(py)
+        Ok(())
     }
 
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
-        // asyncio adds a new reader handle: reads go on in the caller's context.
-        let caller = callback_context::copy_current(py)?;
-        let previous = {
-            let mut state = self.state.lock();
-            if state.closing || !state.reading_paused {
-                return Ok(());
-            }
-            state.reading_paused = false;
-            state.contexts.reading_resumed(caller)
-        };
-        drop(previous);
-        self.update_interest(py)
+        if transport_common::resume_reading(py, &self.state)? {
+            self.update_interest(py)?;
+        }
+        Ok(())
     }
 
     fn get_write_buffer_size(&self) -> usize {
