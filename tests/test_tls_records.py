@@ -11,16 +11,25 @@ context's `sslobject_class`, and flow control with a high-water mark of zero.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import socket
 import ssl
+import weakref
 from typing import Any
 
 import pytest
 import tls_certs
 from cpython_bugs import TLS_BYTEARRAY_BUFFER_LOSES_DATA
-from helpers_net import RecordingProtocol, close_server, run_oracle, tls_pair
+from helpers_net import (
+    EchoProtocol,
+    RecordingProtocol,
+    close_server,
+    count_fds,
+    run_oracle,
+    tls_pair,
+)
 from loop_helpers import run
 
 pytestmark = pytest.mark.timeout(60)
@@ -283,3 +292,34 @@ def test_zero_high_water_mark_pauses_and_resumes_writing(loop_factory: Any) -> N
     expected = run_oracle(main)
     assert expected[:4] == ["made", "data", "pause_writing", "resume_writing"]
     assert run(loop_factory, main) == expected
+
+
+def test_closed_tls_connections_leave_no_descriptors_or_objects(loop_factory: Any) -> None:
+    async def main() -> list[weakref.ref[Any]]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            EchoProtocol, "127.0.0.1", 0, ssl=tls_certs.server_context()
+        )
+        refs: list[weakref.ref[Any]] = []
+        for _ in range(40):
+            tr, proto = await loop.create_connection(
+                RecordingProtocol,
+                *server.sockets[0].getsockname()[:2],
+                ssl=tls_certs.client_context(),
+                server_hostname="localhost",
+            )
+            tr.write(b"echo me")
+            await proto.wait_for_bytes(7)
+            tr.close()
+            await asyncio.wait_for(proto.lost, 10)
+            refs += [weakref.ref(tr), weakref.ref(proto)]
+        await close_server(server)
+        return refs
+
+    run(loop_factory, main)  # imports, certificates and the like, once
+    gc.collect()
+    before = count_fds()
+    refs = run(loop_factory, main)
+    gc.collect()
+    assert count_fds() == before
+    assert [ref for ref in refs if ref() is not None] == []
