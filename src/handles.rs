@@ -161,9 +161,10 @@ impl Callback {
         }
     }
 
-    pub fn describe(&self, py: Python<'_>) -> PyResult<String> {
+    /// asyncio's description; `debug` shows the arguments from 3.13 on.
+    pub fn describe(&self, py: Python<'_>, debug: bool) -> PyResult<String> {
         let args = self.args.to_tuple(py)?;
-        format_callback_source(py, self.func.bind(py), args.bind(py))
+        format_callback_source(py, self.func.bind(py), args.bind(py), debug)
     }
 }
 
@@ -348,8 +349,8 @@ impl Slot {
         self.copy(py).map(|cb| cb.args.to_tuple(py)).transpose()
     }
 
-    fn describe(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        self.copy(py).map(|cb| cb.describe(py)).transpose()
+    fn describe(&self, py: Python<'_>, debug: bool) -> PyResult<Option<String>> {
+        self.copy(py).map(|cb| cb.describe(py, debug)).transpose()
     }
 
     /// Reports what the slot references to the garbage collector.
@@ -579,7 +580,8 @@ impl Handle {
 
     pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
         let origin = created_at(py, DebugOrigin::stack(&self.debug))?;
-        Ok(format!("<Handle {}{origin}>", callback.describe(py)?))
+        // Only debug mode reports slow callbacks.
+        Ok(format!("<Handle {}{origin}>", callback.describe(py, true)?))
     }
 }
 
@@ -698,7 +700,7 @@ impl TimerHandle {
         Ok(format!(
             "<TimerHandle when={} {}{origin}>",
             self.when,
-            callback.describe(py)?
+            callback.describe(py, true)?
         ))
     }
 }
@@ -814,7 +816,7 @@ impl DebugOrigin {
             return;
         }
         // A callback whose repr raises is described without it, as later.
-        let callback = slot.describe(py).ok().flatten();
+        let callback = slot.describe(py, true).ok().flatten();
         if let Ok(repr) = format_handle(py, kind, true, when, callback, Some(&self.stack)) {
             let _ = self.repr_at_cancel.set(repr);
         }
@@ -832,7 +834,12 @@ fn describe_handle(
         return Ok(repr.clone());
     }
     let cancelled = slot.is_cancelled();
-    let callback = if cancelled { None } else { slot.describe(py)? };
+    let callback = if cancelled {
+        None
+    } else {
+        // Made in debug mode stands in for asyncio's "loop in debug mode now".
+        slot.describe(py, debug.is_some())?
+    };
     format_handle(
         py,
         kind,
@@ -896,7 +903,12 @@ pub fn report_callback_error(
         return Err(err);
     }
     let description = match callback {
-        Some(callback) => callback.describe(py)?,
+        Some(callback) => {
+            let debug = loop_
+                .call_method0(pyo3::intern!(py, "get_debug"))?
+                .is_truthy()?;
+            callback.describe(py, debug)?
+        }
         None => handle.repr()?.to_string(),
     };
     let context = PyDict::new(py);

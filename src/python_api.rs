@@ -8,6 +8,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::event_loop::Loop;
 
 static FORMAT_CALLBACK_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FORMAT_TAKES_DEBUG: PyOnceLock<bool> = PyOnceLock::new();
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -23,20 +24,33 @@ fn cached<'py>(
 }
 
 /// asyncio's own rendering of a callback and its arguments, so our handle
-/// reprs and log messages read exactly like the standard loop's.
+/// reprs and log messages read exactly like the standard loop's. From 3.13
+/// (gh-112997) asyncio shows the arguments only in debug mode: `debug` is
+/// passed on where its helper takes it.
 pub fn format_callback_source(
     py: Python<'_>,
     func: &Bound<'_, PyAny>,
     args: &Bound<'_, PyTuple>,
+    debug: bool,
 ) -> PyResult<String> {
-    cached(
+    let helper = cached(
         &FORMAT_CALLBACK_SOURCE,
         py,
         "asyncio.format_helpers",
         "_format_callback_source",
-    )?
-    .call1((func, args))?
-    .extract()
+    )?;
+    let takes_debug = *FORMAT_TAKES_DEBUG.get_or_try_init(py, || -> PyResult<bool> {
+        let defaults = helper.getattr("__kwdefaults__")?;
+        Ok(!defaults.is_none() && defaults.contains("debug")?)
+    })?;
+    let described = if takes_debug {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("debug", debug)?;
+        helper.call((func, args), Some(&kwargs))?
+    } else {
+        helper.call1((func, args))?
+    };
+    described.extract()
 }
 
 /// The loop registered as running in this thread, if any.

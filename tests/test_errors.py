@@ -64,6 +64,45 @@ def test_exception_in_callback_goes_to_handler_and_loop_keeps_running(loop):
     assert isinstance(contexts[1][1]["exception"], ZeroDivisionError)
 
 
+def _fails_with(*args):
+    raise ZeroDivisionError(args)
+
+
+_LINE_FAILS = _fails_with.__code__.co_firstlineno
+
+
+def _schedule_failing(loop):
+    # One call site, so that debug-mode reprs name the same "created at" line.
+    return loop.call_soon(_fails_with, "secret", 42)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_callback_error_message_and_handle_repr_read_as_asyncios(loop_factory, debug):
+    # From 3.13 asyncio shows a callback's arguments only in debug mode (gh-112997).
+    def scenario():
+        loop = loop_factory()
+        try:
+            loop.set_debug(debug)
+            messages = []
+            loop.set_exception_handler(lambda lp, ctx: messages.append(ctx["message"]))
+            described = repr(_schedule_failing(loop))
+            run_briefly(loop)
+            return messages, described
+        finally:
+            loop.close()
+
+    messages, described = scenario()
+    reference = asyncio.SelectorEventLoop()
+    try:
+        reference.set_debug(debug)
+        expected_repr = repr(_schedule_failing(reference))
+    finally:
+        reference.close()
+    shown = "('secret', 42)" if debug or sys.version_info < (3, 13) else "()"
+    assert messages == [f"Exception in callback _fails_with{shown} at {__file__}:{_LINE_FAILS}"]
+    assert described == expected_repr
+
+
 def test_default_handler_logs_callback_errors(loop, caplog):
     def bad():
         raise ZeroDivisionError("logged")
