@@ -53,7 +53,7 @@ class LeanSSLProtocol(sslproto.SSLProtocol):
         # `sslobject_class` put other methods in their place.
         self._tls_engine = sslobj._sslobj if type(sslobj) is ssl.SSLObject else sslobj
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         """Take records as `bytes`: ferroloop's transports call this, not get_buffer()."""
         self._incoming.write(data)
         if self._state is _WRAPPED:
@@ -62,11 +62,8 @@ class LeanSSLProtocol(sslproto.SSLProtocol):
             self._records_arrived()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._incoming.write(self._ssl_buffer_view[:nbytes])
-        if self._state is _WRAPPED:
-            self._do_read()
-        else:
-            self._records_arrived()
+        # Other transports (a BufferedProtocol's path) read into our buffer.
+        self.data_received(self._ssl_buffer_view[:nbytes])
 
     def _records_arrived(self) -> None:
         # The base class's buffer_updated() after its write to the BIO.
