@@ -183,6 +183,9 @@ pub fn connect_stream<'py>(
     eager: bool,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = event_loop.py();
+    // asyncio's connect fails when it registers for writability; ours may
+    // need no registration, so it asks first.
+    event_loop.get().check_closed()?;
     let Some(addr) = sockaddr::from_python(address, family) else {
         return Ok(None);
     };

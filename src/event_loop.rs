@@ -218,7 +218,7 @@ impl Loop {
             .map(|bound| bound.clone_ref(py))
     }
 
-    fn check_closed(&self) -> PyResult<()> {
+    pub(crate) fn check_closed(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(closed_error());
         }

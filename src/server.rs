@@ -32,7 +32,10 @@ pub struct Listener {
     loop_: Py<Loop>,
     on_accept: OnAccept,
     on_exhausted: Py<PyAny>,
-    backlog: usize,
+    /// Connections accepted per readiness event: the `listen()` backlog, at
+    /// least one. (asyncio accepts `backlog` of them, so none at all for a
+    /// backlog of 0 or less, which `listen()` accepts.)
+    accepts_per_event: usize,
     /// TCP listeners: disable Nagle on accepted sockets, as asyncio does.
     nodelay: bool,
     watching: AtomicBool,
@@ -95,7 +98,7 @@ fn dispatch(
 }
 
 fn accept_backlog(listener: &Listener, py: Python<'_>) -> PyResult<()> {
-    for _ in 0..listener.backlog.max(1) {
+    for _ in 0..listener.accepts_per_event {
         if !listener.watching.load(Ordering::Relaxed) {
             break;
         }
@@ -163,7 +166,7 @@ impl Listener {
         fd: RawFd,
         on_accept: Py<PyAny>,
         on_exhausted: Py<PyAny>,
-        backlog: usize,
+        backlog: i32,
         nodelay: bool,
         server: Option<Bound<'_, PyAny>>,
         family: i32,
@@ -177,7 +180,7 @@ impl Listener {
             loop_: event_loop.unbind(),
             on_accept,
             on_exhausted,
-            backlog,
+            accepts_per_event: usize::try_from(backlog).unwrap_or(0).max(1),
             nodelay,
             watching: AtomicBool::new(false),
             context: Mutex::new(None),

@@ -281,7 +281,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
     match kind {
         Kind::Recv { n } => recv_bytes(py, fd, *n),
         Kind::RecvInto { buf } => {
-            let got = with_bytes_mut(buf.bind(py), "buffer", |slice| sys_io::recv(fd, slice, 0))?;
+            let got = with_bytes_mut(buf.bind(py), "buffer", |slice| recv_unless_empty(fd, slice))?;
             match got.map_err(|errno| os_error(py, errno))? {
                 Some(count) => Ok(Some(count.into_pyobject(py)?.into_any().unbind())),
                 None => Ok(None),
@@ -386,7 +386,21 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
     }
 }
 
+/// `recv(2)`, but not for an empty buffer: `socket.recv_into` returns 0 for
+/// one without the call, which would fail on a socket not connected and
+/// discard a waiting datagram.
+fn recv_unless_empty(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Errno> {
+    if buf.is_empty() {
+        return Ok(Some(0));
+    }
+    sys_io::recv(fd, buf, 0)
+}
+
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
+    if n == 0 {
+        // As `socket.recv(0)`: no system call (see recv_unless_empty).
+        return Ok(Some(PyBytes::new(py, b"").into_any().unbind()));
+    }
     if n > reads::READ_SIZE {
         let mut buffer = vec![0u8; n];
         let got = sys_io::recv(fd, &mut buffer, 0)

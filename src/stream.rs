@@ -1109,8 +1109,8 @@ impl StreamTransport {
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(
         slf: &Bound<'_, Self>,
-        high: Option<i64>,
-        low: Option<i64>,
+        high: Option<flow_control::WaterMark>,
+        low: Option<flow_control::WaterMark>,
     ) -> PyResult<()> {
         let (high, low) = flow_control::water_marks(high, low)?;
         let this = slf.get();

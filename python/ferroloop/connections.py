@@ -130,10 +130,11 @@ class ConnectionsMixin:
     # -- resolution helpers ----------------------------------------------------
 
     async def _resolve_stream(
-        self: Any, host: Any, port: Any, *, family: int = 0, proto: int = 0, flags: int = 0
+        self: Any, address: Any, *, family: int = 0, proto: int = 0, flags: int = 0
     ) -> list[AddrInfo]:
-        infos = await self.getaddrinfo(
-            host, port, family=family, type=socket.SOCK_STREAM, proto=proto, flags=flags
+        """`address` for a stream socket: IP literals as they are, names through getaddrinfo."""
+        infos = await dns.resolve_address(
+            self, address, family=family, type=socket.SOCK_STREAM, proto=proto, flags=flags
         )
         if not infos:
             raise OSError("getaddrinfo() returned empty list")
@@ -255,12 +256,18 @@ class ConnectionsMixin:
             and interleave is None
             and not all_errors
         ):
-            connecting = self._connect_plain(host, port, family, proto, flags)
+            connecting = self._connect_plain(host, port, family, proto)
             if connecting is not None:
                 # Inline rather than a helper coroutine (or wait_opened): one
                 # coroutine object less per connection on the hot path.
                 if type(connecting) is not _core.ConnectedSocket:
-                    connecting = await connecting
+                    try:
+                        connecting = await connecting
+                    except BaseException:
+                        # The failed future holds the error: not from this
+                        # frame, which the error's traceback keeps (a cycle).
+                        connecting = None
+                        raise
                 protocol = protocol_factory()
                 waiter = self.create_future()
                 transport = _core.connected_transport(self, connecting, protocol, waiter)
@@ -321,26 +328,23 @@ class ConnectionsMixin:
         return getattr(type(self), name) is own and not self._instance_has(name)
 
     def _connect_plain(
-        self: Any, host: Any, port: Any, family: int, proto: int, flags: int
+        self: Any, host: Any, port: Any, family: int, proto: int
     ) -> _core.ConnectedSocket | asyncio.Future[_core.ConnectedSocket] | None:
-        """The common case in one step: a memoised numeric address with a
-        single result, our own resolver and sock_connect, no debug mode.
-        Returns the connected socket (connected at once, as loopback ones
-        are), a future of it, or None for the general path."""
+        """The common case in one step: an IP address literal (which never
+        reaches getaddrinfo), our own sock_connect, no debug mode. Returns the
+        connected socket (connected at once, as loopback ones are), a future
+        of it, or None for the general path."""
         # What _uses_own checks, without its frame: this runs per connection.
-        cls = type(self)
         if (
-            cls.getaddrinfo is not cls._own_getaddrinfo
-            or cls.sock_connect is not _SOCK_CONNECT
-            or self._instance_has("getaddrinfo")
+            type(self).sock_connect is not _SOCK_CONNECT
             or self._instance_has("sock_connect")
             or self.get_debug()
         ):
             return None
-        infos = dns.memoised(host, port, family, socket.SOCK_STREAM, proto, flags)
-        if infos is None or len(infos) != 1:
+        info = dns.numeric_addrinfo(host, port, family, socket.SOCK_STREAM, proto)
+        if info is None:
             return None
-        family, type_, proto, _, address = infos[0]
+        family, type_, proto, _, address = info
         return _core.connect_stream(self, family, type_, proto, address, True)
 
     async def _connect_to_host(
@@ -356,15 +360,11 @@ class ConnectionsMixin:
         interleave: int | None,
         all_errors: bool,
     ) -> socket.socket | _core.ConnectedSocket:
-        infos = await self.getaddrinfo(
-            host, port, family=family, type=socket.SOCK_STREAM, proto=proto, flags=flags
-        )
-        if not infos:
-            raise OSError("getaddrinfo() returned empty list")
+        infos = await self._resolve_stream((host, port), family=family, proto=proto, flags=flags)
         local_infos = None
         if local_addr is not None:
             local_infos = await self._resolve_stream(
-                *local_addr, family=family, proto=proto, flags=flags
+                local_addr, family=family, proto=proto, flags=flags
             )
         if interleave:
             infos = _interleave_by_family(infos, interleave)
@@ -547,8 +547,8 @@ class ConnectionsMixin:
     async def _resolve_listening(
         self: Any, host: Any, port: Any, family: int, flags: int
     ) -> list[AddrInfo]:
-        infos = await self.getaddrinfo(
-            host, port, family=family, type=socket.SOCK_STREAM, flags=flags
+        infos = await dns.resolve_address(
+            self, (host, port), family=family, type=socket.SOCK_STREAM, flags=flags
         )
         if not infos:
             raise OSError(f"getaddrinfo({host!r}) returned empty list")

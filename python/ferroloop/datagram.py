@@ -20,7 +20,7 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import Any
 
-from . import _core
+from . import _core, dns
 from .transports import wait_opened
 from .versions import PY313
 
@@ -276,7 +276,9 @@ async def _endpoint_candidates(
             continue
         if not (isinstance(addr, tuple) and len(addr) == 2):
             raise TypeError("2-tuple is expected")
-        infos = await _resolve(loop, addr, family=family, proto=proto, flags=flags)
+        infos = await dns.resolve_address(
+            loop, addr, family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags
+        )
         if not infos:
             raise OSError("getaddrinfo() returned empty list")
         for info_family, _type, info_proto, _name, address in infos:
@@ -334,54 +336,6 @@ async def _open_endpoint_socket(
                 sock.close()
             raise
     raise errors[0]
-
-
-async def _resolve(
-    loop: Any, address: tuple[Any, ...], *, family: int, proto: int, flags: int
-) -> list[tuple[Any, ...]]:
-    """getaddrinfo for a datagram socket, skipped when the host is already numeric."""
-    host, port = address[:2]
-    info = _numeric_addrinfo(host, port, family, proto, *address[2:])
-    if info is not None:
-        return [info]
-    infos: list[tuple[Any, ...]] = await loop.getaddrinfo(
-        host, port, family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags
-    )
-    return infos
-
-
-def _numeric_addrinfo(
-    host: Any, port: Any, family: int, proto: int, flowinfo: int = 0, scopeid: int = 0
-) -> tuple[Any, ...] | None:
-    """The addrinfo entry for an IP address literal, or None if `host` needs resolving.
-
-    Mirrors the shortcut asyncio takes so that numeric hosts never reach getaddrinfo.
-    """
-    if host is None or proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
-        return None
-    if port is None or port in (b"", ""):
-        port = 0
-    else:
-        try:
-            port = int(port)
-        except (TypeError, ValueError):
-            return None  # a service name such as "domain"
-    if isinstance(host, bytes):
-        host = host.decode("idna")
-    if "%" in host:
-        return None  # inet_pton does not accept zone indexes
-    families = [family] if family != socket.AF_UNSPEC else [socket.AF_INET, socket.AF_INET6]
-    for candidate in families:
-        try:
-            socket.inet_pton(candidate, host)
-        except (OSError, ValueError):
-            continue
-        if candidate == socket.AF_INET6:
-            address: tuple[Any, ...] = (host, port, flowinfo, scopeid)
-        else:
-            address = (host, port)
-        return candidate, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", address
-    return None
 
 
 def _set_reuse_port(sock: socket.socket) -> None:

@@ -62,7 +62,7 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["getaddrinfo", "getnameinfo"]
+__all__ = ["getaddrinfo", "getnameinfo", "numeric_addrinfo", "resolve_address"]
 
 #: One entry of a getaddrinfo result: (family, type, proto, canonname, sockaddr).
 AddrInfo = tuple[Any, ...]
@@ -139,22 +139,103 @@ def _is_fast(host: object, port: object, flags: object) -> bool:
     )
 
 
+#: The protocol asyncio's connection methods give an IP literal's entry, by socket type.
+_PROTO_OF_TYPE = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
+
+
+#: numeric_addrinfo's answers (immutable tuples), by its arguments: each
+#: connection to an IP literal asks again. Equal keys get equal answers (an
+#: int and an equal float port make the same address); cleared when full.
+_literal_memo: dict[tuple[Any, ...], AddrInfo] = {}
+
+
+def numeric_addrinfo(
+    host: Any, port: Any, family: Any, type: Any, proto: Any, flowinfo: int = 0, scopeid: int = 0
+) -> AddrInfo | None:
+    """The one entry getaddrinfo would give for an IP address literal, made
+    without calling it; None when `host` may need resolving.
+
+    asyncio's connection methods (`create_connection`, `create_server`,
+    `create_datagram_endpoint`, `sock_connect`) skip getaddrinfo this way, and
+    that is observable: the port goes through `int()` (so 8080.0 and True are
+    ports, and `float('inf')` raises OverflowError), and a port out of 0-65535
+    reaches `connect`/`bind`, which raise OverflowError, where getaddrinfo
+    would silently keep its low 16 bits. Flags are not looked at.
+    """
+    key = (host, port, family, type, proto, flowinfo, scopeid)
+    try:
+        hit = _literal_memo.get(key)
+    except TypeError:  # an unhashable argument: asked each time
+        return _literal_addrinfo(*key)
+    if hit is not None:
+        return hit
+    info = _literal_addrinfo(*key)
+    if info is not None:
+        if len(_literal_memo) >= _MEMO_MAX:
+            _literal_memo.clear()
+        _literal_memo[key] = info
+    return info
+
+
+def _literal_addrinfo(
+    host: Any, port: Any, family: Any, type: Any, proto: Any, flowinfo: Any, scopeid: Any
+) -> AddrInfo | None:
+    if host is None or proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+        return None
+    proto = _PROTO_OF_TYPE.get(type)
+    if proto is None:
+        return None
+    if port is None or port == b"" or port == "":
+        port = 0
+    else:
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            return None  # a service name such as "http"
+    if isinstance(host, bytes):
+        host = host.decode("idna")
+    if "%" in host:
+        return None  # inet_pton does not accept a zone index
+    for candidate in _LITERAL_FAMILIES.get(family, (family,)):
+        try:
+            socket.inet_pton(candidate, host)
+        except OSError:
+            continue
+        if candidate == socket.AF_INET6:
+            return candidate, type, proto, "", (host, port, flowinfo, scopeid)
+        return candidate, type, proto, "", (host, port)
+    return None
+
+
+_LITERAL_FAMILIES = {socket.AF_UNSPEC: (socket.AF_INET, socket.AF_INET6)}
+
+
+async def resolve_address(
+    loop: Any, address: Any, *, family: Any, type: Any, proto: Any = 0, flags: Any = 0
+) -> list[AddrInfo]:
+    """`address` (host, port[, flowinfo, scopeid]) as getaddrinfo entries: one
+    made at once for an IP literal (`numeric_addrinfo`), else `loop.getaddrinfo`'s
+    answer (possibly empty)."""
+    host, port = address[:2]
+    info = numeric_addrinfo(host, port, family, type, proto, *address[2:])
+    if info is not None:
+        return [info]
+    infos: list[AddrInfo] = await loop.getaddrinfo(
+        host, port, family=family, type=type, proto=proto, flags=flags
+    )
+    return infos
+
+
 _INT_TYPES = frozenset({int, socket.AddressFamily, socket.SocketKind, socket.AddressInfo})
 _MEMO_MAX = 512
 _memo: dict[tuple[Any, ...], list[AddrInfo]] = {}
 _memo_func: list[Any] = [None]  # the socket.getaddrinfo that produced _memo
 
 
-def cached(host: Any, port: Any, family: Any, type: Any, proto: Any, flags: Any) -> Any:
-    """A fresh copy of a memoised fast-path result, or None (then resolve normally)."""
-    hit = memoised(host, port, family, type, proto, flags)
-    return None if hit is None else hit.copy()
-
-
-def memoised(
+def cached(
     host: Any, port: Any, family: Any, type: Any, proto: Any, flags: Any
 ) -> list[AddrInfo] | None:
-    """The memoised fast-path result itself (callers must not change it), or None."""
+    """A fresh copy of a memoised fast-path result, or None (then resolve normally)."""
     if (
         # Exact types only (checked first: the key must be hashable): equal keys
         # of other types (8080.0, int subclasses) may behave differently in
@@ -168,7 +249,8 @@ def memoised(
         or _memo_func[0] is not socket.getaddrinfo
     ):
         return None
-    return _memo.get((host, port, family, type, proto, flags))
+    hit = _memo.get((host, port, family, type, proto, flags))
+    return None if hit is None else hit.copy()
 
 
 def _remember(

@@ -349,6 +349,7 @@ class EventLoop(  # type: ignore[misc]
         flags: int = 0,
     ) -> list[tuple[Any, ...]]:
         """Resolve like `socket.getaddrinfo`, without blocking the loop."""
+        self._check_closed()  # asyncio's executor hop checks; ours may not hop
         if not self.get_debug():
             hit = dns.cached(host, port, family, type, proto, flags)
             if hit is not None:
@@ -363,10 +364,6 @@ class EventLoop(  # type: ignore[misc]
         if resolver is None:
             resolver = self._dns_resolver = _core.Resolver(self)
         return resolver
-
-    #: create_connection resolves memoised numeric addresses itself unless
-    #: getaddrinfo is overridden (by a subclass or on the instance).
-    _own_getaddrinfo = getaddrinfo
 
     async def getnameinfo(self, sockaddr: tuple[Any, ...], flags: int = 0) -> tuple[str, str]:
         """Resolve like `socket.getnameinfo`, without blocking the loop."""
@@ -535,10 +532,14 @@ def _context_of_failure(context: dict[str, Any]) -> Any:
     return found if hasattr(found, "run") else None
 
 
+#: Descriptors are C ints: a larger number was never watched.
+_MAX_FD = 2**31 - 1
+
+
 def _unwatch(remove: Callable[[int], bool], files: dict[int, Any], fileobj: Any) -> bool:
     fd = _registered_fd(fileobj, files)
     files.pop(fd, None)
-    return remove(fd)
+    return fd <= _MAX_FD and remove(fd)
 
 
 def _registered_fd(fileobj: Any, files: dict[int, Any]) -> int:

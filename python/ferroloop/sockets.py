@@ -21,28 +21,13 @@ import os
 import socket
 from typing import Any
 
-from . import _core
+from . import _core, dns
 
 #: The type of the futures the native operations return when they must wait.
 _FUTURE = asyncio.Future
 
 # asyncio.constants.SENDFILE_FALLBACK_READBUFFER_SIZE
 _FALLBACK_BLOCK = 256 * 1024
-
-
-def _numeric_address(address: Any, family: int) -> bool:
-    """True if `address` needs no resolver: a literal IP and an integer port."""
-    try:
-        host, port = address[0], address[1]
-    except (TypeError, IndexError):
-        return False
-    if not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool):
-        return False
-    try:
-        socket.inet_pton(family, host)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 class SocketOpsMixin:
@@ -87,7 +72,8 @@ class SocketOpsMixin:
         self, sock: socket.socket, buf: Any, nbytes: int = 0
     ) -> tuple[int, Any]:
         """Receive a datagram into `buf` (at most `nbytes`, 0: all of it): `(count, address)`."""
-        return await self._sock_ops().recvfrom_into(sock, buf, nbytes)
+        # asyncio reads any false nbytes (None too) as "all of buf".
+        return await self._sock_ops().recvfrom_into(sock, buf, nbytes or 0)
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         """Send all of `data`, waiting for the socket as often as needed."""
@@ -110,17 +96,13 @@ class SocketOpsMixin:
         """Connect `sock` to `address`, resolving host names without blocking the loop."""
         _check_socket(sock)
         family = sock.family
-        if family in (socket.AF_INET, socket.AF_INET6) and not _numeric_address(address, family):
-            host, port, *rest = address
-            infos = await self.getaddrinfo(  # type: ignore[attr-defined]
-                host, port, family=family, type=sock.type, proto=sock.proto
+        if family in (socket.AF_INET, socket.AF_INET6):
+            infos = await dns.resolve_address(
+                self, address, family=family, type=sock.type, proto=sock.proto
             )
             if not infos:
-                raise OSError(f"getaddrinfo({host!r}) returned empty list")
-            resolved = infos[0][4]
-            if rest and family == socket.AF_INET6:
-                resolved = (resolved[0], resolved[1], *rest)
-            address = resolved
+                raise OSError(f"getaddrinfo({address[0]!r}) returned empty list")
+            address = infos[0][4]
         await self._sock_ops().connect(sock, address)
 
     async def sock_sendfile(

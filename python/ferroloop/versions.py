@@ -36,6 +36,19 @@ def _mark_coroutine_function(function: Callable[..., Any]) -> None:
         function._is_coroutine = _COROUTINE_MARKER  # type: ignore[attr-defined]
 
 
+_POSITIONAL_KINDS = (
+    inspect.Parameter.POSITIONAL_ONLY,
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+)
+
+
+def _too_many_positional(method: Callable[..., Any], most: int, given: int) -> str:
+    """The message Python gives for a call with too many positional arguments."""
+    arguments = "argument" if most == 1 else "arguments"
+    verb = "was" if given == 1 else "were"
+    return f"{method.__qualname__}() takes {most} positional {arguments} but {given} {verb} given"
+
+
 def keywords_since(version: tuple[int, int], *names: str) -> Callable[[F], F]:
     """Decorate a method whose keyword arguments `names` appeared in `version`.
 
@@ -49,6 +62,13 @@ def keywords_since(version: tuple[int, int], *names: str) -> Callable[[F], F]:
         if sys.version_info >= version:
             return method
         unknown = frozenset(names)
+        signature = inspect.signature(method)
+        older = [p for p in signature.parameters.values() if p.name not in unknown]
+        positional = _POSITIONAL_KINDS
+        # A positional argument for a parameter the version lacks is one too many.
+        most_positional = None
+        if not any(p.kind is p.VAR_POSITIONAL for p in older):
+            most_positional = sum(p.kind in positional for p in older)
 
         @functools.wraps(method)
         def older_signature(*args: Any, **kwargs: Any) -> Any:
@@ -57,11 +77,12 @@ def keywords_since(version: tuple[int, int], *names: str) -> Callable[[F], F]:
                 raise TypeError(
                     f"{method.__qualname__}() got an unexpected keyword argument {name!r}"
                 )
+            if most_positional is not None and len(args) > most_positional:
+                raise TypeError(_too_many_positional(method, most_positional, len(args)))
             return method(*args, **kwargs)
 
-        signature = inspect.signature(method)
         older_signature.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            parameters=[p for p in signature.parameters.values() if p.name not in unknown]
+            parameters=older
         )
         if inspect.iscoroutinefunction(method):
             _mark_coroutine_function(older_signature)
