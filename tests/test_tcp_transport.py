@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cpython_bugs import WRITELINES_AFTER_CONNECTION_LOST
+from cpython_bugs import ABORT_AFTER_FLUSHING_CLOSE, WRITELINES_AFTER_CONNECTION_LOST
 from helpers_net import (
     HAS_IPV6,
     EchoProtocol,
@@ -996,6 +996,34 @@ def test_writes_after_close_are_ignored_and_logged(
         expected = got if WRITELINES_AFTER_CONNECTION_LOST.affected else run_oracle(main)
     assert expected and all(m == ("WARNING", "socket.send() raised exception.") for m in expected)
     assert got == expected
+
+
+def test_abort_after_a_flushing_close_completed_does_nothing(
+    loop_factory: Any, loop_name: str, request: Any
+) -> None:
+    """close() with data still buffered ends once the data is out; an abort()
+    after that is a no-op (anyio's SocketStream.aclose() closes, yields once and
+    aborts). asyncio's transport raises AttributeError there: it has dropped
+    its loop but not counted the connection as lost."""
+    ABORT_AFTER_FLUSHING_CLOSE.xfail_on_asyncio(request, loop_name)
+
+    async def main() -> list[str]:
+        server, side, tr, proto = await tcp_pair()
+        sproto = await side.first()
+        sproto.transport.pause_reading()
+        tr.write(b"x" * (32 * MiB))  # more than both socket buffers hold
+        assert tr.get_write_buffer_size() > 0
+        tr.close()
+        sproto.transport.resume_reading()
+        await asyncio.wait_for(proto.lost, 30)
+        tr.abort()
+        tr.abort()
+        await asyncio.sleep(0)
+        await sproto.wait_for_bytes(32 * MiB, timeout=30)
+        await close_server(server)
+        return proto.events
+
+    assert run(loop_factory, main) == ["made", "pause_writing", "resume_writing", "lost"]
 
 
 def test_get_set_protocol(loop_factory: Any) -> None:
