@@ -329,15 +329,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
         }
         Kind::Accept { sock } => accept(py, fd, sock.bind(py)),
         Kind::SendAll { data, offset } => {
-            let sent = data.with_slice(py, |all| -> Result<bool, Errno> {
-                while *offset < all.len() {
-                    match sys_io::send(fd, &all[*offset..], None, libc::MSG_NOSIGNAL)? {
-                        Some(count) => *offset += count,
-                        None => return Ok(false),
-                    }
-                }
-                Ok(true)
-            });
+            let sent = data.with_slice(py, |all| send_from(fd, all, offset));
             match sent.map_err(|errno| os_error(py, errno))? {
                 true => Ok(Some(py.None())),
                 false => Ok(None),
@@ -383,6 +375,24 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
             }
         }
         Kind::SendFile(sendfile) => sendfile_attempt(py, fd, sendfile),
+    }
+}
+
+/// Sends `all` from `offset` on, advancing it; true once everything is out,
+/// false when the socket is full. Empty data still makes one `send` call, as
+/// asyncio's `sock.send(data)` does: it reports a socket that is not
+/// connected (EPIPE) or has failed.
+fn send_from(fd: RawFd, all: &[u8], offset: &mut usize) -> Result<bool, Errno> {
+    loop {
+        match sys_io::send(fd, &all[*offset..], None, libc::MSG_NOSIGNAL)? {
+            // (A stream socket never takes 0 of a non-empty buffer; wait if one did.)
+            Some(0) if *offset < all.len() => return Ok(false),
+            Some(count) => *offset += count,
+            None => return Ok(false),
+        }
+        if *offset == all.len() {
+            return Ok(true);
+        }
     }
 }
 
@@ -1011,16 +1021,9 @@ impl SockOps {
         // Fast path: a bytes object that goes out in full needs no Data.
         if let Ok(bytes) = data.cast::<PyBytes>() {
             if let Ok(fd) = check_socket(sock) {
-                let all = bytes.as_bytes();
                 let mut offset = 0;
-                while offset < all.len() {
-                    match sys_io::send(fd, &all[offset..], None, libc::MSG_NOSIGNAL) {
-                        Ok(Some(count)) => offset += count,
-                        Ok(None) => break,
-                        Err(errno) => return Err(os_error(py, errno)),
-                    }
-                }
-                if offset == all.len() {
+                let sent = send_from(fd, bytes.as_bytes(), &mut offset);
+                if sent.map_err(|errno| os_error(py, errno))? {
                     return Ok(Eager::Done(py.None()));
                 }
                 let fut = python_api::new_future(py, slf.get().loop_.bind(py).as_any())?;
