@@ -307,6 +307,29 @@ def test_start_serving_false_then_start_serving(loop_factory: Any) -> None:
     assert run(loop_factory, main) == expected
 
 
+def test_start_serving_a_closed_server(loop_factory: Any) -> None:
+    """asyncio raises TypeError (it iterates its closed server's sockets) and
+    says it is serving; serve_forever() raises RuntimeError."""
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, start_serving=False)
+        server.close()
+        out: list[Any] = []
+        for start in (server.start_serving, server.serve_forever):
+            try:
+                await start()
+            except (TypeError, RuntimeError) as exc:
+                out.append(type(exc).__name__)
+        out += [server.is_serving(), server.sockets]
+        await asyncio.wait_for(server.wait_closed(), 10)
+        return out
+
+    expected = run_oracle(main)
+    assert expected == ["TypeError", "RuntimeError", True, ()]
+    assert run(loop_factory, main) == expected
+
+
 def test_serve_forever_cancel_closes_server(loop_factory: Any) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()

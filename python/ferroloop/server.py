@@ -104,6 +104,10 @@ class Server(asyncio.AbstractServer):
         if self._serving:
             return
         self._serving = True
+        if self._sockets is None:
+            # Closed. asyncio fails here, iterating its sockets (None by now),
+            # after marking itself serving: the same error, the same state.
+            raise TypeError("'NoneType' object is not iterable")
         # A plain server's connections are opened natively (src/socket_transport.rs,
         # which makes the transports as SocketTransport.__init__ would); TLS
         # ones come to _accept_connection.
