@@ -340,3 +340,25 @@ def test_connecting_through_a_closed_loop_raises(loop_factory: LoopFactory) -> N
                 await closed.create_connection(asyncio.Protocol, "127.0.0.1", port)
 
     run(loop_factory, main)
+
+
+@pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+def test_ipv6_flowinfo_goes_into_the_address_as_given(loop_factory: LoopFactory) -> None:
+    """A float flowinfo is refused by connect(), even after the same address
+    with an int flowinfo (equal as a key) was resolved."""
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        with listening_socket("::1", socket.AF_INET6) as listener:
+            port = listener.getsockname()[1]
+            for flowinfo in (0, 0.0):
+                sock = socket.socket(socket.AF_INET6)
+                sock.setblocking(False)
+                with sock:
+                    try:
+                        await loop.sock_connect(sock, ("::1", port, flowinfo, 0))
+                    except TypeError:
+                        return f"TypeError for {flowinfo!r}"
+        return "connected both times"
+
+    assert run(loop_factory, main) == "TypeError for 0.0"

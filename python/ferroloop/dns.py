@@ -145,7 +145,9 @@ _PROTO_OF_TYPE = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: soc
 
 #: numeric_addrinfo's answers (immutable tuples), by its arguments: each
 #: connection to an IP literal asks again. Equal keys get equal answers (an
-#: int and an equal float port make the same address); cleared when full.
+#: int and an equal float port make the same address), except for flowinfo
+#: and scope id, which go into the address as given: only exact ints are
+#: memoised there. Cleared when full.
 _literal_memo: dict[tuple[Any, ...], AddrInfo] = {}
 
 
@@ -163,6 +165,8 @@ def numeric_addrinfo(
     would silently keep its low 16 bits. Flags are not looked at.
     """
     key = (host, port, family, type, proto, flowinfo, scopeid)
+    if flowinfo.__class__ is not int or scopeid.__class__ is not int:
+        return _literal_addrinfo(*key)
     try:
         hit = _literal_memo.get(key)
     except TypeError:  # an unhashable argument: asked each time

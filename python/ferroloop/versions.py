@@ -64,11 +64,10 @@ def keywords_since(version: tuple[int, int], *names: str) -> Callable[[F], F]:
         unknown = frozenset(names)
         signature = inspect.signature(method)
         older = [p for p in signature.parameters.values() if p.name not in unknown]
-        positional = _POSITIONAL_KINDS
         # A positional argument for a parameter the version lacks is one too many.
         most_positional = None
         if not any(p.kind is p.VAR_POSITIONAL for p in older):
-            most_positional = sum(p.kind in positional for p in older)
+            most_positional = sum(p.kind in _POSITIONAL_KINDS for p in older)
 
         @functools.wraps(method)
         def older_signature(*args: Any, **kwargs: Any) -> Any:
