@@ -22,7 +22,7 @@ from loop_helpers import make_loop_factory
 pytestmark = pytest.mark.timeout(120)
 
 
-class LoggingProtocol(asyncio.Protocol):
+class _Logging:
     """Records callbacks; `lost` completes at connection_lost."""
 
     def __init__(self) -> None:
@@ -32,6 +32,12 @@ class LoggingProtocol(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.log.append("made")
 
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.log.append(f"lost {type(exc).__name__}" if exc else "lost")
+        self.lost.set_result(None)
+
+
+class LoggingProtocol(_Logging, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.log[-1:] != ["data"]:
             self.log.append("data")
@@ -45,28 +51,13 @@ class LoggingProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.log.append("resume_writing")
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.log.append(f"lost {type(exc).__name__}" if exc else "lost")
-        self.lost.set_result(None)
 
-
-class LoggingDatagramProtocol(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.log: list[str] = []
-        self.lost = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: Any) -> None:
-        self.log.append("made")
-
+class LoggingDatagramProtocol(_Logging, asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.log.append("datagram")
 
     def error_received(self, exc: Exception) -> None:
         self.log.append(f"error {type(exc).__name__}")
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.log.append(f"lost {type(exc).__name__}" if exc else "lost")
-        self.lost.set_result(None)
 
 
 Operation = Callable[[Any], Any]

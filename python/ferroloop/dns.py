@@ -141,6 +141,8 @@ def _is_fast(host: object, port: object, flags: object) -> bool:
 
 #: The protocol asyncio's connection methods give an IP literal's entry, by socket type.
 _PROTO_OF_TYPE = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
+#: The families an IP literal is tried in, by the family asked for (else that one alone).
+_LITERAL_FAMILIES = {socket.AF_UNSPEC: (socket.AF_INET, socket.AF_INET6)}
 
 
 #: numeric_addrinfo's answers (immutable tuples), by its arguments: each
@@ -209,9 +211,6 @@ def _literal_addrinfo(
             return candidate, type, proto, "", (host, port, flowinfo, scopeid)
         return candidate, type, proto, "", (host, port)
     return None
-
-
-_LITERAL_FAMILIES = {socket.AF_UNSPEC: (socket.AF_INET, socket.AF_INET6)}
 
 
 async def resolve_address(
