@@ -9,12 +9,12 @@ import os
 import socket
 import threading
 import time
-import tracemalloc
 import warnings
 import weakref
 
 import pytest
 from loop_helpers import run
+from memory_helpers import memory_left_behind
 
 
 def open_fds() -> int:
@@ -251,19 +251,15 @@ def test_many_loops_do_not_grow_python_memory(loop_factory):
         lp.run_until_complete(asyncio.sleep(0))
         lp.close()
 
-    for _ in range(50):
-        cycle()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+    def cycles() -> None:
         for _ in range(500):
             cycle()
-        gc.collect()
-        after = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
-    assert after - before < 500_000, f"grew by {after - before} bytes over 500 loops"
+
+    for _ in range(50):
+        cycle()
+    # A leak would leave blocks behind on most of the 500 cycles; a tenth is enough.
+    left = memory_left_behind(cycles, min_blocks=50)
+    assert left < 500_000, f"grew by {left} bytes over 500 loops"
 
 
 def test_finished_tasks_do_not_accumulate(loop):
