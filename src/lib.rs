@@ -15,6 +15,7 @@ mod fd_watchers;
 mod flow_control;
 mod fork;
 mod handles;
+mod page_aligned;
 mod pipes;
 mod poller;
 mod process;

@@ -28,6 +28,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::os_error;
+use crate::page_aligned::PageAlignedBuffer;
 use crate::{recycled_bytes, sys_io};
 
 /// The shared buffer's size, and so the most one copied read returns.
@@ -38,7 +39,7 @@ const LARGE_READ: usize = 32 * 1024;
 const DIRECT_READ_CAP: usize = 120 * 1024;
 
 thread_local! {
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
+    static READ_BUFFER: RefCell<PageAlignedBuffer> = RefCell::new(PageAlignedBuffer::zeroed(READ_SIZE));
 }
 
 extern "C" {
@@ -86,7 +87,7 @@ impl<'py> Received<'py> {
 /// Runs `f` with this thread's shared read buffer ([`READ_SIZE`] bytes), for
 /// reads that copy out of it (`recvfrom` too).
 pub fn with_read_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
-    READ_BUFFER.with(|cell| f(&mut cell.borrow_mut()))
+    READ_BUFFER.with(|cell| f(cell.borrow_mut().as_mut_slice()))
 }
 
 /// True if a read that returned `data` should make the next one direct.

@@ -47,6 +47,7 @@ use crate::callback_context::{self, TransportContexts};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
+use crate::page_aligned::PageAlignedBuffer;
 use crate::poller::{Interest, Readiness};
 use crate::transport_common;
 use crate::{sockaddr, sys_io};
@@ -59,7 +60,7 @@ const FATAL_READ: &str = "Fatal read error on datagram transport";
 const FATAL_WRITE: &str = "Fatal write error on datagram transport";
 
 thread_local! {
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_SIZE]);
+    static READ_BUFFER: RefCell<PageAlignedBuffer> = RefCell::new(PageAlignedBuffer::zeroed(READ_SIZE));
 }
 
 /// Where a datagram goes.
@@ -291,7 +292,8 @@ impl DatagramTransport {
         }
         let received = READ_BUFFER.with(|cell| {
             let mut buffer = cell.borrow_mut();
-            sys_io::recvfrom(this.fd, &mut buffer, libc::MSG_DONTWAIT)
+            let buffer = buffer.as_mut_slice();
+            sys_io::recvfrom(this.fd, buffer, libc::MSG_DONTWAIT)
                 .map(|got| got.map(|(count, from)| (PyBytes::new(py, &buffer[..count]), from)))
         });
         match received {
