@@ -225,7 +225,7 @@ impl Loop {
         Ok(())
     }
 
-    fn is_debug(&self) -> bool {
+    pub(crate) fn is_debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
     }
 

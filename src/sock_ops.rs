@@ -59,6 +59,10 @@ static SOCKET_GETTIMEOUT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SOCKET_FILENO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SENDFILE_NOT_AVAILABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+/// No `SIGPIPE` on a closed peer (an `EPIPE` instead), and no wait on a
+/// blocking socket.
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+
 pub(crate) fn set_result(fut: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
     fut.call_method1(intern!(fut.py(), "set_result"), (value,))?;
     Ok(())
@@ -74,13 +78,17 @@ fn is_would_block(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py)
 }
 
-/// asyncio's checks on the socket argument: no SSL sockets, non-blocking
-/// only. Returns the descriptor.
-fn check_socket(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+/// asyncio's checks on the socket argument: no SSL sockets, and, in debug
+/// mode only, no blocking ones. Returns the descriptor.
+///
+/// A blocking socket works as on asyncio otherwise: receives and sends pass
+/// `MSG_DONTWAIT`, so they wait in the loop rather than stall it (asyncio's
+/// stall); `connect` and `accept` block as asyncio's do.
+fn check_socket(sock: &Bound<'_, PyAny>, debug: bool) -> PyResult<RawFd> {
     let py = sock.py();
     let socket_type = SOCKET_TYPE.import(py, "socket", "socket")?;
     if sock.get_type().is(socket_type) {
-        return check_plain_socket(sock);
+        return check_plain_socket(sock, debug);
     }
     let ssl_socket = SSL_SOCKET_TYPE.get_or_init(py, || {
         py.import("ssl")
@@ -93,11 +101,17 @@ fn check_socket(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             return Err(PyTypeError::new_err("Socket cannot be of type SSLSocket"));
         }
     }
-    let timeout: Option<f64> = sock.call_method0(intern!(py, "gettimeout"))?.extract()?;
-    if timeout != Some(0.0) {
-        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    if debug {
+        let timeout: Option<f64> = sock.call_method0(intern!(py, "gettimeout"))?.extract()?;
+        if timeout != Some(0.0) {
+            return Err(blocking_socket_error());
+        }
     }
     sock.call_method0(intern!(py, "fileno"))?.extract()
+}
+
+fn blocking_socket_error() -> PyErr {
+    PyValueError::new_err("the socket must be non-blocking")
 }
 
 /// `check_socket` for an exact `socket.socket`, whose `gettimeout` and
@@ -105,16 +119,18 @@ fn check_socket(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 /// directly skips the method lookup and PyO3's conversions (two calls per
 /// `sock_*` operation were ~1,400 instructions, 28% of a 1 KiB `sock_*`
 /// echo request's user-space work).
-fn check_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+fn check_plain_socket(sock: &Bound<'_, PyAny>, debug: bool) -> PyResult<RawFd> {
     let py = sock.py();
-    let timeout = call_no_args(&socket_method(py, &SOCKET_GETTIMEOUT, "gettimeout")?, sock)?;
-    // SAFETY: type checks and reads of a live object.
-    let non_blocking = unsafe {
-        ffi::PyFloat_CheckExact(timeout.as_ptr()) != 0
-            && ffi::PyFloat_AS_DOUBLE(timeout.as_ptr()) == 0.0
-    };
-    if !non_blocking {
-        return Err(PyValueError::new_err("the socket must be non-blocking"));
+    if debug {
+        let timeout = call_no_args(&socket_method(py, &SOCKET_GETTIMEOUT, "gettimeout")?, sock)?;
+        // SAFETY: type checks and reads of a live object.
+        let non_blocking = unsafe {
+            ffi::PyFloat_CheckExact(timeout.as_ptr()) != 0
+                && ffi::PyFloat_AS_DOUBLE(timeout.as_ptr()) == 0.0
+        };
+        if !non_blocking {
+            return Err(blocking_socket_error());
+        }
     }
     let fileno = call_no_args(&socket_method(py, &SOCKET_FILENO, "fileno")?, sock)?;
     fileno.extract()
@@ -291,13 +307,13 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
             let n = *n;
             let got = if n <= reads::READ_SIZE {
                 reads::with_read_buffer(|scratch| {
-                    sys_io::recvfrom(fd, &mut scratch[..n], 0).map(|got| {
+                    sys_io::recvfrom(fd, &mut scratch[..n], libc::MSG_DONTWAIT).map(|got| {
                         got.map(|(count, addr)| (PyBytes::new(py, &scratch[..count]), addr))
                     })
                 })
             } else {
                 let mut buffer = vec![0u8; n];
-                sys_io::recvfrom(fd, &mut buffer, 0)
+                sys_io::recvfrom(fd, &mut buffer, libc::MSG_DONTWAIT)
                     .map(|got| got.map(|(count, addr)| (PyBytes::new(py, &buffer[..count]), addr)))
             };
             match got.map_err(|errno| os_error(py, errno))? {
@@ -313,7 +329,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
             let got = with_bytes_mut(buf.bind(py), "buffer", |slice| {
                 let limit = if nbytes == 0 { slice.len() } else { nbytes };
                 match slice.get_mut(..limit) {
-                    Some(target) => Ok(sys_io::recvfrom(fd, target, 0)),
+                    Some(target) => Ok(sys_io::recvfrom(fd, target, libc::MSG_DONTWAIT)),
                     None => Err(PyValueError::new_err(
                         "nbytes is greater than the length of the buffer",
                     )),
@@ -337,9 +353,8 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
         }
         Kind::SendTo { data, target } => match target {
             SendTarget::Native(addr) => {
-                let sent = data.with_slice(py, |bytes| {
-                    sys_io::send(fd, bytes, Some(addr), libc::MSG_NOSIGNAL)
-                });
+                let sent =
+                    data.with_slice(py, |bytes| sys_io::send(fd, bytes, Some(addr), SEND_FLAGS));
                 match sent.map_err(|errno| os_error(py, errno))? {
                     Some(count) => Ok(Some(count.into_pyobject(py)?.into_any().unbind())),
                     None => Ok(None),
@@ -384,7 +399,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
 /// connected (EPIPE) or has failed.
 fn send_from(fd: RawFd, all: &[u8], offset: &mut usize) -> Result<bool, Errno> {
     loop {
-        match sys_io::send(fd, &all[*offset..], None, libc::MSG_NOSIGNAL)? {
+        match sys_io::send(fd, &all[*offset..], None, SEND_FLAGS)? {
             // (A stream socket never takes 0 of a non-empty buffer; wait if one did.)
             Some(0) if *offset < all.len() => return Ok(false),
             Some(count) => *offset += count,
@@ -403,7 +418,7 @@ fn recv_unless_empty(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Errno> 
     if buf.is_empty() {
         return Ok(Some(0));
     }
-    sys_io::recv(fd, buf, 0)
+    sys_io::recv(fd, buf, libc::MSG_DONTWAIT)
 }
 
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
@@ -413,7 +428,7 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
     }
     if n > reads::READ_SIZE {
         let mut buffer = vec![0u8; n];
-        let got = sys_io::recv(fd, &mut buffer, 0)
+        let got = sys_io::recv(fd, &mut buffer, libc::MSG_DONTWAIT)
             .map(|got| got.map(|count| PyBytes::new(py, &buffer[..count])));
         return Ok(got
             .map_err(|errno| os_error(py, errno))?
@@ -787,6 +802,11 @@ impl<'py> IntoPyObject<'py> for Eager<'py> {
 }
 
 impl SockOps {
+    /// asyncio refuses blocking sockets only in debug mode.
+    fn is_debug(&self) -> bool {
+        self.loop_.get().is_debug()
+    }
+
     /// Tries `kind` once; returns a done future, or parks it and returns a
     /// pending one. Errors (including argument errors) go into the future,
     /// as they would surface from asyncio's coroutine when awaited.
@@ -822,7 +842,7 @@ impl SockOps {
         make: impl FnOnce(RawFd) -> PyResult<Kind>,
     ) -> PyResult<Eager<'py>> {
         let py = slf.py();
-        let fd = check_socket(sock)?;
+        let fd = check_socket(sock, slf.get().is_debug())?;
         let mut kind = make(fd)?;
         match attempt(&mut kind, py, fd)? {
             Some(value) => Ok(Eager::Done(value)),
@@ -1020,7 +1040,7 @@ impl SockOps {
         let py = slf.py();
         // Fast path: a bytes object that goes out in full needs no Data.
         if let Ok(bytes) = data.cast::<PyBytes>() {
-            if let Ok(fd) = check_socket(sock) {
+            if let Ok(fd) = check_socket(sock, slf.get().is_debug()) {
                 let mut offset = 0;
                 let sent = send_from(fd, bytes.as_bytes(), &mut offset);
                 if sent.map_err(|errno| os_error(py, errno))? {
@@ -1081,7 +1101,7 @@ impl SockOps {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let fut = python_api::new_future(py, slf.get().loop_.bind(py).as_any())?;
-        let started = check_socket(sock).and_then(|fd| {
+        let started = check_socket(sock, slf.get().is_debug()).and_then(|fd| {
             let err: i32 = sock
                 .call_method1(intern!(py, "connect_ex"), (address,))?
                 .extract()?;

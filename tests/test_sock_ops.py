@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from loop_helpers import only_ferroloop
 
 _T = TypeVar("_T")
 
@@ -587,9 +588,7 @@ def test_sendfile_wrong_socket_type_and_text_mode(loop_factory: LoopFactory) -> 
         lambda loop, s: loop.sock_sendto(s, b"x", ("127.0.0.1", 1)),
     ],
 )
-def test_blocking_socket_refused(loop_factory: LoopFactory, loop_name: str, call: Any) -> None:
-    # asyncio checks only in debug mode; ferroloop always does (a system call
-    # on a blocking socket would stall the loop), so it is tested without.
+def test_blocking_socket_refused_in_debug_mode(loop_factory: LoopFactory, call: Any) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         sock = socket.socket()
@@ -597,7 +596,51 @@ def test_blocking_socket_refused(loop_factory: LoopFactory, loop_name: str, call
             await call(loop, sock)
 
     with pytest.raises(ValueError, match="the socket must be non-blocking"):
-        run(loop_factory, main, debug=loop_name == "asyncio")
+        run(loop_factory, main, debug=True)
+
+
+def test_blocking_sockets_work_outside_debug_mode(loop_factory: LoopFactory) -> None:
+    # asyncio refuses them only in debug mode, and libraries rely on it
+    # (asyncssh's tests connect a fresh, blocking socket.socket()). Every call
+    # here can complete at once, so asyncio's loop, which makes the blocking
+    # system call, does not stall.
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as server, socket.socket() as client:  # all blocking
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            await loop.sock_connect(client, server.getsockname())
+            conn, _ = await loop.sock_accept(server)
+            with conn:
+                await loop.sock_sendall(client, b"ping")
+                got = [await loop.sock_recv(conn, 4), conn.gettimeout()]
+                await loop.sock_sendall(conn, b"pong")
+                buf = bytearray(4)
+                got += [await loop.sock_recv_into(client, buf), bytes(buf)]
+        udp = socket.SOCK_DGRAM
+        with socket.socket(type=udp) as rx, socket.socket(type=udp) as tx:
+            rx.bind(("127.0.0.1", 0))
+            got.append(await loop.sock_sendto(tx, b"datagram", rx.getsockname()))
+            data, source = await loop.sock_recvfrom(rx, 64)
+            got += [data, source[1] == tx.getsockname()[1]]
+        return got
+
+    assert run(loop_factory, main) == [b"ping", 0.0, 4, b"pong", 8, b"datagram", True]
+
+
+def test_receive_on_blocking_socket_waits_in_the_loop(
+    loop_factory: LoopFactory, loop_name: str
+) -> None:
+    only_ferroloop(loop_name, "asyncio's loop would block in recv() with nothing queued, forever")
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()  # both blocking
+        with a, b:
+            loop.call_later(0.01, b.send, b"later")
+            return await asyncio.wait_for(loop.sock_recv(a, 16), 5)
+
+    assert run(loop_factory, main) == b"later"
 
 
 def test_recv_into_readonly_buffer(loop_factory: LoopFactory, pair: Any) -> None:

@@ -94,7 +94,7 @@ class SocketOpsMixin:
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         """Connect `sock` to `address`, resolving host names without blocking the loop."""
-        _check_socket(sock)
+        _check_socket(sock, self.get_debug())
         family = sock.family
         if family in (socket.AF_INET, socket.AF_INET6):
             infos = await dns.resolve_address(
@@ -120,7 +120,7 @@ class SocketOpsMixin:
         `fallback` is true and raises `asyncio.SendfileNotAvailableError`
         when it is not. The file position ends after the last byte sent.
         """
-        _check_socket(sock)
+        _check_socket(sock, self.get_debug())
         check_sendfile_params(sock, file, offset, count)
         try:
             return await self._sock_sendfile_native(sock, file, offset, count)
@@ -172,8 +172,11 @@ class SocketOpsMixin:
                 file.seek(offset + total_sent)
 
 
-def _check_socket(sock: socket.socket) -> None:
-    """The checks every `sock_*` method makes (the native ones make them in Rust)."""
+def _check_socket(sock: socket.socket, debug: bool) -> None:
+    """The checks every `sock_*` method makes (the native ones make them in Rust).
+
+    As asyncio, a blocking socket is refused only in debug mode.
+    """
     try:
         import ssl
     except ImportError:  # pragma: no cover - Python built without ssl
@@ -181,7 +184,7 @@ def _check_socket(sock: socket.socket) -> None:
     else:
         if isinstance(sock, ssl.SSLSocket):
             raise TypeError("Socket cannot be of type SSLSocket")
-    if sock.gettimeout() != 0:
+    if debug and sock.gettimeout() != 0:
         raise ValueError("the socket must be non-blocking")
 
 
