@@ -59,10 +59,6 @@ static SOCKET_GETTIMEOUT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SOCKET_FILENO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SENDFILE_NOT_AVAILABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// No `SIGPIPE` on a closed peer (an `EPIPE` instead), and no wait on a
-/// blocking socket.
-const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-
 pub(crate) fn set_result(fut: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
     fut.call_method1(intern!(fut.py(), "set_result"), (value,))?;
     Ok(())
@@ -353,8 +349,9 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
         }
         Kind::SendTo { data, target } => match target {
             SendTarget::Native(addr) => {
-                let sent =
-                    data.with_slice(py, |bytes| sys_io::send(fd, bytes, Some(addr), SEND_FLAGS));
+                let sent = data.with_slice(py, |bytes| {
+                    sys_io::send(fd, bytes, Some(addr), sys_io::SEND_FLAGS)
+                });
                 match sent.map_err(|errno| os_error(py, errno))? {
                     Some(count) => Ok(Some(count.into_pyobject(py)?.into_any().unbind())),
                     None => Ok(None),
@@ -399,7 +396,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
 /// connected (EPIPE) or has failed.
 fn send_from(fd: RawFd, all: &[u8], offset: &mut usize) -> Result<bool, Errno> {
     loop {
-        match sys_io::send(fd, &all[*offset..], None, SEND_FLAGS)? {
+        match sys_io::send(fd, &all[*offset..], None, sys_io::SEND_FLAGS)? {
             // (A stream socket never takes 0 of a non-empty buffer; wait if one did.)
             Some(0) if *offset < all.len() => return Ok(false),
             Some(count) => *offset += count,

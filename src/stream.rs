@@ -179,8 +179,7 @@ enum WriteOutcome {
 
 /// Sends what the kernel takes now; 0 when the socket is full.
 fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, Errno> {
-    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-    sys_io::send(fd, data, None, flags).map(|sent| sent.unwrap_or(0))
+    sys_io::send(fd, data, None, sys_io::SEND_FLAGS).map(|sent| sent.unwrap_or(0))
 }
 
 /// Sends several buffers with one `sendmsg` (at most IOV_MAX of them; the
@@ -200,7 +199,7 @@ fn send_parts(fd: RawFd, parts: &[&[u8]]) -> Result<usize, Errno> {
     let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
     message.msg_iov = iov.as_ptr() as *mut libc::iovec;
     message.msg_iovlen = iov.len() as _;
-    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    let flags = sys_io::SEND_FLAGS;
     loop {
         // SAFETY: `message` describes valid memory for the duration of the call.
         let sent = unsafe { libc::sendmsg(fd, &message, flags) };

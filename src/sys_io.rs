@@ -89,6 +89,10 @@ pub fn recvfrom(
     Ok(got.zip(sender))
 }
 
+/// The flags of the loop's own sends: never wait (not even on a blocking
+/// socket), and report a closed peer as `EPIPE` rather than raise `SIGPIPE`.
+pub const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+
 /// `sendto(2)` of `data` to `dest`, or `send(2)` on a connected socket
 /// when `dest` is `None`.
 pub fn send(

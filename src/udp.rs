@@ -27,7 +27,6 @@
 //! The Python socket object always stays the owner of the descriptor: the
 //! transport closes it through Python once `connection_lost` has run.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
@@ -47,21 +46,18 @@ use crate::callback_context::{self, TransportContexts};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
-use crate::page_aligned::PageAlignedBuffer;
 use crate::poller::{Interest, Readiness};
 use crate::transport_common;
-use crate::{sockaddr, sys_io};
+use crate::{reads, sockaddr, sys_io};
 
-/// asyncio receives at most this much per datagram (`max_size`).
+/// asyncio receives at most this much per datagram (`max_size`); the
+/// shared read buffer is as large.
 const READ_SIZE: usize = 256 * 1024;
+const _: () = assert!(READ_SIZE <= reads::READ_SIZE);
 /// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES.
 const CONNLOST_WRITE_WARNING_THRESHOLD: u32 = 5;
 const FATAL_READ: &str = "Fatal read error on datagram transport";
 const FATAL_WRITE: &str = "Fatal write error on datagram transport";
-
-thread_local! {
-    static READ_BUFFER: RefCell<PageAlignedBuffer> = RefCell::new(PageAlignedBuffer::zeroed(READ_SIZE));
-}
 
 /// Where a datagram goes.
 enum Dest {
@@ -147,9 +143,6 @@ pub struct DatagramTransport {
     last_source: Mutex<Option<(SockAddr, Py<PyAny>)>>,
 }
 
-/// Flags of the native sends: never block, never raise SIGPIPE.
-const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-
 /// How a native send ended.
 fn sent(py: Python<'_>, result: Result<Option<usize>, Errno>) -> Sent {
     match result {
@@ -216,7 +209,7 @@ impl DatagramTransport {
             }
         };
         let result = with_bytes(data, "data", |bytes| {
-            sys_io::send(self.fd, bytes, native, SEND_FLAGS)
+            sys_io::send(self.fd, bytes, native, sys_io::SEND_FLAGS)
         });
         match result {
             Ok(result) => Ok(sent(py, result)),
@@ -290,9 +283,8 @@ impl DatagramTransport {
                 },
             };
         }
-        let received = READ_BUFFER.with(|cell| {
-            let mut buffer = cell.borrow_mut();
-            let buffer = buffer.as_mut_slice();
+        let received = reads::with_read_buffer(|buffer| {
+            let buffer = &mut buffer[..READ_SIZE];
             sys_io::recvfrom(this.fd, buffer, libc::MSG_DONTWAIT)
                 .map(|got| got.map(|(count, from)| (PyBytes::new(py, &buffer[..count]), from)))
         });
@@ -353,10 +345,13 @@ impl DatagramTransport {
                     let data = PyBytes::new(py, &pending.data);
                     this.send_now(py, &pending.dest, data.as_any())?
                 }
-                Dest::Connected => sent(py, sys_io::send(this.fd, &pending.data, None, SEND_FLAGS)),
+                Dest::Connected => sent(
+                    py,
+                    sys_io::send(this.fd, &pending.data, None, sys_io::SEND_FLAGS),
+                ),
                 Dest::Native(addr) => sent(
                     py,
-                    sys_io::send(this.fd, &pending.data, Some(addr), SEND_FLAGS),
+                    sys_io::send(this.fd, &pending.data, Some(addr), sys_io::SEND_FLAGS),
                 ),
             };
             match outcome {
