@@ -1228,6 +1228,22 @@ def parse_args(argv):
     return a
 
 
+def next_result_path(results: Path, day: datetime.date, host: str) -> Path:
+    """Where a run's JSON goes: `<date>-<host>-<n>.json`, numbered one past the
+    highest number this host's runs have on any date (runs are cited by that
+    number across days), or `<date>-<host>.json` for the host's first run."""
+    numbered = re.compile(rf"\d{{4}}-\d{{2}}-\d{{2}}-{re.escape(host)}(?:-(\d+))?\.json")
+    numbers = [
+        int(match.group(1) or 1)
+        for entry in results.glob(f"*-{host}*.json")
+        if (match := numbered.fullmatch(entry.name))
+    ]
+    base = f"{day.isoformat()}-{host}"
+    if not numbers:
+        return results / f"{base}.json"
+    return results / f"{base}-{max(numbers) + 1}.json"
+
+
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     if a.report:
@@ -1302,11 +1318,6 @@ def main(argv=None):
     path = None
     if not a.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        base = f"{datetime.date.today().isoformat()}-{socket.gethostname()}"
-        path = RESULTS / f"{base}.json"
-        i = 2
-        while path.exists():
-            path = RESULTS / f"{base}-{i}.json"
-            i += 1
+        path = next_result_path(RESULTS, datetime.date.today(), socket.gethostname())
     report({"meta": m, "samples": d.samples, "errors": d.errors}, path)
     return 0

@@ -47,3 +47,22 @@ def test_per_round_ratio_uses_disturbed_pairs_when_nothing_else_is_left() -> Non
         sample("ferroloop", 1, 200.0),
     ]
     assert driver.paired_ratios(samples)["micro/x"]["value"] == pytest.approx(2.0)
+
+
+def test_result_files_are_numbered_past_the_hosts_highest_on_any_date(tmp_path) -> None:
+    import datetime
+
+    day = datetime.date(2026, 12, 2)
+    assert driver.next_result_path(tmp_path, day, "vm").name == "2026-12-02-vm.json"
+    for name in [
+        "2026-11-30-vm.json",
+        "2026-11-30-vm-21.json",
+        "2026-12-01-vm-29.json",
+        "2026-12-01-vm-combined.json",
+        "2026-12-01-other-40.json",
+        "latest.md",
+    ]:
+        (tmp_path / name).write_text("{}")
+    assert driver.next_result_path(tmp_path, day, "vm").name == "2026-12-02-vm-30.json"
+    assert driver.next_result_path(tmp_path, day, "other").name == "2026-12-02-other-41.json"
+    assert driver.next_result_path(tmp_path, day, "new").name == "2026-12-02-new.json"
