@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -177,7 +177,13 @@ pub struct Loop {
     call_soon_of_run: Mutex<Option<Py<PyAny>>>,
     /// The loop's class defines its own `time` (checked when a run starts).
     class_time: AtomicBool,
+    /// Iterations run, counting for the busy loop's signal checks.
+    busy_iterations: AtomicU32,
 }
+
+/// A busy loop (one that does not sleep) runs pending Python signal handlers
+/// at least this often, counted in iterations.
+const SIGNAL_CHECK_INTERVAL: u32 = 16;
 
 fn current_thread_id() -> u64 {
     // SAFETY: pthread_self has no preconditions. It is also what
@@ -400,8 +406,15 @@ impl Loop {
         };
         poller.done_sleeping();
         waited.map_err(|errno| os_error(py, errno))?;
-        // Run Python-level signal handlers (Ctrl-C raises KeyboardInterrupt here).
-        py.check_signals()?;
+        // Run Python-level signal handlers (Ctrl-C raises KeyboardInterrupt
+        // here) after every sleep, which a signal cuts short. A busy loop
+        // runs them at its next Python bytecode, as inside asyncio's own loop,
+        // and here at least every SIGNAL_CHECK_INTERVAL iterations, so that
+        // callbacks that are all native code cannot keep Ctrl-C out.
+        let busy = self.busy_iterations.fetch_add(1, Ordering::Relaxed);
+        if timeout_ms != 0 || busy.is_multiple_of(SIGNAL_CHECK_INTERVAL) {
+            py.check_signals()?;
+        }
         // Read before taking the state lock: a patched clock is Python code.
         let now = clock.patched_now()?;
 
@@ -759,6 +772,7 @@ impl Loop {
             own_kwargs: Mutex::new(None),
             call_soon_of_run: Mutex::new(None),
             class_time: AtomicBool::new(defines_own_time(cls)?),
+            busy_iterations: AtomicU32::new(0),
         })
     }
 

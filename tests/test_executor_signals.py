@@ -506,3 +506,35 @@ def test_signal_handler_exception_goes_to_handler(loop):
         assert isinstance(contexts[0]["exception"], ValueError)
     finally:
         loop.remove_signal_handler(signal.SIGUSR1)
+
+
+def test_signal_handler_runs_while_only_native_callbacks_keep_the_loop_busy(loop):
+    # A callback that reschedules itself without running any Python bytecode:
+    # the handler cannot ride on the interpreter's own between-bytecodes check,
+    # the loop must run it. The kernel sends the signal (a CPU-time timer):
+    # no other Python thread can run while such a loop holds the GIL.
+    import faulthandler
+    import functools
+
+    spin = functools.partial(loop.call_soon)
+    spin.__setstate__((loop.call_soon, (spin,), {}, None))
+
+    handled = []
+
+    def on_signal(signum, frame):
+        handled.append(signum)
+        loop.stop()
+
+    previous = signal.signal(signal.SIGVTALRM, on_signal)
+    # pytest-timeout's handler could not run either: end the process instead.
+    faulthandler.dump_traceback_later(30, exit=True)
+    try:
+        loop.call_soon(spin)
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0.05)
+        loop.run_forever()
+        assert handled == [signal.SIGVTALRM]
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        signal.signal(signal.SIGVTALRM, previous)
+        spin.__setstate__((print, (), {}, None))  # break the self-reference
