@@ -538,3 +538,25 @@ def test_signal_handler_runs_while_only_native_callbacks_keep_the_loop_busy(loop
         signal.setitimer(signal.ITIMER_VIRTUAL, 0)
         signal.signal(signal.SIGVTALRM, previous)
         spin.__setstate__((print, (), {}, None))  # break the self-reference
+
+
+def test_other_threads_run_while_only_native_callbacks_keep_the_loop_busy(loop):
+    # The same kind of busy loop: a thread must still get the GIL to stop it.
+    import faulthandler
+    import functools
+
+    spin = functools.partial(loop.call_soon)
+    spin.__setstate__((loop.call_soon, (spin,), {}, None))
+    stopper = threading.Timer(0.05, loop.call_soon_threadsafe, (loop.stop,))
+    # If the thread never ran, nothing would stop the loop, nor could
+    # pytest-timeout (its handler needs bytecode too): end the process instead.
+    faulthandler.dump_traceback_later(30, exit=True)
+    try:
+        loop.call_soon(spin)
+        stopper.start()
+        loop.run_forever()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        stopper.cancel()
+        spin.__setstate__((print, (), {}, None))  # break the self-reference
+    stopper.join()
