@@ -58,7 +58,7 @@ pub enum ReadCall {
 impl ReadCall {
     fn call(self, fd: RawFd, buffer: &mut [MaybeUninit<u8>]) -> Result<Option<usize>, Errno> {
         match self {
-            ReadCall::Recv => sys_io::recv_uninit(fd, buffer, libc::MSG_DONTWAIT),
+            ReadCall::Recv => sys_io::recv_uninit(fd, buffer),
             ReadCall::Read => sys_io::read_uninit(fd, buffer),
         }
     }

@@ -303,13 +303,13 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
             let n = *n;
             let got = if n <= reads::READ_SIZE {
                 reads::with_read_buffer(|scratch| {
-                    sys_io::recvfrom(fd, &mut scratch[..n], libc::MSG_DONTWAIT).map(|got| {
+                    sys_io::recvfrom(fd, &mut scratch[..n]).map(|got| {
                         got.map(|(count, addr)| (PyBytes::new(py, &scratch[..count]), addr))
                     })
                 })
             } else {
                 let mut buffer = vec![0u8; n];
-                sys_io::recvfrom(fd, &mut buffer, libc::MSG_DONTWAIT)
+                sys_io::recvfrom(fd, &mut buffer)
                     .map(|got| got.map(|(count, addr)| (PyBytes::new(py, &buffer[..count]), addr)))
             };
             match got.map_err(|errno| os_error(py, errno))? {
@@ -325,7 +325,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
             let got = with_bytes_mut(buf.bind(py), "buffer", |slice| {
                 let limit = if nbytes == 0 { slice.len() } else { nbytes };
                 match slice.get_mut(..limit) {
-                    Some(target) => Ok(sys_io::recvfrom(fd, target, libc::MSG_DONTWAIT)),
+                    Some(target) => Ok(sys_io::recvfrom(fd, target)),
                     None => Err(PyValueError::new_err(
                         "nbytes is greater than the length of the buffer",
                     )),
@@ -349,9 +349,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
         }
         Kind::SendTo { data, target } => match target {
             SendTarget::Native(addr) => {
-                let sent = data.with_slice(py, |bytes| {
-                    sys_io::send(fd, bytes, Some(addr), sys_io::SEND_FLAGS)
-                });
+                let sent = data.with_slice(py, |bytes| sys_io::send(fd, bytes, Some(addr)));
                 match sent.map_err(|errno| os_error(py, errno))? {
                     Some(count) => Ok(Some(count.into_pyobject(py)?.into_any().unbind())),
                     None => Ok(None),
@@ -396,7 +394,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
 /// connected (EPIPE) or has failed.
 fn send_from(fd: RawFd, all: &[u8], offset: &mut usize) -> Result<bool, Errno> {
     loop {
-        match sys_io::send(fd, &all[*offset..], None, sys_io::SEND_FLAGS)? {
+        match sys_io::send(fd, &all[*offset..], None)? {
             // (A stream socket never takes 0 of a non-empty buffer; wait if one did.)
             Some(0) if *offset < all.len() => return Ok(false),
             Some(count) => *offset += count,
@@ -415,7 +413,7 @@ fn recv_unless_empty(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Errno> 
     if buf.is_empty() {
         return Ok(Some(0));
     }
-    sys_io::recv(fd, buf, libc::MSG_DONTWAIT)
+    sys_io::recv(fd, buf)
 }
 
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
@@ -425,7 +423,7 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
     }
     if n > reads::READ_SIZE {
         let mut buffer = vec![0u8; n];
-        let got = sys_io::recv(fd, &mut buffer, libc::MSG_DONTWAIT)
+        let got = sys_io::recv(fd, &mut buffer)
             .map(|got| got.map(|count| PyBytes::new(py, &buffer[..count])));
         return Ok(got
             .map_err(|errno| os_error(py, errno))?

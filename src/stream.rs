@@ -179,7 +179,7 @@ enum WriteOutcome {
 
 /// Sends what the kernel takes now; 0 when the socket is full.
 fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, Errno> {
-    sys_io::send(fd, data, None, sys_io::SEND_FLAGS).map(|sent| sent.unwrap_or(0))
+    sys_io::send(fd, data, None).map(|sent| sent.unwrap_or(0))
 }
 
 /// Sends several buffers with one `sendmsg` (at most IOV_MAX of them; the
@@ -216,7 +216,7 @@ fn send_parts(fd: RawFd, parts: &[&[u8]]) -> Result<usize, Errno> {
 
 /// `recv` into `buffer`; `Ok(None)` means "nothing to read right now".
 fn recv_some(fd: RawFd, buffer: &mut [u8]) -> Result<Option<usize>, Errno> {
-    sys_io::recv(fd, buffer, libc::MSG_DONTWAIT)
+    sys_io::recv(fd, buffer)
 }
 
 impl StreamTransport {

@@ -40,21 +40,22 @@ pub fn write(fd: RawFd, data: &[u8]) -> Result<Option<usize>, Errno> {
     retry(|| unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) })
 }
 
-/// `recv(2)` into `buf`.
-pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> Result<Option<usize>, Errno> {
+/// The flags of the loop's own receives: never wait, not even on a blocking
+/// socket (asyncio's `sock_*` accept one outside debug mode; waiting is the
+/// loop's job).
+const RECV_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
+
+/// `recv(2)` into `buf`, with [`RECV_FLAGS`].
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Errno> {
     // SAFETY: `buf` is valid for writes of its length during the call.
-    retry(|| unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) })
+    retry(|| unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), RECV_FLAGS) })
 }
 
 /// `recv(2)` into memory not yet initialised (a new `bytes` object's
-/// storage): `recv` only writes to it.
-pub fn recv_uninit(
-    fd: RawFd,
-    buf: &mut [MaybeUninit<u8>],
-    flags: libc::c_int,
-) -> Result<Option<usize>, Errno> {
+/// storage): `recv` only writes to it. With [`RECV_FLAGS`].
+pub fn recv_uninit(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> Result<Option<usize>, Errno> {
     // SAFETY: `buf` is valid for writes of its length during the call.
-    retry(|| unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) })
+    retry(|| unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), RECV_FLAGS) })
 }
 
 /// How many bytes are queued for reading on a socket (`FIONREAD`); 0 when
@@ -70,18 +71,24 @@ pub fn queued_bytes(fd: RawFd) -> usize {
     }
 }
 
-/// `recvfrom(2)` into `buf`: the size received and the sender.
-pub fn recvfrom(
-    fd: RawFd,
-    buf: &mut [u8],
-    flags: libc::c_int,
-) -> Result<Option<(usize, SockAddr)>, Errno> {
+/// `recvfrom(2)` into `buf`, with [`RECV_FLAGS`]: the size received and the
+/// sender.
+pub fn recvfrom(fd: RawFd, buf: &mut [u8]) -> Result<Option<(usize, SockAddr)>, Errno> {
     let mut sender = None;
     let got = retry(|| {
         let (got, from) = sockaddr::filled_by(|addr, len| {
             // SAFETY: `buf` is valid for writes of its length, `addr` and
             // `len` are a valid address buffer and its length.
-            unsafe { libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), flags, addr, len) }
+            unsafe {
+                libc::recvfrom(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    RECV_FLAGS,
+                    addr,
+                    len,
+                )
+            }
         });
         sender = Some(from);
         got
@@ -94,20 +101,24 @@ pub fn recvfrom(
 pub const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
 
 /// `sendto(2)` of `data` to `dest`, or `send(2)` on a connected socket
-/// when `dest` is `None`.
-pub fn send(
-    fd: RawFd,
-    data: &[u8],
-    dest: Option<&SockAddr>,
-    flags: libc::c_int,
-) -> Result<Option<usize>, Errno> {
+/// when `dest` is `None`, with [`SEND_FLAGS`].
+pub fn send(fd: RawFd, data: &[u8], dest: Option<&SockAddr>) -> Result<Option<usize>, Errno> {
     let (addr, addr_len) = match dest {
         Some(dest) => (dest.as_ptr().cast::<libc::sockaddr>(), dest.len()),
         None => (std::ptr::null(), 0),
     };
     // SAFETY: `data` is valid for reads of its length; the address, if any,
     // is a valid sockaddr of `addr_len` bytes.
-    retry(|| unsafe { libc::sendto(fd, data.as_ptr().cast(), data.len(), flags, addr, addr_len) })
+    retry(|| unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            SEND_FLAGS,
+            addr,
+            addr_len,
+        )
+    })
 }
 
 /// `accept4(2)`: the new descriptor and the peer's address.

@@ -208,9 +208,7 @@ impl DatagramTransport {
                 };
             }
         };
-        let result = with_bytes(data, "data", |bytes| {
-            sys_io::send(self.fd, bytes, native, sys_io::SEND_FLAGS)
-        });
+        let result = with_bytes(data, "data", |bytes| sys_io::send(self.fd, bytes, native));
         match result {
             Ok(result) => Ok(sent(py, result)),
             // What `socket.sendto` raises for it in asyncio's transport.
@@ -285,7 +283,7 @@ impl DatagramTransport {
         }
         let received = reads::with_read_buffer(|buffer| {
             let buffer = &mut buffer[..READ_SIZE];
-            sys_io::recvfrom(this.fd, buffer, libc::MSG_DONTWAIT)
+            sys_io::recvfrom(this.fd, buffer)
                 .map(|got| got.map(|(count, from)| (PyBytes::new(py, &buffer[..count]), from)))
         });
         match received {
@@ -345,14 +343,8 @@ impl DatagramTransport {
                     let data = PyBytes::new(py, &pending.data);
                     this.send_now(py, &pending.dest, data.as_any())?
                 }
-                Dest::Connected => sent(
-                    py,
-                    sys_io::send(this.fd, &pending.data, None, sys_io::SEND_FLAGS),
-                ),
-                Dest::Native(addr) => sent(
-                    py,
-                    sys_io::send(this.fd, &pending.data, Some(addr), sys_io::SEND_FLAGS),
-                ),
+                Dest::Connected => sent(py, sys_io::send(this.fd, &pending.data, None)),
+                Dest::Native(addr) => sent(py, sys_io::send(this.fd, &pending.data, Some(addr))),
             };
             match outcome {
                 Sent::Done => drop(pending),
