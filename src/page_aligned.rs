@@ -10,8 +10,26 @@
 //! machine (AMD EPYC) that made `_copy_to_iter` 19-20% of the 10 KiB
 //! Protocol echo server's CPU samples instead of 3% (uvloop's share); with
 //! the destination at any other offset tried, 3-4.5%.
+//!
+//! Buffers the loop does not own (a `BufferedProtocol`'s, `sock_recv_into`'s)
+//! can start at such an offset too: a `bytearray` of 128 KiB or more is
+//! glibc's `mmap` path again. [`is_slow_copy_destination`] says which starts
+//! to avoid.
 
 const PAGE: usize = 4096;
+
+/// Destinations starting this many bytes past a page boundary made the
+/// kernel's copy of page-aligned data slow on this machine: a 100 KiB
+/// `BufferedProtocol` echo took twice the server CPU per request with its
+/// buffer at 8, 16 or 24 bytes into a page, and the same as at 0 with it at
+/// 32, 48, 64, 2,064 or 4,080 (docs/performance.md, session 17).
+const SLOW_OFFSETS: std::ops::Range<usize> = 1..32;
+
+/// Whether received data copied to `start` would be copied slowly (see
+/// [`SLOW_OFFSETS`]).
+pub fn is_slow_copy_destination(start: *const u8) -> bool {
+    SLOW_OFFSETS.contains(&(start as usize % PAGE))
+}
 
 /// `len` zeroed bytes starting on a page boundary: a page more is allocated
 /// and the part before the first boundary left unused. Pages are mapped
@@ -45,5 +63,18 @@ mod tests {
         assert_eq!(bytes.as_ptr() as usize % PAGE, 0);
         assert_eq!(bytes.len(), 256 * 1024);
         assert!(bytes.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn only_starts_just_past_a_page_boundary_are_slow() {
+        let page = PAGE as *const u8;
+        let at = |offset: usize| page.wrapping_add(offset);
+        assert!(!is_slow_copy_destination(at(0)));
+        assert!(is_slow_copy_destination(at(1)));
+        assert!(is_slow_copy_destination(at(16)));
+        assert!(is_slow_copy_destination(at(31)));
+        assert!(!is_slow_copy_destination(at(32)));
+        assert!(!is_slow_copy_destination(at(PAGE - 16)));
+        assert!(is_slow_copy_destination(at(5 * PAGE + 16)));
     }
 }

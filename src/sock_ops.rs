@@ -413,7 +413,7 @@ fn recv_unless_empty(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Errno> 
     if buf.is_empty() {
         return Ok(Some(0));
     }
-    sys_io::recv(fd, buf)
+    reads::recv_into(fd, buf)
 }
 
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {

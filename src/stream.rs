@@ -40,7 +40,7 @@ use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::handles::report_as_handle_error;
 use crate::poller::{Interest, Readiness};
-use crate::reads::{ReadCall, ReadSizeHint, Received, READ_SIZE};
+use crate::reads::{self, ReadCall, ReadSizeHint, Received, READ_SIZE};
 use crate::transport_common;
 use crate::{recycled_bytes, sockaddr, sys_io};
 
@@ -214,11 +214,6 @@ fn send_parts(fd: RawFd, parts: &[&[u8]]) -> Result<usize, Errno> {
     }
 }
 
-/// `recv` into `buffer`; `Ok(None)` means "nothing to read right now".
-fn recv_some(fd: RawFd, buffer: &mut [u8]) -> Result<Option<usize>, Errno> {
-    sys_io::recv(fd, buffer)
-}
-
 impl StreamTransport {
     fn loop_ref<'py>(&self, py: Python<'py>) -> &Bound<'py, Loop> {
         self.loop_.bind(py)
@@ -328,7 +323,7 @@ impl StreamTransport {
             if slice.is_empty() {
                 return Err(None);
             }
-            recv_some(this.fd, slice).map_err(Some)
+            reads::recv_into(this.fd, slice).map_err(Some)
         });
         let received = match received {
             Ok(result) => result,

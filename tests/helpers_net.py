@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import mmap
 import os
 import resource
 import socket
@@ -28,6 +30,16 @@ def _probe_ipv6() -> bool:
 
 
 HAS_IPV6 = _probe_ipv6()
+
+
+def buffer_at_page_offset(size: int, offset: int) -> memoryview:
+    """A writable buffer of `size` bytes starting `offset` bytes past a page
+    boundary (a kernel copy of received data to some offsets is slow, and a
+    loop may then receive such data another way)."""
+    backing = bytearray(size + 2 * mmap.PAGESIZE)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(backing))
+    skip = (offset - address) % mmap.PAGESIZE
+    return memoryview(backing)[skip : skip + size]
 
 
 def count_fds() -> int:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from helpers_net import buffer_at_page_offset
 from loop_helpers import only_ferroloop
 
 _T = TypeVar("_T")
@@ -95,6 +96,35 @@ def test_recv_into_and_memoryview_send(loop_factory: LoopFactory, pair: Any) -> 
         return count, bytes(buf[:count])
 
     assert run(loop_factory, main) == (4, b"cdef")
+
+
+@pytest.mark.parametrize("page_offset", [0, 16, 31, 32])
+def test_recv_into_a_buffer_at_any_page_offset(
+    loop_factory: LoopFactory, pair: Any, page_offset: int
+) -> None:
+    """Whatever page offset the buffer starts at (for some, ferroloop
+    receives into its own buffer first and copies), the data arrives whole
+    and in order, in reads no larger than the buffer."""
+    a, b = pair
+    data = os.urandom(3 << 20)
+
+    async def main() -> tuple[bytes, int]:
+        loop = asyncio.get_running_loop()
+        buf = buffer_at_page_offset(512 * 1024, page_offset)
+        sender = asyncio.create_task(loop.sock_sendall(b, data))
+        received = bytearray()
+        largest = 0
+        while len(received) < len(data):
+            count = await loop.sock_recv_into(a, buf)
+            assert count > 0
+            largest = max(largest, count)
+            received += buf[:count]
+        await sender
+        return bytes(received), largest
+
+    received, largest = run(loop_factory, main)
+    assert received == data
+    assert largest <= 512 * 1024
 
 
 def test_empty_buffer_objects(loop_factory: LoopFactory, pair: Any) -> None:
