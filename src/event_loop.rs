@@ -182,15 +182,18 @@ pub struct Loop {
     /// When the busy loop last let other threads take the GIL (`monotonic()`
     /// as f64 bits).
     gil_shared_at: AtomicU64,
+    /// `sys.getswitchinterval()` when the run started (seconds, f64 bits):
+    /// how long other threads may wait for the GIL before they ask for it.
+    switch_interval: AtomicU64,
 }
 
 /// A busy loop (one that does not sleep) runs pending Python signal handlers,
 /// and sees whether it is time to share the GIL, this often, in iterations.
 const BUSY_CHECK_INTERVAL: u32 = 16;
 
-/// A busy loop lets other threads take the GIL at most this often (seconds):
-/// the interpreter's default switch interval.
-const GIL_SHARE_INTERVAL: f64 = 0.005;
+/// CPython's default switch interval (seconds), used by `_run_once` outside
+/// a run; a run reads the interpreter's own.
+const DEFAULT_SWITCH_INTERVAL: f64 = 0.005;
 
 fn current_thread_id() -> u64 {
     // SAFETY: pthread_self has no preconditions. It is also what
@@ -389,7 +392,7 @@ impl Loop {
     fn share_gil_if_due(&self, py: Python<'_>) {
         let now = monotonic();
         let shared_at = f64::from_bits(self.gil_shared_at.load(Ordering::Relaxed));
-        if now - shared_at >= GIL_SHARE_INTERVAL {
+        if now - shared_at >= f64::from_bits(self.switch_interval.load(Ordering::Relaxed)) {
             py.detach(|| ());
             self.gil_shared_at.store(now.to_bits(), Ordering::Relaxed);
         }
@@ -397,8 +400,7 @@ impl Loop {
 
     /// Steps 1-4 of an iteration: sleep as long as allowed, then queue
     /// everything that became ready.
-    fn collect_ready(&self, py: Python<'_>, clock: &Clock<'_>) -> PyResult<()> {
-        let poller = self.poller()?;
+    fn collect_ready(&self, py: Python<'_>, poller: &Poller, clock: &Clock<'_>) -> PyResult<()> {
         let mut garbage = Garbage::default();
         let now = clock.patched_now()?;
         let (mut timeout_ms, mut watching) = self.sleep_budget_ms(&mut garbage, now);
@@ -452,7 +454,7 @@ impl Loop {
         {
             let mut state = self.state.lock();
             if !events.is_empty() {
-                queue_io(py, &mut state, &poller, &events, &mut garbage);
+                queue_io(py, &mut state, poller, &events, &mut garbage);
             }
             // No clock read in iterations without timers.
             if !state.timers.is_empty() {
@@ -511,8 +513,10 @@ impl Loop {
         outcome
     }
 
-    fn run_once(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
-        self.collect_ready(slf.py(), &Clock::of(slf)?)?;
+    /// One iteration. `poller` is the loop's own, which the caller holds
+    /// (a running loop cannot be closed, so `run_forever` fetches it once).
+    fn run_once(&self, slf: &Bound<'_, Self>, poller: &Poller) -> PyResult<()> {
+        self.collect_ready(slf.py(), poller, &Clock::of(slf)?)?;
         self.run_ready(slf)
     }
 
@@ -554,6 +558,7 @@ enum Clock<'py> {
 }
 
 impl<'py> Clock<'py> {
+    #[inline]
     fn of(slf: &Bound<'py, Loop>) -> PyResult<Self> {
         let time = pyo3::intern!(slf.py(), "time");
         if slf.get().class_time.load(Ordering::Relaxed) || Loop::_instance_has(slf, time)? {
@@ -564,6 +569,7 @@ impl<'py> Clock<'py> {
 
     /// The patched clock's time now; None for the monotonic clock, which
     /// callers read themselves only when they need it.
+    #[inline]
     fn patched_now(&self) -> PyResult<Option<f64>> {
         match self {
             Self::Monotonic => Ok(None),
@@ -804,6 +810,7 @@ impl Loop {
             class_time: AtomicBool::new(defines_own_time(cls)?),
             busy_iterations: AtomicU32::new(0),
             gil_shared_at: AtomicU64::new(0),
+            switch_interval: AtomicU64::new(DEFAULT_SWITCH_INTERVAL.to_bits()),
         })
     }
 
@@ -941,7 +948,8 @@ impl Loop {
                 "Cannot run the event loop while another loop is running",
             ));
         }
-        if !this.poller()?.owned_by_this_process() {
+        let poller = this.poller()?;
+        if !poller.owned_by_this_process() {
             return Err(PyRuntimeError::new_err(
                 "this event loop was created before fork(); \
                  create a new event loop in the child process",
@@ -950,6 +958,9 @@ impl Loop {
         slf.call_method1("_set_coroutine_origin_tracking", (this.is_debug(),))?;
         let sys = python_api::sys(py)?;
         let old_hooks = sys.call_method0("get_asyncgen_hooks")?;
+        let switch_interval: f64 = sys.call_method0("getswitchinterval")?.extract()?;
+        this.switch_interval
+            .store(switch_interval.to_bits(), Ordering::Relaxed);
         this.thread_id.store(current_thread_id(), Ordering::Relaxed);
         // Again: the class may have been patched since the loop was made.
         this.class_time
@@ -965,7 +976,7 @@ impl Loop {
             sys.call_method("set_asyncgen_hooks", (), Some(&hooks))?;
             python_api::set_running_loop(py, slf.as_any())?;
             loop {
-                this.run_once(slf)?;
+                this.run_once(slf, &poller)?;
                 if this.stopping.load(Ordering::Relaxed) {
                     return Ok(());
                 }
@@ -985,7 +996,9 @@ impl Loop {
 
     /// One iteration of the loop (asyncio's `_run_once`).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        slf.get().run_once(slf)
+        let this = slf.get();
+        let poller = this.poller()?;
+        this.run_once(slf, &poller)
     }
 
     /// Stop after the callbacks of the current iteration have run.
@@ -1031,7 +1044,9 @@ impl Loop {
         match dict {
             Some(slot) if !unsafe { *slot }.is_null() => {
                 let dict = unsafe { Bound::from_borrowed_ptr(slf.py(), *slot) };
-                dict.cast::<PyDict>()?.contains(name)
+                let dict = dict.cast::<PyDict>()?;
+                // Checked every iteration (`Clock::of`); most loops' dicts are empty.
+                Ok(!dict.is_empty() && dict.contains(name)?)
             }
             _ => Ok(false),
         }

@@ -295,7 +295,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
         Kind::RecvInto { buf } => {
             let got = with_bytes_mut(buf.bind(py), "buffer", |slice| recv_unless_empty(fd, slice))?;
             match got.map_err(|errno| os_error(py, errno))? {
-                Some(count) => Ok(Some(count.into_pyobject(py)?.into_any().unbind())),
+                Some(count) => Ok(Some(python_api::byte_count(py, count)?.unbind())),
                 None => Ok(None),
             }
         }
@@ -351,7 +351,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
             SendTarget::Native(addr) => {
                 let sent = data.with_slice(py, |bytes| sys_io::send(fd, bytes, Some(addr)));
                 match sent.map_err(|errno| os_error(py, errno))? {
-                    Some(count) => Ok(Some(count.into_pyobject(py)?.into_any().unbind())),
+                    Some(count) => Ok(Some(python_api::byte_count(py, count)?.unbind())),
                     None => Ok(None),
                 }
             }

@@ -42,7 +42,7 @@ use crate::handles::report_as_handle_error;
 use crate::poller::{Interest, Readiness};
 use crate::reads::{self, ReadCall, ReadSizeHint, Received, READ_SIZE};
 use crate::transport_common;
-use crate::{recycled_bytes, sockaddr, sys_io};
+use crate::{python_api, recycled_bytes, sockaddr, sys_io};
 
 /// asyncio reads at most this much per `recv`.
 /// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES.
@@ -339,7 +339,9 @@ impl StreamTransport {
             Ok(None) => Ok(()),
             Ok(Some(0)) => Self::eof(slf, protocol),
             Ok(Some(count)) => {
-                match protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (count,)) {
+                match python_api::byte_count(py, count).and_then(|count| {
+                    protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (count,))
+                }) {
                     Ok(_) => Ok(()),
                     Err(err) => Self::fatal_error(
                         slf,

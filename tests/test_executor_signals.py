@@ -540,10 +540,14 @@ def test_signal_handler_runs_while_only_native_callbacks_keep_the_loop_busy(loop
         spin.__setstate__((print, (), {}, None))  # break the self-reference
 
 
-def test_other_threads_run_while_only_native_callbacks_keep_the_loop_busy(loop):
-    # The same kind of busy loop: a thread must still get the GIL to stop it.
+@pytest.mark.parametrize("switch_interval", [None, 0.02])
+def test_other_threads_run_while_only_native_callbacks_keep_the_loop_busy(loop, switch_interval):
+    # The same kind of busy loop: a thread must still get the GIL to stop it,
+    # whatever the interpreter's switch interval (ferroloop reads it per run).
     import faulthandler
     import functools
+
+    default_interval = sys.getswitchinterval()
 
     spin = functools.partial(loop.call_soon)
     spin.__setstate__((loop.call_soon, (spin,), {}, None))
@@ -552,10 +556,13 @@ def test_other_threads_run_while_only_native_callbacks_keep_the_loop_busy(loop):
     # pytest-timeout (its handler needs bytecode too): end the process instead.
     faulthandler.dump_traceback_later(30, exit=True)
     try:
+        if switch_interval is not None:
+            sys.setswitchinterval(switch_interval)
         loop.call_soon(spin)
         stopper.start()
         loop.run_forever()
     finally:
+        sys.setswitchinterval(default_interval)
         faulthandler.cancel_dump_traceback_later()
         stopper.cancel()
         spin.__setstate__((print, (), {}, None))  # break the self-reference
