@@ -39,7 +39,7 @@ use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::poller::{Interest, Readiness};
-use crate::reads::{self, ReadCall, ReadSizeHint, Received};
+use crate::reads::{self, Framing, ReadCall, ReadSizeHint, Received};
 use crate::transport_common;
 use crate::{recycled_bytes, sys_io};
 
@@ -259,7 +259,10 @@ impl PipeTransport {
     fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let received = this.read_size.read(py, this.fd, ReadCall::Read, READ_SIZE);
+        // A "pipe" may be any descriptor, a datagram socket among them.
+        let received =
+            this.read_size
+                .read(py, this.fd, ReadCall::Read, READ_SIZE, Framing::Unknown);
         match received {
             Ok(Received::WouldBlock) => Ok(()),
             Ok(Received::Eof) => Self::eof(slf, protocol),

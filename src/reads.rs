@@ -15,12 +15,14 @@
 //! traffic tends to keep its message size. Direct reads are capped under
 //! glibc's 128 KiB mmap threshold, above which every allocation would be a
 //! fresh `mmap` (and every free a `munmap`), far dearer than the copy.
-//! Stream sockets and pipes both answer `FIONREAD`.
+//! Stream sockets and pipes both answer `FIONREAD`. A capped read is right
+//! for a byte stream only: where a descriptor may carry datagrams
+//! ([`Framing::Unknown`]), nothing is read shorter than the caller asked.
 //!
-//! [`recv_into`] receives into a buffer the caller owns (a
-//! `BufferedProtocol`'s, `sock_recv_into`'s). It and direct reads go through
-//! the shared buffer when the destination starts where the kernel copies
-//! slowly (see `page_aligned`).
+//! [`recv_into`] and [`recvfrom_into`] receive into a buffer the caller owns
+//! (a `BufferedProtocol`'s, `sock_recv_into`'s, `sock_recvfrom_into`'s). They
+//! and direct reads go through the shared buffer when the destination starts
+//! where the kernel copies slowly (see `page_aligned`).
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -31,6 +33,7 @@ use nix::errno::Errno;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use socket2::SockAddr;
 
 use crate::errors::os_error;
 use crate::page_aligned::{self, PageAlignedBuffer};
@@ -120,50 +123,100 @@ fn read_copied(py: Python<'_>, fd: RawFd, call: ReadCall, limit: usize) -> PyRes
 const STAGING_OFFSET: usize = 64;
 
 /// `recv` into `buffer`, a buffer the caller owns; `Ok(None)` means nothing
-/// to read right now. See [`read_into`].
-pub fn recv_into(fd: RawFd, buffer: &mut [u8]) -> Result<Option<usize>, Errno> {
-    read_into(fd, ReadCall::Recv, as_uninit(buffer))
+/// to read right now. See [`staged_if_slow`].
+pub fn recv_into(fd: RawFd, buffer: &mut [u8], framing: Framing) -> Result<Option<usize>, Errno> {
+    read_into(fd, ReadCall::Recv, as_uninit(buffer), framing)
 }
 
-/// Reads into `buffer`. One starting where the kernel's copy is slow gets
-/// the data through the shared buffer: one more copy, ours, costs a
-/// fraction of what the slow copy loses (100 KiB `BufferedProtocol` echo:
-/// about half the server CPU per request).
+/// `recvfrom` of one datagram into `buffer`, a buffer the caller owns, with
+/// the sender; `Ok(None)` means nothing to read right now. See
+/// [`staged_if_slow`].
+pub fn recvfrom_into(fd: RawFd, buffer: &mut [u8]) -> Result<Option<(usize, SockAddr)>, Errno> {
+    staged_if_slow(as_uninit(buffer), Framing::Unknown, |target| {
+        sys_io::recvfrom_uninit(fd, target)
+    })
+}
+
+/// Reads into `buffer`. See [`staged_if_slow`].
 fn read_into(
     fd: RawFd,
     call: ReadCall,
     buffer: &mut [MaybeUninit<u8>],
+    framing: Framing,
 ) -> Result<Option<usize>, Errno> {
+    let got = staged_if_slow(buffer, framing, |target| {
+        Ok(call.call(fd, target)?.map(|count| (count, ())))
+    })?;
+    Ok(got.map(|(count, ())| count))
+}
+
+/// What a descriptor carries, as far as its reader knows: whether a read
+/// may ask the kernel for less than the caller asked for.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Framing {
+    /// A byte stream (a stream transport's socket): what is not read now is
+    /// read next time.
+    Stream,
+    /// Perhaps datagrams or records (a socket or "pipe" the application
+    /// handed over): a read shorter than one would cut it and lose the rest.
+    Unknown,
+}
+
+/// Runs `read` (a read that reports how many bytes it wrote, and something
+/// else) on `buffer`; or, if `buffer` starts where the kernel's copy is
+/// slow, on the shared buffer, and copies what it wrote. One more copy, ours,
+/// costs a fraction of what the slow copy loses (100 KiB `BufferedProtocol`
+/// echo: about half the server CPU per request). A buffer larger than the
+/// staging area is staged only if `framing` allows a shorter read.
+fn staged_if_slow<T>(
+    buffer: &mut [MaybeUninit<u8>],
+    framing: Framing,
+    read: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<Option<(usize, T)>, Errno>,
+) -> Result<Option<(usize, T)>, Errno> {
     if !page_aligned::is_slow_copy_destination(buffer.as_ptr().cast()) {
-        return call.call(fd, buffer);
+        return read(buffer);
     }
     with_read_buffer(|shared| {
         let staging = &mut shared[STAGING_OFFSET..];
+        if framing == Framing::Unknown && buffer.len() > staging.len() {
+            return read(buffer);
+        }
         let limit = buffer.len().min(staging.len());
-        let count = call.call(fd, as_uninit(&mut staging[..limit]))?;
-        if let Some(count) = count {
+        let got = read(as_uninit(&mut staging[..limit]))?;
+        if let Some((count, _)) = &got {
             // SAFETY: both are valid for `count` bytes (`count` <= `limit`),
             // and the shared buffer is not the caller's.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     staging.as_ptr(),
                     buffer.as_mut_ptr().cast::<u8>(),
-                    count,
+                    *count,
                 );
             }
         }
-        Ok(count)
+        Ok(got)
     })
 }
 
 /// Reads straight into a new `bytes` of the size queued (at most `limit`
 /// and the cap). With nothing queued (end of file, a pending error, a
-/// spurious wake-up) the copied path finds out which.
-fn read_direct(py: Python<'_>, fd: RawFd, call: ReadCall, limit: usize) -> PyResult<Received<'_>> {
-    let size = sys_io::queued_bytes(fd).min(DIRECT_READ_CAP).min(limit);
-    if size == 0 {
+/// spurious wake-up) the copied path finds out which. With more than the cap
+/// queued, a read of only the cap is right for a byte stream but would cut
+/// short a datagram or record (`FIONREAD` is then the next one's size, or
+/// all of them): a descriptor not known to be a stream is asked.
+fn read_direct(
+    py: Python<'_>,
+    fd: RawFd,
+    call: ReadCall,
+    limit: usize,
+    framing: Framing,
+) -> PyResult<Received<'_>> {
+    let queued = sys_io::queued_bytes(fd);
+    let capped = queued > DIRECT_READ_CAP && limit > DIRECT_READ_CAP;
+    if queued == 0 || (capped && framing == Framing::Unknown && !sys_io::is_byte_stream(fd)) {
         return read_copied(py, fd, call, limit);
     }
+    let size = queued.min(DIRECT_READ_CAP).min(limit);
     let object = recycled_bytes::new_uninit(py, size)?;
     // SAFETY: the object owns `size` bytes of storage, and nobody else can
     // see the object until this function returns it.
@@ -171,7 +224,7 @@ fn read_direct(py: Python<'_>, fd: RawFd, call: ReadCall, limit: usize) -> PyRes
         let data = ffi::PyBytes_AS_STRING(object.as_ptr()) as *mut MaybeUninit<u8>;
         std::slice::from_raw_parts_mut(data, size)
     };
-    let count = read_into(fd, call, storage).map_err(|errno| os_error(py, errno))?;
+    let count = read_into(fd, call, storage, framing).map_err(|errno| os_error(py, errno))?;
     match count {
         Some(count) if count > 0 && count < size => {
             Ok(Received::Data(shrink_new_bytes(object, count)?))
@@ -202,9 +255,10 @@ impl ReadSizeHint {
         fd: RawFd,
         call: ReadCall,
         limit: usize,
+        framing: Framing,
     ) -> PyResult<Received<'py>> {
         let large = self.0.load(Ordering::Relaxed);
-        let received = read_adaptive(py, fd, call, limit, large)?;
+        let received = read_adaptive(py, fd, call, limit, framing, large)?;
         if let Received::Data(data) = &received {
             let now_large = is_large(data);
             if now_large != large {
@@ -221,10 +275,11 @@ pub fn read_adaptive(
     fd: RawFd,
     call: ReadCall,
     limit: usize,
+    framing: Framing,
     previous_was_large: bool,
 ) -> PyResult<Received<'_>> {
     if previous_was_large {
-        read_direct(py, fd, call, limit)
+        read_direct(py, fd, call, limit, framing)
     } else {
         read_copied(py, fd, call, limit)
     }
@@ -280,14 +335,72 @@ mod tests {
             let destination = &mut backing.as_mut_slice()[offset..offset + 4_000];
             let staged = page_aligned::is_slow_copy_destination(destination.as_ptr());
             assert_eq!(staged, offset == 16);
-            let count = read_into(read_end.as_raw_fd(), ReadCall::Read, as_uninit(destination));
+            let count = read_into(
+                read_end.as_raw_fd(),
+                ReadCall::Read,
+                as_uninit(destination),
+                Framing::Stream,
+            );
             assert_eq!(count, Ok(Some(4_000)));
             let start = if staged { 0 } else { 4_000 };
             assert_eq!(destination, &data[start..start + 4_000]);
         }
         drop(write_end);
         let mut rest = [0u8; 4_000];
-        let count = read_into(read_end.as_raw_fd(), ReadCall::Read, as_uninit(&mut rest));
+        let count = read_into(
+            read_end.as_raw_fd(),
+            ReadCall::Read,
+            as_uninit(&mut rest),
+            Framing::Stream,
+        );
         assert_eq!(count, Ok(Some(2_000)));
+    }
+
+    #[test]
+    fn a_datagram_for_a_slow_destination_arrives_whole() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors socketpair(2) writes.
+        let made =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(made, 0);
+        // SAFETY: both descriptors are new and owned by nobody else.
+        let (receiver, sender) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let datagram: Vec<u8> = (0..3_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        for offset in [16, 64] {
+            assert_eq!(
+                sys_io::write(sender.as_raw_fd(), &datagram),
+                Ok(Some(datagram.len()))
+            );
+            let mut backing = PageAlignedBuffer::zeroed(2 * 4096);
+            let destination = &mut backing.as_mut_slice()[offset..offset + 4_000];
+            let got =
+                recvfrom_into(receiver.as_raw_fd(), destination).map(|got| got.map(|(n, _)| n));
+            assert_eq!(got, Ok(Some(3_000)));
+            assert_eq!(&destination[..3_000], &datagram[..]);
+        }
+        assert_eq!(
+            recvfrom_into(receiver.as_raw_fd(), &mut [0u8; 16]).map(|got| got.is_none()),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn a_buffer_larger_than_the_staging_area_is_staged_only_if_a_short_read_is_allowed() {
+        let mut backing = PageAlignedBuffer::zeroed(READ_SIZE + 2 * 4096);
+        let buffer = as_uninit(&mut backing.as_mut_slice()[16..16 + READ_SIZE]);
+        let caller = buffer.as_ptr();
+        let seen_by = |framing, buffer: &mut [MaybeUninit<u8>]| {
+            staged_if_slow(buffer, framing, |target| {
+                Ok(Some((0, (target.as_ptr(), target.len()))))
+            })
+            .unwrap()
+            .unwrap()
+            .1
+        };
+        assert_eq!(seen_by(Framing::Unknown, buffer), (caller, READ_SIZE));
+        let (staged, limit) = seen_by(Framing::Stream, buffer);
+        assert_ne!(staged, caller);
+        assert_eq!(limit, READ_SIZE - STAGING_OFFSET);
     }
 }

@@ -45,7 +45,7 @@ use crate::buffers::{self, with_bytes_mut};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::poller::{Interest, Readiness};
-use crate::reads::{self, ReadCall, Received};
+use crate::reads::{self, Framing, ReadCall, Received};
 use crate::{python_api, sockaddr, sys_io};
 
 thread_local! {
@@ -325,7 +325,7 @@ fn attempt(kind: &mut Kind, py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyA
             let got = with_bytes_mut(buf.bind(py), "buffer", |slice| {
                 let limit = if nbytes == 0 { slice.len() } else { nbytes };
                 match slice.get_mut(..limit) {
-                    Some(target) => Ok(sys_io::recvfrom(fd, target)),
+                    Some(target) => Ok(reads::recvfrom_into(fd, target)),
                     None => Err(PyValueError::new_err(
                         "nbytes is greater than the length of the buffer",
                     )),
@@ -413,7 +413,8 @@ fn recv_unless_empty(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Errno> 
     if buf.is_empty() {
         return Ok(Some(0));
     }
-    reads::recv_into(fd, buf)
+    // Any socket type: a datagram must not be read shorter than `buf`.
+    reads::recv_into(fd, buf, Framing::Unknown)
 }
 
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
@@ -434,7 +435,7 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
     // remembered per descriptor number, a hint that costs at worst one
     // `ioctl` if the number is reused.
     let large = LARGE_RECVS.with_borrow(|fds| fds.contains(&fd));
-    let received = reads::read_adaptive(py, fd, ReadCall::Recv, n, large)?;
+    let received = reads::read_adaptive(py, fd, ReadCall::Recv, n, Framing::Unknown, large)?;
     let data = match received {
         Received::WouldBlock => return Ok(None),
         Received::Eof => PyBytes::new(py, b""),

@@ -40,7 +40,7 @@ use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::handles::report_as_handle_error;
 use crate::poller::{Interest, Readiness};
-use crate::reads::{self, ReadCall, ReadSizeHint, Received, READ_SIZE};
+use crate::reads::{self, Framing, ReadCall, ReadSizeHint, Received, READ_SIZE};
 use crate::transport_common;
 use crate::{python_api, recycled_bytes, sockaddr, sys_io};
 
@@ -281,7 +281,9 @@ impl StreamTransport {
     fn read_into_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let received = this.read_size.read(py, this.fd, ReadCall::Recv, READ_SIZE);
+        let received = this
+            .read_size
+            .read(py, this.fd, ReadCall::Recv, READ_SIZE, Framing::Stream);
         match received {
             Ok(Received::WouldBlock) => Ok(()),
             Ok(Received::Eof) => Self::eof(slf, protocol),
@@ -323,7 +325,8 @@ impl StreamTransport {
             if slice.is_empty() {
                 return Err(None);
             }
-            reads::recv_into(this.fd, slice).map_err(Some)
+            // Stream transports carry only stream sockets.
+            reads::recv_into(this.fd, slice, Framing::Stream).map_err(Some)
         });
         let received = match received {
             Ok(result) => result,

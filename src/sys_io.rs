@@ -71,9 +71,43 @@ pub fn queued_bytes(fd: RawFd) -> usize {
     }
 }
 
+/// Whether `fd` carries a byte stream: a stream socket, or no socket at all
+/// (a pipe, a terminal). Datagram and sequenced-packet sockets are not.
+pub fn is_byte_stream(fd: RawFd) -> bool {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_TYPE writes one int through the pointer, at most `len` bytes.
+    let result = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if result < 0 {
+        Errno::last() == Errno::ENOTSOCK
+    } else {
+        kind == libc::SOCK_STREAM
+    }
+}
+
 /// `recvfrom(2)` into `buf`, with [`RECV_FLAGS`]: the size received and the
 /// sender.
 pub fn recvfrom(fd: RawFd, buf: &mut [u8]) -> Result<Option<(usize, SockAddr)>, Errno> {
+    // SAFETY: initialised bytes are valid `MaybeUninit<u8>`s, and `recvfrom`
+    // writes only initialised bytes.
+    recvfrom_uninit(fd, unsafe {
+        &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>])
+    })
+}
+
+/// [`recvfrom`] into a buffer that need not be initialised.
+pub fn recvfrom_uninit(
+    fd: RawFd,
+    buf: &mut [MaybeUninit<u8>],
+) -> Result<Option<(usize, SockAddr)>, Errno> {
     let mut sender = None;
     let got = retry(|| {
         let (got, from) = sockaddr::filled_by(|addr, len| {
@@ -156,5 +190,38 @@ pub fn getsockopt_int(
         Err(Errno::last())
     } else {
         Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use super::*;
+
+    fn socketpair(kind: libc::c_int) -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors socketpair(2) writes.
+        assert_eq!(
+            unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: both descriptors are new and owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn streams_and_non_sockets_are_byte_streams_datagram_sockets_are_not() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors are new and owned by nobody else.
+        let pipe = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        assert!(is_byte_stream(pipe.0.as_raw_fd()));
+        assert!(is_byte_stream(socketpair(libc::SOCK_STREAM).0.as_raw_fd()));
+        assert!(!is_byte_stream(socketpair(libc::SOCK_DGRAM).0.as_raw_fd()));
+        assert!(!is_byte_stream(
+            socketpair(libc::SOCK_SEQPACKET).0.as_raw_fd()
+        ));
     }
 }

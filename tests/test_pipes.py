@@ -322,6 +322,43 @@ def test_read_from_a_socket(loop_factory: Callable[[], Any], fds_unchanged: None
     assert events == ["connection_made", "data", "eof_received", "connection_lost"]
 
 
+def test_read_from_a_datagram_socket_gives_whole_datagrams(
+    loop_factory: Callable[[], Any], fds_unchanged: None
+) -> None:
+    """asyncio reads a pipe transport's descriptor 256 KiB at a time, so a
+    datagram socket's datagrams up to that size arrive one per call, whole."""
+    sizes = [40_000, 200_000, 200_000, 150_000, 1]
+
+    class Chunks(ReadRecorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self.sizes.append(len(data))
+            if len(self.data) == sum(sizes):
+                self.transport.close()
+
+    async def main() -> tuple[list[int], bool]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with b:
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            datagrams = [os.urandom(size) for size in sizes]
+            try:
+                for datagram in datagrams:
+                    b.send(datagram)
+            except OSError as exc:  # the host caps socket buffers lower
+                a.close()
+                pytest.skip(f"cannot queue these datagrams here: {exc}")
+            _, protocol = await loop.connect_read_pipe(Chunks, a)
+            await asyncio.wait_for(protocol.done, 10)
+        return protocol.sizes, bytes(protocol.data) == b"".join(datagrams)
+
+    assert run(loop_factory, main) == (sizes, True)
+
+
 # -- write pipes ---------------------------------------------------------------
 
 

@@ -345,6 +345,87 @@ def test_udp_sendto_recvfrom(loop_factory: LoopFactory) -> None:
     assert run(loop_factory, main) == [3, b"one", True, 4, b"two!", True, 2, b"th"]
 
 
+@pytest.mark.parametrize("page_offset", [0, 16, 31, 32])
+def test_recvfrom_into_a_buffer_at_any_page_offset(
+    loop_factory: LoopFactory, page_offset: int
+) -> None:
+    """Datagrams of any size arrive whole, with their sender, in a buffer
+    starting at any page offset (ferroloop receives some of them into its
+    own buffer first); one longer than nbytes is cut to nbytes."""
+    sizes = [1, 1_500, 9_000, 65_000]
+
+    async def main() -> list[tuple[int, bool, bool]]:
+        loop = asyncio.get_running_loop()
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        nonblocking(rx, tx)
+        with rx, tx:
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            rx.bind(("127.0.0.1", 0))
+            tx.bind(("127.0.0.1", 0))
+            buf = buffer_at_page_offset(128 * 1024, page_offset)
+            results = []
+            for size in [*sizes, 65_000]:
+                datagram = os.urandom(size)
+                await loop.sock_sendto(tx, datagram, rx.getsockname())
+                limit = 4_000 if len(results) == len(sizes) else 0
+                count, source = await loop.sock_recvfrom_into(rx, buf, limit)
+                expected = datagram[:limit] if limit else datagram
+                results.append((count, bytes(buf[:count]) == expected, source == tx.getsockname()))
+            return results
+
+    assert run(loop_factory, main) == [(size, True, True) for size in [*sizes, 4_000]]
+
+
+def test_recvfrom_into_a_datagram_longer_than_a_read_buffer(
+    loop_factory: LoopFactory,
+) -> None:
+    """A datagram larger than ferroloop's own read buffer, received into a
+    buffer on a page offset it would stage, still arrives whole."""
+    size = 300 * 1024
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        nonblocking(rx, tx)
+        with rx, tx:
+            tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            datagram = os.urandom(size)
+            try:
+                tx.send(datagram)
+            except OSError as exc:  # the host caps socket buffers lower
+                pytest.skip(f"cannot send a {size}-byte datagram here: {exc}")
+            buf = buffer_at_page_offset(400 * 1024, 16)
+            count, _ = await loop.sock_recvfrom_into(rx, buf)
+            assert bytes(buf[:count]) == datagram
+            return count
+
+    assert run(loop_factory, main) == size
+
+
+def test_recv_of_large_datagrams_returns_each_whole(loop_factory: LoopFactory) -> None:
+    """sock_recv on a datagram socket returns whole datagrams up to n, also
+    after earlier large ones (ferroloop reads large messages straight into
+    their bytes object, sized by what the kernel says is queued)."""
+    sizes = [40_000, 200_000, 200_000, 50_000, 150_000, 1]
+
+    async def main() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        nonblocking(rx, tx)
+        with rx, tx:
+            tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            datagrams = [os.urandom(size) for size in sizes]
+            try:
+                for datagram in datagrams:
+                    tx.send(datagram)
+            except OSError as exc:  # the host caps socket buffers lower
+                pytest.skip(f"cannot queue these datagrams here: {exc}")
+            return [await loop.sock_recv(rx, 256 * 1024) == d for d in datagrams]
+
+    assert run(loop_factory, main) == [True] * len(sizes)
+
+
 def test_udp_ipv6(loop_factory: LoopFactory) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
