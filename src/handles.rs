@@ -30,7 +30,8 @@ use parking_lot::Mutex;
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyTuple};
+use pyo3::pyclass::CompareOp;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::python_api::format_callback_source;
@@ -690,6 +691,24 @@ impl TimerHandle {
         }
     }
 
+    /// asyncio's `TimerHandle.__eq__`: the same time, an equal callback and
+    /// equal arguments (compared with Python's `==`), and both cancelled or not.
+    fn same_as(&self, py: Python<'_>, other: &TimerHandle) -> PyResult<bool> {
+        if self.when != other.when {
+            return Ok(false);
+        }
+        let equal = |a: Option<Py<PyAny>>, b: Option<Py<PyAny>>| match (a, b) {
+            (Some(a), Some(b)) => a.bind(py).eq(b.bind(py)),
+            (a, b) => Ok(a.is_none() && b.is_none()),
+        };
+        Ok(equal(self.slot.func(py), other.slot.func(py))?
+            && equal(
+                self.slot.args(py)?.map(Py::into_any),
+                other.slot.args(py)?.map(Py::into_any),
+            )?
+            && self.is_cancelled() == other.is_cancelled())
+    }
+
     /// Called by the loop when the timer leaves the heap.
     pub fn mark_unscheduled(&self) {
         self.scheduled.store(false, Ordering::Relaxed);
@@ -778,8 +797,29 @@ impl TimerHandle {
         describe_handle(py, "TimerHandle", &self.slot, Some(self.when), &self.debug)
     }
 
-    fn __hash__(&self) -> u64 {
-        self.when.to_bits()
+    /// asyncio's: the hash of the time (so a handle hashes as its `when()`).
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        PyFloat::new(py, self.when).hash()
+    }
+
+    /// asyncio's ordering: by time; `==` also compares the callback, its
+    /// arguments and whether it was cancelled; any other type is not
+    /// comparable.
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let other = other.get();
+        let result = match op {
+            CompareOp::Lt => self.when < other.when,
+            CompareOp::Gt => self.when > other.when,
+            CompareOp::Le => self.when < other.when || self.same_as(py, other)?,
+            CompareOp::Ge => self.when > other.when || self.same_as(py, other)?,
+            CompareOp::Eq => self.same_as(py, other)?,
+            CompareOp::Ne => !self.same_as(py, other)?,
+        };
+        Ok(PyBool::new(py, result).to_owned().into_any().unbind())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

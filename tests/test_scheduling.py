@@ -507,6 +507,38 @@ def test_handle_repr_mentions_callback(loop):
     assert "cancelled" in repr(t)
 
 
+def test_timer_handles_compare_as_asyncio_s(loop):
+    """Ordered by time; equal when time, callback, arguments and cancelled
+    state are; hashed as their time; not comparable with anything else."""
+
+    def callback(*args):
+        pass
+
+    early = loop.call_at(100.0, callback, 1)
+    twin = loop.call_at(100.0, callback, 1)
+    other_args = loop.call_at(100.0, callback, 2)
+    late = loop.call_at(200, callback, 1)
+    handles = [early, twin, other_args, late]
+    try:
+        assert early < late and late > early and early <= late and late >= early
+        assert not (late < early) and not (early > late)
+        assert early == twin and not (early != twin) and early <= twin and early >= twin
+        assert early != other_args
+        assert not (early <= other_args) and not (early >= other_args)
+        assert sorted([late, early]) == [early, late]
+        assert hash(early) == hash(twin) == hash(100.0)
+        assert hash(late) == hash(200)
+        assert early.__lt__(object()) is NotImplemented
+        assert (early == 100.0) is False and early != "x"
+        with pytest.raises(TypeError):
+            early < 100.0  # noqa: B015
+        twin.cancel()
+        assert early != twin and not (early == twin)
+    finally:
+        for handle in handles:
+            handle.cancel()
+
+
 # -- contextvars ---------------------------------------------------------------------
 
 
