@@ -32,6 +32,22 @@ def _probe_ipv6() -> bool:
 HAS_IPV6 = _probe_ipv6()
 
 
+def queue_datagrams(sender: socket.socket, sizes: list[int]) -> list[bytes]:
+    """Sends datagrams of `sizes` random bytes on `sender` (its peer queues
+    them all) and returns them; skips the test where the host caps socket
+    buffers below what they need."""
+    import pytest
+
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    datagrams = [os.urandom(size) for size in sizes]
+    try:
+        for datagram in datagrams:
+            sender.send(datagram)
+    except OSError as exc:
+        pytest.skip(f"cannot queue these datagrams here: {exc}")
+    return datagrams
+
+
 def buffer_at_page_offset(size: int, offset: int) -> memoryview:
     """A writable buffer of `size` bytes starting `offset` bytes past a page
     boundary (a kernel copy of received data to some offsets is slow, and a

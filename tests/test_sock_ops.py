@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from helpers_net import buffer_at_page_offset
+from helpers_net import buffer_at_page_offset, queue_datagrams
 from loop_helpers import only_ferroloop
 
 _T = TypeVar("_T")
@@ -389,12 +389,7 @@ def test_recvfrom_into_a_datagram_longer_than_a_read_buffer(
         rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         nonblocking(rx, tx)
         with rx, tx:
-            tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-            datagram = os.urandom(size)
-            try:
-                tx.send(datagram)
-            except OSError as exc:  # the host caps socket buffers lower
-                pytest.skip(f"cannot send a {size}-byte datagram here: {exc}")
+            (datagram,) = queue_datagrams(tx, [size])
             buf = buffer_at_page_offset(400 * 1024, 16)
             count, _ = await loop.sock_recvfrom_into(rx, buf)
             assert bytes(buf[:count]) == datagram
@@ -414,13 +409,7 @@ def test_recv_of_large_datagrams_returns_each_whole(loop_factory: LoopFactory) -
         rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         nonblocking(rx, tx)
         with rx, tx:
-            tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-            datagrams = [os.urandom(size) for size in sizes]
-            try:
-                for datagram in datagrams:
-                    tx.send(datagram)
-            except OSError as exc:  # the host caps socket buffers lower
-                pytest.skip(f"cannot queue these datagrams here: {exc}")
+            datagrams = queue_datagrams(tx, sizes)
             return [await loop.sock_recv(rx, 256 * 1024) == d for d in datagrams]
 
     assert run(loop_factory, main) == [True] * len(sizes)
