@@ -110,7 +110,9 @@ def test_recv_into_a_buffer_at_any_page_offset(
 
     async def main() -> tuple[bytes, int]:
         loop = asyncio.get_running_loop()
-        buf = buffer_at_page_offset(512 * 1024, page_offset)
+        # Within ferroloop's staging area: larger buffers are read into
+        # directly, since the socket might carry datagrams.
+        buf = buffer_at_page_offset(128 * 1024, page_offset)
         sender = asyncio.create_task(loop.sock_sendall(b, data))
         received = bytearray()
         largest = 0
@@ -124,7 +126,7 @@ def test_recv_into_a_buffer_at_any_page_offset(
 
     received, largest = run(loop_factory, main)
     assert received == data
-    assert largest <= 512 * 1024
+    assert largest <= 128 * 1024
 
 
 def test_empty_buffer_objects(loop_factory: LoopFactory, pair: Any) -> None:
