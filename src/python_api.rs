@@ -1,7 +1,6 @@
 //! The few pieces of CPython's Python-level API the core calls, imported once
 //! and cached per interpreter.
 
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
@@ -223,14 +222,13 @@ fn call_with_dict<'py>(
     }
 }
 
-/// A byte count as a Python int. `PyLong_FromSsize_t` builds counts up to
-/// 2**30 on CPython's one-digit fast path; pyo3's `usize` conversion goes
-/// through `PyLong_FromUnsignedLongLong`, which does not (~50 instructions
-/// more per read handed to `buffer_updated` or returned by `sock_recv_into`).
+/// A byte count as a Python int, through `isize`: pyo3 converts that with
+/// `PyLong_FromLong`, which builds counts up to 2**30 on CPython's one-digit
+/// fast path; its `usize` conversion goes through
+/// `PyLong_FromUnsignedLongLong`, which does not (~50 instructions more per
+/// read handed to `buffer_updated` or returned by `sock_recv_into`).
 pub fn byte_count(py: Python<'_>, count: usize) -> PyResult<Bound<'_, PyAny>> {
-    let count = ffi::Py_ssize_t::try_from(count)
+    let count = isize::try_from(count)
         .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("byte count too large"))?;
-    // SAFETY: attached to the interpreter; the call returns a new reference or
-    // NULL with an exception set, which `from_owned_ptr_or_err` turns into Err.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyLong_FromSsize_t(count)) }
+    Ok(count.into_pyobject(py)?.into_any())
 }

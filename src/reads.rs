@@ -37,7 +37,8 @@ use socket2::SockAddr;
 
 use crate::errors::os_error;
 use crate::page_aligned::{self, PageAlignedBuffer};
-use crate::{recycled_bytes, sys_io};
+use crate::recycled_bytes;
+use crate::sys_io::{self, as_uninit};
 
 /// The shared buffer's size, and so the most one copied read returns.
 pub const READ_SIZE: usize = 256 * 1024;
@@ -283,12 +284,6 @@ pub fn read_adaptive(
     } else {
         read_copied(py, fd, call, limit)
     }
-}
-
-fn as_uninit(buffer: &mut [u8]) -> &mut [MaybeUninit<u8>] {
-    // SAFETY: initialised bytes are valid `MaybeUninit<u8>`s, and the read
-    // calls only ever write initialised bytes into them.
-    unsafe { &mut *(buffer as *mut [u8] as *mut [MaybeUninit<u8>]) }
 }
 
 /// Shrinks a new `bytes` that the read filled only the first `size` bytes

@@ -96,11 +96,14 @@ pub fn is_byte_stream(fd: RawFd) -> bool {
 /// `recvfrom(2)` into `buf`, with [`RECV_FLAGS`]: the size received and the
 /// sender.
 pub fn recvfrom(fd: RawFd, buf: &mut [u8]) -> Result<Option<(usize, SockAddr)>, Errno> {
-    // SAFETY: initialised bytes are valid `MaybeUninit<u8>`s, and `recvfrom`
-    // writes only initialised bytes.
-    recvfrom_uninit(fd, unsafe {
-        &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>])
-    })
+    recvfrom_uninit(fd, as_uninit(buf))
+}
+
+/// An initialised buffer as one the read calls may write into.
+pub fn as_uninit(buffer: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: initialised bytes are valid `MaybeUninit<u8>`s, and the read
+    // calls only ever write initialised bytes into them.
+    unsafe { &mut *(buffer as *mut [u8] as *mut [MaybeUninit<u8>]) }
 }
 
 /// [`recvfrom`] into a buffer that need not be initialised.
