@@ -322,16 +322,24 @@ impl Slot {
         let Some(context) = self.context() else {
             return Ok(());
         };
-        let outcome = match callback.invoke(py, context) {
+        let result = callback.invoke(py, context);
+        // Like asyncio, a run handle keeps its callback (until cancelled); it
+        // goes with the handle, or when the loop reuses the handle. Put back
+        // before any report, so that the handle in it still names its callback.
+        let callback = if self.one_shot && !self.is_cancelled() {
+            self.put_back(py, callback);
+            None
+        } else {
+            Some(callback)
+        };
+        let outcome = match result {
             Ok(()) => Ok(()),
-            Err(err) => report_callback_error(loop_, handle, Some(&callback), err),
+            Err(err) => {
+                let callback = callback.or_else(|| self.copy(py));
+                report_callback_error(loop_, handle, callback.as_ref(), err)
+            }
         };
         if self.one_shot {
-            // Like asyncio, a run handle keeps its callback (until cancelled);
-            // it goes with the handle, or when the loop reuses the handle.
-            if !self.is_cancelled() {
-                self.put_back(py, callback);
-            }
             self.return_to_collector(handle);
         }
         outcome

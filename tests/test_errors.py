@@ -83,15 +83,22 @@ def test_callback_error_message_and_handle_repr_read_as_asyncios(loop_factory, d
         loop = loop_factory()
         try:
             loop.set_debug(debug)
-            messages = []
-            loop.set_exception_handler(lambda lp, ctx: messages.append(ctx["message"]))
-            described = repr(_schedule_failing(loop))
+            messages, reported = [], []
+
+            def handler(lp, ctx):
+                messages.append(ctx["message"])
+                reported.append(repr(ctx["handle"]))
+
+            loop.set_exception_handler(handler)
+            handle = _schedule_failing(loop)
+            described = repr(handle)
             run_briefly(loop)
-            return messages, described
+            # The handle in the report, and afterwards, still names its callback.
+            return messages, described, reported, repr(handle)
         finally:
             loop.close()
 
-    messages, described = scenario()
+    messages, described, reported, described_after = scenario()
     reference = asyncio.SelectorEventLoop()
     try:
         reference.set_debug(debug)
@@ -101,6 +108,18 @@ def test_callback_error_message_and_handle_repr_read_as_asyncios(loop_factory, d
     shown = "('secret', 42)" if debug or sys.version_info < (3, 13) else "()"
     assert messages == [f"Exception in callback _fails_with{shown} at {__file__}:{_LINE_FAILS}"]
     assert described == expected_repr
+    assert reported == [expected_repr]
+    assert described_after == expected_repr
+
+
+def test_a_failing_timer_in_the_report_names_its_callback(loop):
+    reported = []
+    loop.set_exception_handler(lambda lp, ctx: reported.append(repr(ctx["handle"])))
+    loop.call_later(0.001, _fails_with, "secret")
+    run_briefly(loop, 0.02)
+    assert len(reported) == 1
+    assert reported[0].startswith("<TimerHandle when=")
+    assert "_fails_with(" in reported[0]
 
 
 def test_default_handler_logs_callback_errors(loop, caplog):
