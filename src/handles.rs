@@ -588,9 +588,15 @@ impl Handle {
     }
 
     pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
-        let origin = created_at(py, DebugOrigin::stack(&self.debug))?;
         // Only debug mode reports slow callbacks.
-        Ok(format!("<Handle {}{origin}>", callback.describe(py, true)?))
+        format_handle(
+            py,
+            "Handle",
+            false,
+            None,
+            Some(callback.describe(py, true)?),
+            DebugOrigin::stack(&self.debug),
+        )
     }
 }
 
@@ -644,6 +650,11 @@ impl Handle {
         describe_handle(py, "Handle", &self.slot, None, &self.debug)
     }
 
+    /// asyncio's: the words of the repr, as a list.
+    fn _repr_info(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        handle_parts(py, "Handle", &self.slot, None, &self.debug)
+    }
+
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.slot.visit(&visit)?;
         visit.call(DebugOrigin::stack(&self.debug))
@@ -692,6 +703,11 @@ impl TimerHandle {
         self.slot.is_cancelled()
     }
 
+    /// The time as asyncio's repr shows it: `str()` of what `when()` returns.
+    fn when_text(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.when_object(py).bind(py).str()?.to_string())
+    }
+
     fn when_object(&self, py: Python<'_>) -> Py<PyAny> {
         match &self.when_given {
             Some(given) => given.clone_ref(py),
@@ -723,12 +739,14 @@ impl TimerHandle {
     }
 
     pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
-        let origin = created_at(py, DebugOrigin::stack(&self.debug))?;
-        Ok(format!(
-            "<TimerHandle when={} {}{origin}>",
-            self.when,
-            callback.describe(py, true)?
-        ))
+        format_handle(
+            py,
+            "TimerHandle",
+            false,
+            Some(self.when_text(py)?),
+            Some(callback.describe(py, true)?),
+            DebugOrigin::stack(&self.debug),
+        )
     }
 }
 
@@ -739,7 +757,7 @@ impl TimerHandle {
             return;
         }
         if let Some(debug) = &self.debug {
-            debug.keep_repr_at_cancel(py, "TimerHandle", &self.slot, Some(self.when));
+            debug.keep_repr_at_cancel(py, "TimerHandle", &self.slot, self.when_text(py).ok());
         }
         let released = self.slot.cancel(py);
         if self.scheduled.load(Ordering::Relaxed) {
@@ -802,7 +820,24 @@ impl TimerHandle {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        describe_handle(py, "TimerHandle", &self.slot, Some(self.when), &self.debug)
+        describe_handle(
+            py,
+            "TimerHandle",
+            &self.slot,
+            Some(self.when_text(py)?),
+            &self.debug,
+        )
+    }
+
+    /// asyncio's: the words of the repr, as a list.
+    fn _repr_info(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        handle_parts(
+            py,
+            "TimerHandle",
+            &self.slot,
+            Some(self.when_text(py)?),
+            &self.debug,
+        )
     }
 
     /// asyncio's: the hash of the time (so a handle hashes as its `when()`).
@@ -859,7 +894,7 @@ impl DebugOrigin {
     }
 
     /// Called just before `slot` lets go of its callback.
-    fn keep_repr_at_cancel(&self, py: Python<'_>, kind: &str, slot: &Slot, when: Option<f64>) {
+    fn keep_repr_at_cancel(&self, py: Python<'_>, kind: &str, slot: &Slot, when: Option<String>) {
         if slot.is_cancelled() {
             return;
         }
@@ -875,12 +910,26 @@ fn describe_handle(
     py: Python<'_>,
     kind: &str,
     slot: &Slot,
-    when: Option<f64>,
+    when: Option<String>,
     debug: &Option<Box<DebugOrigin>>,
 ) -> PyResult<String> {
     if let Some(repr) = debug.as_ref().and_then(|debug| debug.repr_at_cancel.get()) {
         return Ok(repr.clone());
     }
+    Ok(format!(
+        "<{}>",
+        handle_parts(py, kind, slot, when, debug)?.join(" ")
+    ))
+}
+
+/// asyncio's `_repr_info()`: the words of a handle's repr, from its state now.
+fn handle_parts(
+    py: Python<'_>,
+    kind: &str,
+    slot: &Slot,
+    when: Option<String>,
+    debug: &Option<Box<DebugOrigin>>,
+) -> PyResult<Vec<String>> {
     let cancelled = slot.is_cancelled();
     let callback = if cancelled {
         None
@@ -888,7 +937,7 @@ fn describe_handle(
         // Made in debug mode stands in for asyncio's "loop in debug mode now".
         slot.describe(py, debug.is_some())?
     };
-    format_handle(
+    format_parts(
         py,
         kind,
         cancelled,
@@ -903,10 +952,22 @@ fn format_handle(
     py: Python<'_>,
     kind: &str,
     cancelled: bool,
-    when: Option<f64>,
+    when: Option<String>,
     callback: Option<String>,
     stack: Option<&Py<PyAny>>,
 ) -> PyResult<String> {
+    let parts = format_parts(py, kind, cancelled, when, callback, stack)?;
+    Ok(format!("<{}>", parts.join(" ")))
+}
+
+fn format_parts(
+    py: Python<'_>,
+    kind: &str,
+    cancelled: bool,
+    when: Option<String>,
+    callback: Option<String>,
+    stack: Option<&Py<PyAny>>,
+) -> PyResult<Vec<String>> {
     let mut parts = vec![kind.to_owned()];
     if cancelled {
         parts.push("cancelled".to_owned());
@@ -915,24 +976,25 @@ fn format_handle(
         parts.push(format!("when={when}"));
     }
     parts.extend(callback);
-    Ok(format!("<{}{}>", parts.join(" "), created_at(py, stack)?))
+    parts.extend(created_at(py, stack)?.map(|origin| format!("created at {origin}")));
+    Ok(parts)
 }
 
-/// " created at file:line" for a handle made in debug mode (where its
-/// `_source_traceback` is kept), as asyncio's handles describe themselves.
-fn created_at(py: Python<'_>, source_traceback: Option<&Py<PyAny>>) -> PyResult<String> {
+/// "file:line" where a handle made in debug mode (which keeps its
+/// `_source_traceback`) was made, as asyncio's handles describe themselves.
+fn created_at(py: Python<'_>, source_traceback: Option<&Py<PyAny>>) -> PyResult<Option<String>> {
     let Some(stack) = source_traceback.map(|tb| tb.bind(py)) else {
-        return Ok(String::new());
+        return Ok(None);
     };
     if stack.len()? == 0 {
-        return Ok(String::new());
+        return Ok(None);
     }
     let frame = stack.get_item(-1)?;
-    Ok(format!(
-        " created at {}:{}",
+    Ok(Some(format!(
+        "{}:{}",
         frame.get_item(0)?.str()?,
         frame.get_item(1)?.str()?
-    ))
+    )))
 }
 
 /// Hands a callback's exception to the loop's exception handler, as asyncio's

@@ -507,6 +507,45 @@ def test_handle_repr_mentions_callback(loop):
     assert "cancelled" in repr(t)
 
 
+def _described(*args):
+    pass
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_handles_repr_info_lists_the_words_of_their_repr(loop, debug):
+    loop.set_debug(debug)
+    soon = loop.call_soon(_described, "x")
+    timer = loop.call_later(10, _described)
+    at_int = loop.call_at(10**6, _described)
+    cancelled = loop.call_later(10, _described)
+    cancelled.cancel()
+    for handle in (soon, timer, at_int):
+        assert repr(handle) == f"<{' '.join(handle._repr_info())}>"
+        handle.cancel()
+
+    source = f"at {__file__}:{_described.__code__.co_firstlineno}"
+    shown = "('x')" if debug or sys.version_info < (3, 13) else "()"
+    created = [f"created at {__file__}:"] if debug else []
+    expected = {
+        "soon": ["Handle", "cancelled", *created],
+        "timer": ["TimerHandle", "cancelled", f"when={timer.when()}", *created],
+        "at_int": ["TimerHandle", "cancelled", "when=1000000", *created],
+        "cancelled": ["TimerHandle", "cancelled", f"when={cancelled.when()}", *created],
+    }
+    infos = {"soon": soon, "timer": timer, "at_int": at_int, "cancelled": cancelled}
+    for name, handle in infos.items():
+        info = handle._repr_info()
+        if debug:
+            # The line number of the call site, not pinned down here.
+            assert info[-1].startswith(created[0])
+            info[-1] = created[0]
+        assert info == expected[name], name
+    # A handle not cancelled lists its callback, as asyncio formats it.
+    live = loop.call_soon(_described, "x")
+    assert f"_described{shown} {source}" in live._repr_info()
+    live.cancel()
+
+
 def test_timer_handles_compare_as_asyncio_s(loop):
     """Ordered by time; equal when time, callback, arguments and cancelled
     state are; hashed as their time; not comparable with anything else."""
