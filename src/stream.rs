@@ -1166,6 +1166,19 @@ impl StreamTransport {
         self.state.lock().conn_lost
     }
 
+    /// True once the socket was closed.
+    #[getter]
+    fn _released(&self) -> bool {
+        matches!(self.state.lock().owner, SocketOwner::Closed)
+    }
+
+    /// (reading, writing): what the loop currently waits for.
+    #[getter]
+    fn _polling(&self) -> (bool, bool) {
+        let interest = self.state.lock().interest();
+        (interest.read, interest.write)
+    }
+
     /// The local (or, with `peer`, the remote) address the transport had
     /// when it was made, as the `socket` module shows it; None if unknown.
     fn _address<'py>(&self, py: Python<'py>, peer: bool) -> PyResult<Option<Bound<'py, PyAny>>> {

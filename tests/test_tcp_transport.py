@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import textwrap
@@ -1999,3 +2000,42 @@ def test_extra_info_goes_through_asyncios_get_extra_info(loop: asyncio.AbstractE
         return seen
 
     assert loop.run_until_complete(main()) == ("patched", "", "", True, "default", True)
+
+
+def _repr_words(transport: Any) -> str:
+    """A transport's repr without its class name (the loops name their classes
+    apart), with its descriptor and a non-zero buffer size as placeholders."""
+    text = repr(transport)
+    assert text.startswith("<") and text.endswith(">"), text
+    words = text[1:-1].split(" ", 1)[1]
+    words = re.sub(r"fd=\d+", "fd=F", words)
+    return re.sub(r"bufsize=[1-9]\d*", "bufsize=N", words)
+
+
+def test_socket_transport_repr_reads_as_asyncio_s(loop_factory: Any) -> None:
+    async def main() -> list[str]:
+        server, side, tr, _ = await tcp_pair()
+        shown = [_repr_words(tr)]
+        tr.pause_reading()
+        shown.append(_repr_words(tr))
+        tr.resume_reading()
+        peer = await side.first()
+        peer.transport.pause_reading()  # so that the client's writes back up
+        tr.write(b"x" * (16 * MiB))
+        shown.append(_repr_words(tr))
+        tr.close()
+        shown.append(_repr_words(tr))
+        tr.abort()
+        await asyncio.wait_for(tr.get_protocol().lost, 10)
+        shown.append(_repr_words(tr))
+        peer.transport.close()
+        await close_server(server)
+        return shown
+
+    assert run(loop_factory, main) == [
+        "fd=F read=polling write=<idle, bufsize=0>",
+        "fd=F read=idle write=<idle, bufsize=0>",
+        "fd=F read=polling write=<polling, bufsize=N>",
+        "closing fd=F read=idle write=<polling, bufsize=N>",
+        "closed fd=F",
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -718,3 +719,24 @@ def test_unclosed_transport_warns_and_closes_socket(loop_factory: LoopFactory) -
     assert any(m.startswith("unclosed transport") and f"fd={fd}" in m for m in messages)
     assert not any(m.startswith("unclosed <socket") for m in messages)
     assert count_fds() <= before
+
+
+def test_datagram_transport_repr_reads_as_asyncio_s(loop_factory: LoopFactory) -> None:
+    def words(transport: Any) -> str:
+        # Without the class name, which the loops spell apart.
+        return re.sub(r"fd=\d+", "fd=F", repr(transport)[1:-1].split(" ", 1)[1])
+
+    async def main() -> list[str]:
+        transport, protocol = await _endpoint(local_addr=("127.0.0.1", 0))
+        shown = [words(transport)]
+        transport.close()
+        shown.append(words(transport))
+        await asyncio.wait_for(protocol.lost, 5)
+        shown.append(words(transport))
+        return shown
+
+    assert run(loop_factory, main) == [
+        "fd=F read=polling write=<idle, bufsize=0>",
+        "closing fd=F read=idle write=<idle, bufsize=0>",
+        "closed fd=F",
+    ]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core, dns
-from .transports import wait_opened
+from .transports import describe_socket_transport, wait_opened
 from .versions import PY313
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -113,19 +113,7 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
         return self._sock_object
 
     def __repr__(self) -> str:
-        core = self._core
-        parts = [self.__class__.__name__]
-        if core._released:
-            parts.append("closed")
-        elif core.is_closing():
-            parts.append("closing")
-        parts.append(f"fd={core._fileno}")
-        if not core._released and not self._loop.is_closed():
-            reading, writing = core._polling
-            parts.append("read=polling" if reading else "read=idle")
-            state = "polling" if writing else "idle"
-            parts.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
-        return f"<{' '.join(parts)}>"
+        return describe_socket_transport(self, self._core)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         core = getattr(self, "_core", None)

@@ -133,6 +133,22 @@ class SocketExtra(dict[str, Any]):
         return trsock.TransportSocket(placeholder)
 
 
+def describe_socket_transport(transport: asyncio.BaseTransport, core: Any) -> str:
+    """A socket transport's repr, in the words of asyncio's selector transports."""
+    parts = [transport.__class__.__name__]
+    if core._released:
+        parts.append("closed")
+    elif core.is_closing():
+        parts.append("closing")
+    parts.append(f"fd={core._fileno}")
+    if not core._released and not transport._loop.is_closed():  # type: ignore[attr-defined]
+        reading, writing = core._polling
+        parts.append("read=polling" if reading else "read=idle")
+        state = "polling" if writing else "idle"
+        parts.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
+    return f"<{' '.join(parts)}>"
+
+
 def socket_extra(core: Any, family: int | None, given: dict[str, Any] | None) -> SocketExtra:
     """The `_extra` of a transport over `core`, with the entries `given` at creation."""
     extra = SocketExtra() if given is None else SocketExtra(given)
@@ -210,12 +226,7 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         core._open(waiter)
 
     def __repr__(self) -> str:
-        core = self._core
-        state = "closed" if core._conn_lost else ("closing" if core.is_closing() else "open")
-        return (
-            f"<{self.__class__.__name__} fd={core._fileno} {state} "
-            f"reading={core.is_reading()} bufsize={core.get_write_buffer_size()}>"
-        )
+        return describe_socket_transport(self, self._core)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         core = self._core
