@@ -10,6 +10,7 @@ import asyncio
 import errno
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -162,6 +163,38 @@ def test_read_pipe_data_eof_and_close(loop_factory: Callable[[], Any], fds_uncha
     assert bytes(protocol.data) == b"hello world"
     assert protocol.events == ["connection_made", "data", "eof_received", "connection_lost"]
     assert protocol.exc is None
+
+
+def _pipe_repr_words(transport: Any) -> str:
+    # Without the class name, which the loops spell apart.
+    return re.sub(r"fd=\d+", "fd=F", repr(transport)[1:-1].split(" ", 1)[1])
+
+
+def test_pipe_transports_repr_reads_as_asyncio_s(
+    loop_factory: Callable[[], Any], fds_unchanged: None
+) -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        rfile, wfile = pipe_files()
+        reader, read_protocol = await loop.connect_read_pipe(ReadRecorder, rfile)
+        writer, write_protocol = await loop.connect_write_pipe(WriteRecorder, wfile)
+        shown = [_pipe_repr_words(reader), _pipe_repr_words(writer)]
+        reader.pause_reading()
+        shown.append(_pipe_repr_words(reader))
+        reader.close()
+        writer.close()
+        await read_protocol.done
+        await write_protocol.done
+        shown += [_pipe_repr_words(reader), _pipe_repr_words(writer)]
+        return shown
+
+    assert run(loop_factory, main) == [
+        "fd=F polling",
+        "fd=F idle bufsize=0",
+        "fd=F idle",
+        "closed fd=F closed",
+        "closed fd=F closed",
+    ]
 
 
 def test_read_pipe_close_and_close_again(

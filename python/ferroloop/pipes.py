@@ -98,6 +98,8 @@ class _PipeTransportMixin:
                 info.append("polling" if core._polling else "idle")
                 if self._direction == "write":
                     info.append(f"bufsize={core.get_write_buffer_size()}")
+            else:
+                info.append("closed")  # asyncio's words, twice
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
