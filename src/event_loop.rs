@@ -573,7 +573,9 @@ impl<'py> Clock<'py> {
     fn patched_now(&self) -> PyResult<Option<f64>> {
         match self {
             Self::Monotonic => Ok(None),
-            Self::Patched(time) => extract_time(&time.call0()?, "time()").map(Some),
+            Self::Patched(time) => {
+                extract_time(&time.call0()?, "time() must not be None").map(Some)
+            }
         }
     }
 
@@ -768,9 +770,10 @@ fn check_callback(
     Ok(())
 }
 
-fn extract_time(value: &Bound<'_, PyAny>, what: &str) -> PyResult<f64> {
+/// A delay or deadline as a float; `none_message` is asyncio's words for None.
+fn extract_time(value: &Bound<'_, PyAny>, none_message: &'static str) -> PyResult<f64> {
     if value.is_none() {
-        return Err(PyTypeError::new_err(format!("{what} must not be None")));
+        return Err(PyTypeError::new_err(none_message));
     }
     value.extract()
 }
@@ -848,7 +851,7 @@ impl Loop {
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let this = slf.get();
-        let delay = extract_time(delay, "delay")?;
+        let delay = extract_time(delay, "delay must not be None")?;
         this.check_closed()?;
         this.check_thread()?;
         let callback = this.new_callback(py, "call_later", callback, args.into(), context)?;
@@ -866,7 +869,7 @@ impl Loop {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let when_given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
-        let when = extract_time(when, "when")?;
+        let when = extract_time(when, "when cannot be None")?;
         self.check_closed()?;
         self.check_thread()?;
         let callback = self.new_callback(py, "call_at", callback, args.into(), context)?;

@@ -319,9 +319,9 @@ def test_close_with_pending_callbacks_and_tasks(loop):
 
 
 def test_none_delay_and_when_raise_type_error(loop):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^delay must not be None$"):
         loop.call_later(None, _noop)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^when cannot be None$"):
         loop.call_at(None, _noop)
 
 
@@ -438,7 +438,7 @@ def test_create_task_and_run_until_complete_reject_non_coroutines(loop):
 def test_setters_reject_bad_values(loop):
     with pytest.raises(TypeError):
         loop.set_task_factory(1)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^executor must be ThreadPoolExecutor instance$"):
         loop.set_default_executor(1)
 
 

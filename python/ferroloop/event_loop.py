@@ -298,7 +298,7 @@ class EventLoop(  # type: ignore[misc]
     def set_default_executor(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
         """Use `executor` for `run_in_executor(None, ...)`."""
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            raise TypeError("executor must be ThreadPoolExecutor")
+            raise TypeError("executor must be ThreadPoolExecutor instance")
         self._default_executor = executor
 
     @keywords_since((3, 12), "timeout")
