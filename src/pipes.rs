@@ -482,12 +482,7 @@ impl PipeTransport {
             return Err(err);
         }
         let wrapper = this.wrapper(py);
-        let name = wrapper
-            .bind(py)
-            .get_type()
-            .name()
-            .map(|name| name.to_string())
-            .unwrap_or_else(|_| "PipeTransport".to_owned());
+        let name = transport_common::wrapper_class_name(py, &wrapper, "PipeTransport");
         let context = PyDict::new(py);
         context.set_item(
             "message",
@@ -890,6 +885,10 @@ impl PipeTransport {
     #[getter]
     fn _conn_lost(&self) -> u32 {
         self.state.lock().conn_lost
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        transport_common::describe_native(py, &self.wrapper(py), "PipeTransport", self.fd)
     }
 
     /// Native I/O handlers have no creation traceback.

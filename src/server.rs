@@ -217,6 +217,11 @@ impl Listener {
         self.watching.load(Ordering::Relaxed)
     }
 
+    /// Where the loop reports on the accepts it ran (asyncio's accept task).
+    fn __repr__(&self) -> String {
+        format!("<Server accepting on fd={}>", self.fd)
+    }
+
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.loop_)?;
         match &self.on_accept {

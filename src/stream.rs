@@ -1166,6 +1166,10 @@ impl StreamTransport {
         self.state.lock().conn_lost
     }
 
+    fn __repr__(&self, py: Python<'_>) -> String {
+        transport_common::describe_native(py, &self.wrapper(py), "SocketTransport", self.fd)
+    }
+
     /// True once the socket was closed.
     #[getter]
     fn _released(&self) -> bool {

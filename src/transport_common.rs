@@ -11,6 +11,27 @@ use crate::callback_context::{self, TransportContexts};
 use crate::errors::is_fatal;
 use crate::event_loop::Loop;
 
+/// The Python class name of a transport's wrapper (`SocketTransport`, say),
+/// or `fallback` once the wrapper is gone.
+pub fn wrapper_class_name(py: Python<'_>, wrapper: &Py<PyAny>, fallback: &str) -> String {
+    let wrapper = wrapper.bind(py);
+    if wrapper.is_none() {
+        return fallback.to_owned();
+    }
+    wrapper
+        .get_type()
+        .name()
+        .map(|name| name.to_string())
+        .unwrap_or_else(|_| fallback.to_owned())
+}
+
+/// How a native transport names itself where the loop reports on the work
+/// it ran (a slow callback in debug mode, an escaping error): the class the
+/// protocol sees and the descriptor.
+pub fn describe_native(py: Python<'_>, wrapper: &Py<PyAny>, fallback: &str, fd: i32) -> String {
+    format!("<{} fd={fd}>", wrapper_class_name(py, wrapper, fallback))
+}
+
 /// The fields of a transport's state that `pause_reading`/`resume_reading` use.
 pub trait ReadingSwitch {
     fn reading_paused(&self) -> bool;

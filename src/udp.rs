@@ -817,8 +817,8 @@ impl DatagramTransport {
         py.None()
     }
 
-    fn __repr__(&self) -> String {
-        format!("<DatagramTransport._read_ready() fd={}>", self.fd)
+    fn __repr__(&self, py: Python<'_>) -> String {
+        transport_common::describe_native(py, &self.wrapper(py), "DatagramTransport", self.fd)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

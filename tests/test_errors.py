@@ -15,6 +15,7 @@ import gc
 import inspect
 import logging
 import math
+import os
 import re
 import socket
 import sys
@@ -624,6 +625,58 @@ def test_slow_callback_warning_in_debug_mode(loop, caplog):
     assert slow, messages
     assert "slow_callback" in slow[0]
     assert f"created at {__file__}:" in slow[0]
+
+
+class _SlowReader(asyncio.Protocol):
+    """Takes its time over data, as a slow protocol callback would."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        time.sleep(0.1)
+        self.seen.set_result(None)
+
+    def datagram_received(self, data, addr):
+        self.data_received(data)
+
+
+async def _slow_read_on(kind):
+    """A transport of `kind` whose protocol is slow to take one message."""
+    loop = asyncio.get_running_loop()
+    protocol = _SlowReader()
+    protocol.seen = loop.create_future()
+    if kind == "socket":
+        server = await loop.create_server(lambda: protocol, "127.0.0.1", 0)
+        peer = socket.create_connection(server.sockets[0].getsockname())
+        peer.sendall(b"x")
+        await protocol.seen
+        peer.close()
+        server.close()
+    elif kind == "pipe":
+        rfd, wfd = os.pipe()
+        await loop.connect_read_pipe(lambda: protocol, open(rfd, "rb", buffering=0))
+        os.write(wfd, b"x")
+        await protocol.seen
+        os.close(wfd)
+    else:
+        await loop.create_datagram_endpoint(lambda: protocol, local_addr=("127.0.0.1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendto(b"x", protocol.transport.get_extra_info("sockname"))
+            await protocol.seen
+    protocol.transport.close()
+    await asyncio.sleep(0)
+    return type(protocol.transport).__name__
+
+
+@pytest.mark.parametrize("kind", ["socket", "pipe", "datagram"])
+def test_slow_protocol_callback_warning_names_the_transport(loop, caplog, kind):
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.05
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        transport_class = loop.run_until_complete(_slow_read_on(kind))
+    slow = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
+    assert any(transport_class in message for message in slow), slow
 
 
 def test_handles_made_in_debug_mode_say_where(loop):
