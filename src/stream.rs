@@ -1068,6 +1068,17 @@ impl StreamTransport {
         Self::force_close(slf, exc.filter(|e| !e.is_none(slf.py())))
     }
 
+    /// Closes the socket without calling the protocol: what asyncio's socket
+    /// transports do when collected unclosed (used by `__del__`).
+    fn _release(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let mut state = slf.get().state.lock();
+            state.closing = true;
+            state.conn_lost = state.conn_lost.max(1);
+        }
+        Self::release_socket(slf)
+    }
+
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let exc = if exc.is_none(py) { None } else { Some(exc) };

@@ -21,6 +21,7 @@ import re
 import socket
 import sys
 import textwrap
+import warnings
 from asyncio import trsock
 from collections.abc import Callable
 from pathlib import Path
@@ -2039,3 +2040,51 @@ def test_socket_transport_repr_reads_as_asyncio_s(loop_factory: Any) -> None:
         "closing fd=F read=idle write=<polling, bufsize=N>",
         "closed fd=F",
     ]
+
+
+class _EventsOnly(asyncio.Protocol):
+    """Records its callbacks in a shared list, keeping no transport."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def connection_made(self, transport: Any) -> None:
+        self.events.append("made")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.events.append("lost")
+
+
+@pytest.mark.parametrize("closing", [False, True])
+def test_unclosed_transport_warns_and_closes_its_socket(loop_factory: Any, closing: bool) -> None:
+    """A transport dropped with its loop, open or still flushing a close(),
+    warns once and closes its socket (without calling the protocol)."""
+    listener = listening_socket()  # never accepts: the peer reads nothing
+    events: list[str] = []
+
+    async def leave_open() -> int:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(
+            lambda: _EventsOnly(events), *listener.getsockname()
+        )
+        if closing:
+            transport.write(b"x" * (16 * MiB))  # more than the socket takes
+            transport.close()
+        return int(transport.get_extra_info("socket").fileno())
+
+    before = count_fds()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loop = loop_factory()
+        fd = loop.run_until_complete(leave_open())
+        loop.close()
+        del loop
+        gc.collect()
+    listener.close()
+    messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    unclosed = [m for m in messages if m.startswith("unclosed transport")]
+    assert len(unclosed) == 1 and f"fd={fd}" in unclosed[0], messages
+    # (The socket object may warn too: it is collected in the same cycle as
+    # its transport, and on either loop may be finalized first.)
+    assert events == ["made"]
+    assert count_fds() <= before

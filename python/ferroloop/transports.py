@@ -229,10 +229,12 @@ class SocketTransport(transports._FlowControlMixin, asyncio.Transport):
         return describe_socket_transport(self, self._core)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # As asyncio's: a socket not yet closed (a close() still flushing too)
+        # is closed here, without calling the protocol.
         core = self._core
-        if core is not None and not core._conn_lost and not core.is_closing():
+        if core is not None and not core._released:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core.abort()
+            core._release()
 
     @property  # type: ignore[override]
     def _protocol_paused(self) -> bool:
