@@ -589,14 +589,15 @@ impl Handle {
 
     pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
         // Only debug mode reports slow callbacks.
-        format_handle(
+        let parts = format_parts(
             py,
             "Handle",
             false,
             None,
             Some(callback.describe(py, true)?),
             DebugOrigin::stack(&self.debug),
-        )
+        )?;
+        Ok(bracketed(parts))
     }
 }
 
@@ -739,14 +740,15 @@ impl TimerHandle {
     }
 
     pub fn describe_with(&self, py: Python<'_>, callback: &Callback) -> PyResult<String> {
-        format_handle(
+        let parts = format_parts(
             py,
             "TimerHandle",
             false,
             Some(self.when_text(py)?),
             Some(callback.describe(py, true)?),
             DebugOrigin::stack(&self.debug),
-        )
+        )?;
+        Ok(bracketed(parts))
     }
 }
 
@@ -900,8 +902,8 @@ impl DebugOrigin {
         }
         // A callback whose repr raises is described without it, as later.
         let callback = slot.describe(py, true).ok().flatten();
-        if let Ok(repr) = format_handle(py, kind, true, when, callback, Some(&self.stack)) {
-            let _ = self.repr_at_cancel.set(repr);
+        if let Ok(parts) = format_parts(py, kind, true, when, callback, Some(&self.stack)) {
+            let _ = self.repr_at_cancel.set(bracketed(parts));
         }
     }
 }
@@ -916,10 +918,7 @@ fn describe_handle(
     if let Some(repr) = debug.as_ref().and_then(|debug| debug.repr_at_cancel.get()) {
         return Ok(repr.clone());
     }
-    Ok(format!(
-        "<{}>",
-        handle_parts(py, kind, slot, when, debug)?.join(" ")
-    ))
+    Ok(bracketed(handle_parts(py, kind, slot, when, debug)?))
 }
 
 /// asyncio's `_repr_info()`: the words of a handle's repr, from its state now.
@@ -947,19 +946,13 @@ fn handle_parts(
     )
 }
 
-/// asyncio's handle repr: `<Kind [cancelled] [when=...] [callback] [created at ...]>`.
-fn format_handle(
-    py: Python<'_>,
-    kind: &str,
-    cancelled: bool,
-    when: Option<String>,
-    callback: Option<String>,
-    stack: Option<&Py<PyAny>>,
-) -> PyResult<String> {
-    let parts = format_parts(py, kind, cancelled, when, callback, stack)?;
-    Ok(format!("<{}>", parts.join(" ")))
+/// A handle's repr from its words.
+fn bracketed(parts: Vec<String>) -> String {
+    format!("<{}>", parts.join(" "))
 }
 
+/// The words of a handle's repr, asyncio's order: `Kind [cancelled]
+/// [when=...] [callback] [created at ...]`.
 fn format_parts(
     py: Python<'_>,
     kind: &str,

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import mmap
 import os
 import resource
 import socket
 import ssl
-from collections.abc import Iterator
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 
@@ -61,6 +63,22 @@ def buffer_at_page_offset(size: int, offset: int) -> memoryview:
 def count_fds() -> int:
     """Number of open descriptors of this process."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def run_and_drop_loop(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop], coro_fn: Callable[[], Awaitable[Any]]
+) -> tuple[Any, list[str]]:
+    """Runs `coro_fn()` on a new loop, then closes and drops the loop with
+    whatever it left open; returns the result and the messages of the
+    ResourceWarnings raised meanwhile (unclosed transports, say)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loop = loop_factory()
+        result = loop.run_until_complete(coro_fn())
+        loop.close()
+        del loop
+        gc.collect()
+    return result, [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 @contextlib.contextmanager

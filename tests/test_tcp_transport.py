@@ -21,7 +21,6 @@ import re
 import socket
 import sys
 import textwrap
-import warnings
 from asyncio import trsock
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from helpers_net import (
     count_fds,
     listening_socket,
     raised_nofile,
+    run_and_drop_loop,
     run_oracle,
     tcp_pair,
 )
@@ -2073,15 +2073,8 @@ def test_unclosed_transport_warns_and_closes_its_socket(loop_factory: Any, closi
         return int(transport.get_extra_info("socket").fileno())
 
     before = count_fds()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        loop = loop_factory()
-        fd = loop.run_until_complete(leave_open())
-        loop.close()
-        del loop
-        gc.collect()
+    fd, messages = run_and_drop_loop(loop_factory, leave_open)
     listener.close()
-    messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     unclosed = [m for m in messages if m.startswith("unclosed transport")]
     assert len(unclosed) == 1 and f"fd={fd}" in unclosed[0], messages
     # (The socket object may warn too: it is collected in the same cycle as

@@ -8,18 +8,17 @@ loops must pass it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import re
 import socket
 import sys
 import tempfile
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
 from cpython_bugs import DATAGRAM_HEADER_NEVER_DRAINS
+from helpers_net import count_fds, run_and_drop_loop
 
 _T = TypeVar("_T")
 
@@ -46,10 +45,6 @@ HAS_IPV6 = _has_ipv6()
 def run(loop_factory: LoopFactory, coro_fn: Callable[[], Awaitable[_T]]) -> _T:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(coro_fn())  # type: ignore[arg-type]
-
-
-def count_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture
@@ -708,14 +703,7 @@ def test_unclosed_transport_warns_and_closes_socket(loop_factory: LoopFactory) -
         return int(transport.get_extra_info("socket").fileno())
 
     before = count_fds()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        loop = loop_factory()
-        fd = loop.run_until_complete(leave_open())
-        loop.close()
-        del loop
-        gc.collect()
-    messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    fd, messages = run_and_drop_loop(loop_factory, leave_open)
     assert any(m.startswith("unclosed transport") and f"fd={fd}" in m for m in messages)
     assert not any(m.startswith("unclosed <socket") for m in messages)
     assert count_fds() <= before
