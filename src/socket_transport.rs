@@ -80,6 +80,13 @@ impl ConnectionMaker {
         context: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = event_loop.py();
+        if event_loop.get().get_debug_flag() {
+            // asyncio's debug-mode line for each accepted connection.
+            let address = sockaddr::to_python(py, &peer)?;
+            self.server
+                .bind(py)
+                .call_method1(intern!(py, "_log_new_connection"), (fd, address))?;
+        }
         let protocol = self.protocol_factory.bind(py).call0()?;
         let addresses = (sockaddr::getsockname(fd).ok(), Some(peer));
         let made = SocketTransportParts {

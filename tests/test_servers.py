@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import logging
 import re
 import socket
 import ssl
@@ -26,6 +27,8 @@ from helpers_net import (
     ServerSide,
     close_server,
     run_oracle,
+    tcp_pair,
+    tls_pair,
 )
 from loop_helpers import run
 
@@ -486,3 +489,44 @@ def test_many_sequential_servers_release_ports_and_fds(loop_factory: Any) -> Non
         assert count_fds() <= before + 2
 
     run(loop_factory, main)
+
+
+class _Formatting(logging.Handler):
+    """Keeps each record's message as formatted when logged (its arguments
+    may describe objects that change or close afterwards)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_debug_mode_logs_each_accepted_connection(loop_factory: Any, tls: bool) -> None:
+    async def main() -> int:
+        server, side, transport, _ = await (tls_pair() if tls else tcp_pair())
+        client_port = transport.get_extra_info("sockname")[1]
+        transport.close()
+        (await side.first()).transport.close()
+        await close_server(server)
+        return int(client_port)
+
+    logger = logging.getLogger("asyncio")
+    handler, level = _Formatting(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        client_port = run(loop_factory, main, debug=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    accepted = [m for m in handler.messages if "got a new connection" in m]
+    assert len(accepted) == 1, handler.messages
+    assert re.fullmatch(
+        rf"<Server sockets=\(<asyncio.TransportSocket fd=\d+, .*\)> got a new connection from "
+        rf"\('127.0.0.1', {client_port}\): <socket.socket fd=\d+, family=2, type=1, proto=6, "
+        rf"laddr=\('127.0.0.1', \d+\), raddr=\('127.0.0.1', {client_port}\)>",
+        accepted[0],
+    ), accepted[0]

@@ -152,10 +152,21 @@ class Server(asyncio.AbstractServer):
             for listener in self._listeners:
                 listener.start()
 
+    def _log_new_connection(self, fd: int, peer: Any) -> None:
+        """asyncio's debug-mode line for an accepted connection; its socket is
+        shown through a temporary socket object over the descriptor."""
+        conn = socket.socket(fileno=fd)
+        try:
+            logger.debug("%r got a new connection from %r: %s", self, peer, repr(conn))
+        finally:
+            conn.detach()
+
     def _accept_connection(self, listening: socket.socket, family: int, fd: int, peer: Any) -> None:
         transport_made = False
         extra = {"peername": peer}
         try:
+            if self._loop.get_debug():
+                self._log_new_connection(fd, peer)
             protocol = self._protocol_factory()
             if self._ssl_context is not None:
                 from .tls import accept_tls_connection
