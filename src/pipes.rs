@@ -286,15 +286,14 @@ impl PipeTransport {
     fn eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // Described as it was when the peer closed, as asyncio logs it.
+        this.log_if_debug(py, "info", "%r was closed by peer")?;
         {
             let mut state = this.state.lock();
             state.closing = true;
             state.lost = true;
         }
         this.update_interest(py)?;
-        if this.get_debug(py) {
-            Self::log(slf, "info", "%r was closed by peer")?;
-        }
         if !this.loop_.get().closed() {
             let eof_received = protocol.getattr(pyo3::intern!(py, "eof_received"))?;
             this.loop_
@@ -308,9 +307,7 @@ impl PipeTransport {
     fn peer_closed(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.get_debug(py) {
-            Self::log(slf, "info", "%r was closed by peer")?;
-        }
+        this.log_if_debug(py, "info", "%r was closed by peer")?;
         let buffered = this.state.lock().buffered_len() > 0;
         let exc = if buffered {
             Some(
@@ -497,15 +494,8 @@ impl PipeTransport {
         Ok(())
     }
 
-    fn get_debug(&self, _py: Python<'_>) -> bool {
-        self.loop_.get().get_debug_flag()
-    }
-
-    fn log(slf: &Bound<'_, Self>, level: &str, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        let logger = py.import("asyncio.log")?.getattr("logger")?;
-        logger.call_method1(level, (message, slf.get().wrapper(py)))?;
-        Ok(())
+    fn log_if_debug(&self, py: Python<'_>, level: &str, message: &str) -> PyResult<()> {
+        transport_common::log_if_debug(py, self.loop_.get(), level, message, self.wrapper(py))
     }
 
     /// A strided memoryview, as asyncio treats it (see `is_non_contiguous`):
@@ -811,6 +801,7 @@ impl PipeTransport {
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
         if transport_common::pause_reading(&self.state) {
             self.update_interest(py)?;
+            self.log_if_debug(py, "debug", "%r pauses reading")?;
         }
         Ok(())
     }
@@ -818,6 +809,7 @@ impl PipeTransport {
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
         if transport_common::resume_reading(py, &self.state)? {
             self.update_interest(py)?;
+            self.log_if_debug(py, "debug", "%r resumes reading")?;
         }
         Ok(())
     }

@@ -239,6 +239,10 @@ impl StreamTransport {
         }
     }
 
+    fn log_if_debug(&self, py: Python<'_>, level: &str, message: &str) -> PyResult<()> {
+        transport_common::log_if_debug(py, self.loop_.get(), level, message, self.wrapper(py))
+    }
+
     fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {
         // asyncio queues a descriptor's reader handle before its writer handle.
         if readiness.readable {
@@ -431,6 +435,7 @@ impl StreamTransport {
     fn eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        this.log_if_debug(py, "debug", "%r received EOF")?;
         this.state.lock().eof_received = true;
         this.update_interest(py)?;
         let keep_open = match protocol.call_method0(pyo3::intern!(py, "eof_received")) {
@@ -1096,6 +1101,7 @@ impl StreamTransport {
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
         if transport_common::pause_reading(&self.state) {
             self.update_interest(py)?;
+            self.log_if_debug(py, "debug", "%r pauses reading")?;
         }
         Ok(())
     }
@@ -1103,6 +1109,7 @@ impl StreamTransport {
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
         if transport_common::resume_reading(py, &self.state)? {
             self.update_interest(py)?;
+            self.log_if_debug(py, "debug", "%r resumes reading")?;
         }
         Ok(())
     }

@@ -32,6 +32,23 @@ pub fn describe_native(py: Python<'_>, wrapper: &Py<PyAny>, fallback: &str, fd: 
     format!("<{} fd={fd}>", wrapper_class_name(py, wrapper, fallback))
 }
 
+/// asyncio's debug-mode lines about a transport ("%r pauses reading", "%r
+/// was closed by peer", ...), logged only while its loop is in debug mode.
+pub fn log_if_debug(
+    py: Python<'_>,
+    loop_: &Loop,
+    level: &str,
+    message: &str,
+    transport: Py<PyAny>,
+) -> PyResult<()> {
+    if !loop_.get_debug_flag() {
+        return Ok(());
+    }
+    let logger = py.import("asyncio.log")?.getattr("logger")?;
+    logger.call_method1(level, (message, transport))?;
+    Ok(())
+}
+
 /// The fields of a transport's state that `pause_reading`/`resume_reading` use.
 pub trait ReadingSwitch {
     fn reading_paused(&self) -> bool;

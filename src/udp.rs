@@ -193,6 +193,10 @@ impl DatagramTransport {
         }
     }
 
+    fn log_if_debug(&self, py: Python<'_>, level: &str, message: &str) -> PyResult<()> {
+        transport_common::log_if_debug(py, self.loop_.get(), level, message, self.wrapper(py))
+    }
+
     /// Sends one datagram now, natively or through the Python socket.
     fn send_now(&self, py: Python<'_>, dest: &Dest, data: &Bound<'_, PyAny>) -> PyResult<Sent> {
         let native = match dest {
@@ -738,6 +742,7 @@ impl DatagramTransport {
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
         if transport_common::pause_reading(&self.state) {
             self.update_interest(py)?;
+            self.log_if_debug(py, "debug", "%r pauses reading")?;
         }
         Ok(())
     }
@@ -745,6 +750,7 @@ impl DatagramTransport {
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
         if transport_common::resume_reading(py, &self.state)? {
             self.update_interest(py)?;
+            self.log_if_debug(py, "debug", "%r resumes reading")?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import logging
 import mmap
 import os
 import resource
@@ -79,6 +80,31 @@ def run_and_drop_loop(
         del loop
         gc.collect()
     return result, [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+class _Recording(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.levelname, record.getMessage()))
+
+
+@contextlib.contextmanager
+def asyncio_log() -> Iterator[list[tuple[str, str]]]:
+    """(level, message) of each record asyncio's logger emits meanwhile, from
+    DEBUG up, formatted when logged: its arguments (transports, sockets) may
+    change or close afterwards."""
+    logger = logging.getLogger("asyncio")
+    handler, level = _Recording(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_net import KeepingProtocol, queue_datagrams
+from helpers_net import KeepingProtocol, asyncio_log, queue_datagrams
 from loop_helpers import run
 
 MIB = 1024 * 1024
@@ -195,6 +195,37 @@ def test_pipe_transports_repr_reads_as_asyncio_s(
         "closed fd=F closed",
         "closed fd=F closed",
     ]
+
+
+def test_debug_mode_logs_a_read_pipe_s_switches_and_its_peer_closing(
+    loop_factory: Callable[[], Any], fds_unchanged: None
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        rfile, wfile = pipe_files()
+        transport, protocol = await loop.connect_read_pipe(ReadRecorder, rfile)
+        transport.pause_reading()
+        transport.resume_reading()
+        wfile.close()
+        await protocol.done
+
+    with asyncio_log() as records:
+        run(loop_factory, main, debug=True)
+    about_the_pipe = [
+        (level, _pipe_repr_words_in(message))
+        for level, message in records
+        if message.endswith(("reading", "closed by peer"))
+    ]
+    assert about_the_pipe == [
+        ("DEBUG", "fd=F idle> pauses reading"),
+        ("DEBUG", "fd=F polling> resumes reading"),
+        ("INFO", "fd=F polling> was closed by peer"),
+    ]
+
+
+def _pipe_repr_words_in(message: str) -> str:
+    # A logged message that starts with a transport's repr, without its class name.
+    return re.sub(r"fd=\d+", "fd=F", message.split(" ", 1)[1])
 
 
 def test_read_pipe_close_and_close_again(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
-import logging
 import re
 import socket
 import ssl
@@ -25,6 +24,7 @@ from helpers_net import (
     EchoProtocol,
     RecordingProtocol,
     ServerSide,
+    asyncio_log,
     close_server,
     run_oracle,
     tcp_pair,
@@ -491,18 +491,6 @@ def test_many_sequential_servers_release_ports_and_fds(loop_factory: Any) -> Non
     run(loop_factory, main)
 
 
-class _Formatting(logging.Handler):
-    """Keeps each record's message as formatted when logged (its arguments
-    may describe objects that change or close afterwards)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.mark.parametrize("tls", [False, True])
 def test_debug_mode_logs_each_accepted_connection(loop_factory: Any, tls: bool) -> None:
     async def main() -> int:
@@ -513,17 +501,10 @@ def test_debug_mode_logs_each_accepted_connection(loop_factory: Any, tls: bool) 
         await close_server(server)
         return int(client_port)
 
-    logger = logging.getLogger("asyncio")
-    handler, level = _Formatting(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with asyncio_log() as records:
         client_port = run(loop_factory, main, debug=True)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    accepted = [m for m in handler.messages if "got a new connection" in m]
-    assert len(accepted) == 1, handler.messages
+    accepted = [message for _, message in records if "got a new connection" in message]
+    assert len(accepted) == 1, records
     assert re.fullmatch(
         rf"<Server sockets=\(<asyncio.TransportSocket fd=\d+, .*\)> got a new connection from "
         rf"\('127.0.0.1', {client_port}\): <socket.socket fd=\d+, family=2, type=1, proto=6, "

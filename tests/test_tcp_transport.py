@@ -34,6 +34,7 @@ from helpers_net import (
     KeepingProtocol,
     RecordingProtocol,
     ServerSide,
+    asyncio_log,
     buffer_at_page_offset,
     close_server,
     closed_port,
@@ -2081,3 +2082,30 @@ def test_unclosed_transport_warns_and_closes_its_socket(loop_factory: Any, closi
     # its transport, and on either loop may be finalized first.)
     assert events == ["made"]
     assert count_fds() <= before
+
+
+def test_debug_mode_logs_reading_switches_and_eof(loop_factory: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, peer = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(RecordingProtocol, ours)
+        transport.pause_reading()
+        transport.pause_reading()  # already paused: nothing to say
+        transport.resume_reading()
+        peer.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(transport.get_protocol().eof, 10)
+        transport.close()
+        peer.close()
+
+    with asyncio_log() as records:
+        run(loop_factory, main, debug=True)
+    about_reading = [
+        (level, re.sub(r"^<\w+ fd=\d+", "<T fd=F", message))
+        for level, message in records
+        if message.endswith(("reading", "EOF"))
+    ]
+    assert about_reading == [
+        ("DEBUG", "<T fd=F read=idle write=<idle, bufsize=0>> pauses reading"),
+        ("DEBUG", "<T fd=F read=polling write=<idle, bufsize=0>> resumes reading"),
+        ("DEBUG", "<T fd=F read=polling write=<idle, bufsize=0>> received EOF"),
+    ]

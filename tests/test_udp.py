@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 from cpython_bugs import DATAGRAM_HEADER_NEVER_DRAINS
-from helpers_net import count_fds, run_and_drop_loop
+from helpers_net import asyncio_log, count_fds, run_and_drop_loop
 
 _T = TypeVar("_T")
 
@@ -727,4 +727,25 @@ def test_datagram_transport_repr_reads_as_asyncio_s(loop_factory: LoopFactory) -
         "fd=F read=polling write=<idle, bufsize=0>",
         "closing fd=F read=idle write=<idle, bufsize=0>",
         "closed fd=F",
+    ]
+
+
+def test_debug_mode_logs_reading_switches(loop_factory: LoopFactory) -> None:
+    async def main() -> None:
+        transport, _ = await _endpoint(local_addr=("127.0.0.1", 0))
+        transport.pause_reading()
+        transport.resume_reading()
+        await _close(transport)
+
+    with asyncio_log() as records:
+        with asyncio.Runner(loop_factory=loop_factory, debug=True) as runner:
+            runner.run(main())
+    about_reading = [
+        (level, re.sub(r"^<\w+ fd=\d+", "<T fd=F", message))
+        for level, message in records
+        if message.endswith("reading")
+    ]
+    assert about_reading == [
+        ("DEBUG", "<T fd=F read=idle write=<idle, bufsize=0>> pauses reading"),
+        ("DEBUG", "<T fd=F read=polling write=<idle, bufsize=0>> resumes reading"),
     ]

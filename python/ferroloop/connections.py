@@ -687,7 +687,9 @@ class ConnectionsMixin:
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         if self.get_debug():
-            logger.debug("%r handled: (%r, %r)", sock, transport, protocol)
+            # asyncio names the transport's socket (a TransportSocket).
+            shown = transport.get_extra_info("socket")
+            logger.debug("%r handled: (%r, %r)", shown, transport, protocol)
         return transport, protocol
 
     # -- sendfile over a transport -------------------------------------------------------
