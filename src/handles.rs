@@ -1012,7 +1012,12 @@ pub fn report_callback_error(
                 .is_truthy()?;
             callback.describe(py, debug)?
         }
-        None => handle.repr()?.to_string(),
+        // A native object's work: named as asyncio names the method whose
+        // handle it would have run, where the object says which.
+        None => match handle.getattr(pyo3::intern!(py, "_reported_as")) {
+            Ok(name) => name.str()?.to_string(),
+            Err(_) => handle.repr()?.to_string(),
+        },
     };
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {description}"))?;

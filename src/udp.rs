@@ -827,6 +827,15 @@ impl DatagramTransport {
         transport_common::describe_native(py, &self.wrapper(py), "DatagramTransport", self.fd)
     }
 
+    /// How an exception escaping `datagram_received` is reported: asyncio's
+    /// words for its transport's reader callback.
+    #[getter]
+    fn _reported_as(&self, py: Python<'_>) -> String {
+        let class =
+            transport_common::wrapper_class_name(py, &self.wrapper(py), "DatagramTransport");
+        format!("{class}._read_ready()")
+    }
+
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.loop_)?;
         visit.call(&self.address)?;

@@ -374,6 +374,9 @@ def test_exception_in_datagram_received_is_reported(loop_factory: LoopFactory) -
         await proto.wait_for_datagrams(2)  # type: ignore[attr-defined]
         assert len(reported) == 1
         assert isinstance(reported[0]["exception"], RuntimeError)
+        # In asyncio's words: its transport's reader callback failed.
+        reader = f"{type(receiver).__name__}._read_ready()"
+        assert reported[0]["message"] == f"Exception in callback {reader}"
         assert not receiver.is_closing()
         await _close(sender, receiver)
 
