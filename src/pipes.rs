@@ -495,7 +495,7 @@ impl PipeTransport {
     }
 
     fn log_if_debug(&self, py: Python<'_>, level: &str, message: &str) -> PyResult<()> {
-        transport_common::log_if_debug(py, self.loop_.get(), level, message, self.wrapper(py))
+        transport_common::log_if_debug(py, self.loop_.get(), level, message, || self.wrapper(py))
     }
 
     /// A strided memoryview, as asyncio treats it (see `is_non_contiguous`):

@@ -240,7 +240,7 @@ impl StreamTransport {
     }
 
     fn log_if_debug(&self, py: Python<'_>, level: &str, message: &str) -> PyResult<()> {
-        transport_common::log_if_debug(py, self.loop_.get(), level, message, self.wrapper(py))
+        transport_common::log_if_debug(py, self.loop_.get(), level, message, || self.wrapper(py))
     }
 
     fn on_ready(slf: &Bound<'_, Self>, readiness: Readiness) -> PyResult<()> {

@@ -33,19 +33,20 @@ pub fn describe_native(py: Python<'_>, wrapper: &Py<PyAny>, fallback: &str, fd: 
 }
 
 /// asyncio's debug-mode lines about a transport ("%r pauses reading", "%r
-/// was closed by peer", ...), logged only while its loop is in debug mode.
+/// was closed by peer", ...), logged only while its loop is in debug mode;
+/// `transport` (the wrapper, which takes a lock to get) is asked for only then.
 pub fn log_if_debug(
     py: Python<'_>,
     loop_: &Loop,
     level: &str,
     message: &str,
-    transport: Py<PyAny>,
+    transport: impl FnOnce() -> Py<PyAny>,
 ) -> PyResult<()> {
     if !loop_.get_debug_flag() {
         return Ok(());
     }
     let logger = py.import("asyncio.log")?.getattr("logger")?;
-    logger.call_method1(level, (message, transport))?;
+    logger.call_method1(level, (message, transport()))?;
     Ok(())
 }
 

@@ -194,7 +194,7 @@ impl DatagramTransport {
     }
 
     fn log_if_debug(&self, py: Python<'_>, level: &str, message: &str) -> PyResult<()> {
-        transport_common::log_if_debug(py, self.loop_.get(), level, message, self.wrapper(py))
+        transport_common::log_if_debug(py, self.loop_.get(), level, message, || self.wrapper(py))
     }
 
     /// Sends one datagram now, natively or through the Python socket.
