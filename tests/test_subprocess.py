@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_net import asyncio_log
 from loop_helpers import only_ferroloop, run
 
 PIPE = asyncio.subprocess.PIPE
@@ -758,3 +759,21 @@ def test_policy_child_watcher_get_set(loop_name: str) -> None:
     call(policy.set_child_watcher, mine)
     assert call(policy.get_child_watcher) is mine
     call(policy.set_child_watcher, None)
+
+
+def test_debug_mode_logs_a_child_s_exit(loop_factory: Any) -> None:
+    async def main() -> list[int]:
+        pids = []
+        for command in ("exit 0", "exit 3"):
+            proc = await asyncio.create_subprocess_shell(command)
+            await proc.wait()
+            pids.append(proc.pid)
+        return pids
+
+    with asyncio_log() as records:
+        pids = run(loop_factory, main, debug=True)
+    exits = [message for _, message in records if "exited with returncode" in message]
+    assert exits == [
+        f"process {pids[0]} exited with returncode 0",
+        f"process {pids[1]} exited with returncode 3",
+    ]

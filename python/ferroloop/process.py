@@ -142,6 +142,8 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
                     UNKNOWN_RETURNCODE,
                 )
                 returncode = UNKNOWN_RETURNCODE
+        elif self._loop.get_debug():
+            logger.debug("process %s exited with returncode %s", pid, returncode)
         self._watcher = None
         self._process_exited(returncode)
 
