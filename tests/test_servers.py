@@ -496,8 +496,10 @@ def test_debug_mode_logs_each_accepted_connection(loop_factory: Any, tls: bool) 
     async def main() -> int:
         server, side, transport, _ = await (tls_pair() if tls else tcp_pair())
         client_port = transport.get_extra_info("sockname")[1]
+        peer = await side.first()
+        await asyncio.wait_for(peer.made, 10)  # over TLS, after its handshake
+        peer.transport.close()
         transport.close()
-        (await side.first()).transport.close()
         await close_server(server)
         return int(client_port)
 

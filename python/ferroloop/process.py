@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _core
+from .versions import PY312
 
 ProtocolFactory = Callable[[], asyncio.SubprocessProtocol]
 ExitCallback = Callable[[int, "int | None"], object]
@@ -142,7 +143,9 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
                     UNKNOWN_RETURNCODE,
                 )
                 returncode = UNKNOWN_RETURNCODE
-        elif self._loop.get_debug():
+        elif self._loop.get_debug() and not PY312:
+            # asyncio 3.11's default child watcher (a thread per child) logs
+            # this; from 3.12 its default is a pidfd watcher, which does not.
             logger.debug("process %s exited with returncode %s", pid, returncode)
         self._watcher = None
         self._process_exited(returncode)

@@ -18,6 +18,7 @@ from asyncio import coroutines
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+PY312 = sys.version_info >= (3, 12)
 PY313 = sys.version_info >= (3, 13)
 
 F = TypeVar("F", bound=Callable[..., Any])
