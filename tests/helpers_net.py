@@ -13,6 +13,7 @@ import gc
 import logging
 import mmap
 import os
+import re
 import resource
 import socket
 import ssl
@@ -64,6 +65,15 @@ def buffer_at_page_offset(size: int, offset: int) -> memoryview:
 def count_fds() -> int:
     """Number of open descriptors of this process."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def as_any_class(text: str) -> str:
+    """A transport's repr, or a log line that starts with one, with its class
+    name (the loops spell theirs apart) as T, descriptor numbers as F and
+    non-zero buffer sizes as N."""
+    text = re.sub(r"^<\w+ ", "<T ", text)
+    text = re.sub(r"fd=\d+", "fd=F", text)
+    return re.sub(r"bufsize=[1-9]\d*", "bufsize=N", text)
 
 
 def run_and_drop_loop(

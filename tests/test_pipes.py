@@ -10,14 +10,13 @@ import asyncio
 import errno
 import logging
 import os
-import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_net import KeepingProtocol, asyncio_log, queue_datagrams
+from helpers_net import KeepingProtocol, as_any_class, asyncio_log, queue_datagrams
 from loop_helpers import run
 
 MIB = 1024 * 1024
@@ -165,11 +164,6 @@ def test_read_pipe_data_eof_and_close(loop_factory: Callable[[], Any], fds_uncha
     assert protocol.exc is None
 
 
-def _pipe_repr_words(transport: Any) -> str:
-    # Without the class name, which the loops spell apart.
-    return re.sub(r"fd=\d+", "fd=F", repr(transport)[1:-1].split(" ", 1)[1])
-
-
 def test_pipe_transports_repr_reads_as_asyncio_s(
     loop_factory: Callable[[], Any], fds_unchanged: None
 ) -> None:
@@ -178,22 +172,22 @@ def test_pipe_transports_repr_reads_as_asyncio_s(
         rfile, wfile = pipe_files()
         reader, read_protocol = await loop.connect_read_pipe(ReadRecorder, rfile)
         writer, write_protocol = await loop.connect_write_pipe(WriteRecorder, wfile)
-        shown = [_pipe_repr_words(reader), _pipe_repr_words(writer)]
+        shown = [as_any_class(repr(reader)), as_any_class(repr(writer))]
         reader.pause_reading()
-        shown.append(_pipe_repr_words(reader))
+        shown.append(as_any_class(repr(reader)))
         reader.close()
         writer.close()
         await read_protocol.done
         await write_protocol.done
-        shown += [_pipe_repr_words(reader), _pipe_repr_words(writer)]
+        shown += [as_any_class(repr(reader)), as_any_class(repr(writer))]
         return shown
 
     assert run(loop_factory, main) == [
-        "fd=F polling",
-        "fd=F idle bufsize=0",
-        "fd=F idle",
-        "closed fd=F closed",
-        "closed fd=F closed",
+        "<T fd=F polling>",
+        "<T fd=F idle bufsize=0>",
+        "<T fd=F idle>",
+        "<T closed fd=F closed>",
+        "<T closed fd=F closed>",
     ]
 
 
@@ -212,20 +206,15 @@ def test_debug_mode_logs_a_read_pipe_s_switches_and_its_peer_closing(
     with asyncio_log() as records:
         run(loop_factory, main, debug=True)
     about_the_pipe = [
-        (level, _pipe_repr_words_in(message))
+        (level, as_any_class(message))
         for level, message in records
         if message.endswith(("reading", "closed by peer"))
     ]
     assert about_the_pipe == [
-        ("DEBUG", "fd=F idle> pauses reading"),
-        ("DEBUG", "fd=F polling> resumes reading"),
-        ("INFO", "fd=F polling> was closed by peer"),
+        ("DEBUG", "<T fd=F idle> pauses reading"),
+        ("DEBUG", "<T fd=F polling> resumes reading"),
+        ("INFO", "<T fd=F polling> was closed by peer"),
     ]
-
-
-def _pipe_repr_words_in(message: str) -> str:
-    # A logged message that starts with a transport's repr, without its class name.
-    return re.sub(r"fd=\d+", "fd=F", message.split(" ", 1)[1])
 
 
 def test_read_pipe_close_and_close_again(

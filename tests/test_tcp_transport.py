@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import textwrap
@@ -34,6 +33,7 @@ from helpers_net import (
     KeepingProtocol,
     RecordingProtocol,
     ServerSide,
+    as_any_class,
     asyncio_log,
     buffer_at_page_offset,
     close_server,
@@ -2004,42 +2004,32 @@ def test_extra_info_goes_through_asyncios_get_extra_info(loop: asyncio.AbstractE
     assert loop.run_until_complete(main()) == ("patched", "", "", True, "default", True)
 
 
-def _repr_words(transport: Any) -> str:
-    """A transport's repr without its class name (the loops name their classes
-    apart), with its descriptor and a non-zero buffer size as placeholders."""
-    text = repr(transport)
-    assert text.startswith("<") and text.endswith(">"), text
-    words = text[1:-1].split(" ", 1)[1]
-    words = re.sub(r"fd=\d+", "fd=F", words)
-    return re.sub(r"bufsize=[1-9]\d*", "bufsize=N", words)
-
-
 def test_socket_transport_repr_reads_as_asyncio_s(loop_factory: Any) -> None:
     async def main() -> list[str]:
         server, side, tr, _ = await tcp_pair()
-        shown = [_repr_words(tr)]
+        shown = [as_any_class(repr(tr))]
         tr.pause_reading()
-        shown.append(_repr_words(tr))
+        shown.append(as_any_class(repr(tr)))
         tr.resume_reading()
         peer = await side.first()
         peer.transport.pause_reading()  # so that the client's writes back up
         tr.write(b"x" * (16 * MiB))
-        shown.append(_repr_words(tr))
+        shown.append(as_any_class(repr(tr)))
         tr.close()
-        shown.append(_repr_words(tr))
+        shown.append(as_any_class(repr(tr)))
         tr.abort()
         await asyncio.wait_for(tr.get_protocol().lost, 10)
-        shown.append(_repr_words(tr))
+        shown.append(as_any_class(repr(tr)))
         peer.transport.close()
         await close_server(server)
         return shown
 
     assert run(loop_factory, main) == [
-        "fd=F read=polling write=<idle, bufsize=0>",
-        "fd=F read=idle write=<idle, bufsize=0>",
-        "fd=F read=polling write=<polling, bufsize=N>",
-        "closing fd=F read=idle write=<polling, bufsize=N>",
-        "closed fd=F",
+        "<T fd=F read=polling write=<idle, bufsize=0>>",
+        "<T fd=F read=idle write=<idle, bufsize=0>>",
+        "<T fd=F read=polling write=<polling, bufsize=N>>",
+        "<T closing fd=F read=idle write=<polling, bufsize=N>>",
+        "<T closed fd=F>",
     ]
 
 
@@ -2100,7 +2090,7 @@ def test_debug_mode_logs_reading_switches_and_eof(loop_factory: Any) -> None:
     with asyncio_log() as records:
         run(loop_factory, main, debug=True)
     about_reading = [
-        (level, re.sub(r"^<\w+ fd=\d+", "<T fd=F", message))
+        (level, as_any_class(message))
         for level, message in records
         if message.endswith(("reading", "EOF"))
     ]
