@@ -679,6 +679,38 @@ def test_slow_protocol_callback_warning_names_the_transport(loop, caplog, kind):
     assert any(transport_class in message for message in slow), slow
 
 
+def test_slow_protocol_factory_warning_in_debug_mode(loop, caplog):
+    """Both loops warn; what they name differs (asyncio: its accept task;
+    ferroloop: the server's accepting socket), and ferroloop's is pinned here."""
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.05
+
+    made = loop.create_future()
+
+    def slow_factory():
+        time.sleep(0.1)
+        made.set_result(None)
+        return asyncio.Protocol()
+
+    async def accept_one():
+        server = await loop.create_server(slow_factory, "127.0.0.1", 0)
+        listening_fd = server.sockets[0].fileno()
+        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        await asyncio.wait_for(made, 10)
+        await asyncio.sleep(0)  # the accept's own step ends after the factory
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return listening_fd
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        listening_fd = loop.run_until_complete(accept_one())
+    slow = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
+    assert slow, caplog.records
+    if type(loop).__module__.startswith("ferroloop"):
+        assert any(f"<Server accepting on fd={listening_fd}>" in message for message in slow), slow
+
+
 def test_handles_made_in_debug_mode_say_where(loop):
     loop.set_debug(True)
     soon_line = inspect.currentframe().f_lineno + 1
