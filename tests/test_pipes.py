@@ -454,6 +454,42 @@ def test_write_pipe_write_writelines_and_close(
     assert protocol.exc is None
 
 
+def test_write_pipe_is_a_full_transport_whose_read_side_is_not_implemented(
+    loop_factory: Callable[[], Any], fds_unchanged: None
+) -> None:
+    # asyncio's write pipe transport is an asyncio.Transport (its flow-control
+    # base is one), so the reading methods exist and raise NotImplementedError;
+    # a read pipe transport is only a ReadTransport and has no write().
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        rfile, wfile = pipe_files()
+        writer, _ = await loop.connect_write_pipe(WriteRecorder, wfile)
+        reader, _ = await loop.connect_read_pipe(ReadRecorder, rfile)
+        seen: dict[str, Any] = {
+            "writer is a Transport": isinstance(writer, asyncio.Transport),
+            "reader is a WriteTransport": isinstance(reader, asyncio.WriteTransport),
+            "reader has write": hasattr(reader, "write"),
+        }
+        for name in ("pause_reading", "resume_reading", "is_reading"):
+            try:
+                getattr(writer, name)()
+            except Exception as exc:  # the type is what is compared
+                seen[name] = type(exc).__name__
+        writer.close()
+        reader.close()
+        await asyncio.sleep(0.01)
+        return seen
+
+    assert run(loop_factory, main) == {
+        "writer is a Transport": True,
+        "reader is a WriteTransport": False,
+        "reader has write": False,
+        "pause_reading": "NotImplementedError",
+        "resume_reading": "NotImplementedError",
+        "is_reading": "NotImplementedError",
+    }
+
+
 def test_flow_control_with_a_slow_reader(
     loop_factory: Callable[[], Any], fds_unchanged: None
 ) -> None:

@@ -241,6 +241,13 @@ def test_is_closed_and_close_twice(loop):
     assert loop.is_closed()
 
 
+def test_private_closed_flag_follows_close(loop):
+    # Not API, but read by code written against asyncio's (and uvloop's) loops.
+    assert loop._closed is False
+    loop.close()
+    assert loop._closed is True
+
+
 def test_close_while_running_raises(loop):
     async def main():
         with pytest.raises(RuntimeError):

@@ -125,6 +125,12 @@ class EventLoop(  # type: ignore[misc]
             if not self.is_running():
                 self.close()
 
+    @property
+    def _closed(self) -> bool:
+        """asyncio's private closed flag: code written against its loops (and
+        uvloop's, which has it too) reads it instead of `is_closed()`."""
+        return self.is_closed()
+
     # -- running and stopping ------------------------------------------------
 
     def run_until_complete(self, future: Any) -> Any:

@@ -2,7 +2,7 @@
 
 The I/O runs in the Rust core (`_core.PipeTransport`): reads, writes, write
 buffering, flow control and the close/abort life cycle. The classes here are
-the `asyncio.ReadTransport` / `asyncio.WriteTransport` objects protocols see;
+the `asyncio.ReadTransport` / `asyncio.Transport` objects protocols see;
 like the socket transports, their hot methods are the native object's methods
 bound onto the instance. What runs once per pipe (validating the descriptor,
 making it non-blocking, scheduling `connection_made`) is Python.
@@ -152,8 +152,12 @@ class ReadPipeTransport(_PipeTransportMixin, asyncio.ReadTransport):
         )
 
 
-class WritePipeTransport(_PipeTransportMixin, asyncio.WriteTransport):
-    """The write end of a pipe, a FIFO, a socket or a character device (pty)."""
+class WritePipeTransport(_PipeTransportMixin, asyncio.Transport):
+    """The write end of a pipe, a FIFO, a socket or a character device (pty).
+
+    An `asyncio.Transport`, not only a `WriteTransport`, as asyncio's is (its
+    flow-control base class is a full transport): the reading methods exist
+    and raise `NotImplementedError`."""
 
     _direction = "write"
 
