@@ -177,6 +177,9 @@ pub struct Loop {
     call_soon_of_run: Mutex<Option<Py<PyAny>>>,
     /// The loop's class defines its own `time` (checked when a run starts).
     class_time: AtomicBool,
+    /// Native interest was withdrawn since the last poll (`FdWatchers`'s
+    /// list is not empty): the queued readiness must be checked against it.
+    withdrawals: AtomicBool,
     /// Iterations run, counting for the busy loop's checks (signals, GIL).
     busy_iterations: AtomicU32,
     /// When the busy loop last let other threads take the GIL (`monotonic()`
@@ -453,6 +456,9 @@ impl Loop {
         let mut garbage = Garbage::default();
         {
             let mut state = self.state.lock();
+            if self.withdrawals.swap(false, Ordering::Relaxed) {
+                state.watchers.clear_withdrawals();
+            }
             if !events.is_empty() {
                 queue_io(py, &mut state, poller, &events, &mut garbage);
             }
@@ -483,7 +489,11 @@ impl Loop {
         std::mem::swap(&mut batch, &mut self.state.lock().ready);
         let debug = self.is_debug();
         let mut outcome = Ok(());
-        while let Some(job) = batch.pop_front() {
+        while let Some(mut job) = batch.pop_front() {
+            if self.withdrawals.load(Ordering::Relaxed) && !self.still_wanted(&mut job) {
+                job.release(slf.py());
+                continue;
+            }
             let result = if debug {
                 run_job_timed(slf, &job)
             } else {
@@ -511,6 +521,16 @@ impl Loop {
             std::mem::forget(placeholder);
         }
         outcome
+    }
+
+    /// False for a native job whose every ready direction was withdrawn
+    /// since the poll; otherwise true, with the withdrawn directions removed.
+    fn still_wanted(&self, job: &mut Job) -> bool {
+        let Job::Native { readiness, .. } = job else {
+            return true;
+        };
+        *readiness = self.state.lock().watchers.still_wanted(*readiness);
+        readiness.readable || readiness.writable
     }
 
     /// One iteration. `poller` is the loop's own, which the caller holds
@@ -811,6 +831,7 @@ impl Loop {
             own_kwargs: Mutex::new(None),
             call_soon_of_run: Mutex::new(None),
             class_time: AtomicBool::new(defines_own_time(cls)?),
+            withdrawals: AtomicBool::new(false),
             busy_iterations: AtomicU32::new(0),
             gil_shared_at: AtomicU64::new(0),
             switch_interval: AtomicU64::new(DEFAULT_SWITCH_INTERVAL.to_bits()),
@@ -1345,6 +1366,7 @@ impl Loop {
                 interest,
             };
             let (before, after, previous) = state.watchers.set_native(fd, Some(native));
+            self.note_withdrawals(&state);
             let result = poller.set_interest(fd, before, after);
             if result.is_err() {
                 let (_, _, ours) = state.watchers.set_native(fd, None);
@@ -1395,6 +1417,7 @@ impl Loop {
         }
         let poller = poller.ok_or_else(closed_error)?;
         if let Some((before, after)) = state.watchers.set_native_interest(fd, interest) {
+            self.note_withdrawals(&state);
             if before != after {
                 poller
                     .set_interest(fd, before, after)
@@ -1402,6 +1425,12 @@ impl Loop {
             }
         }
         Ok(())
+    }
+
+    fn note_withdrawals(&self, state: &LoopState) {
+        if state.watchers.has_withdrawals() {
+            self.withdrawals.store(true, Ordering::Relaxed);
+        }
     }
 
     /// `native_unwatch` for a watcher that may have been replaced meanwhile.
@@ -1416,6 +1445,7 @@ impl Loop {
         let previous = {
             let mut state = self.state.lock();
             let (before, after, previous) = state.watchers.set_native(fd, None);
+            self.note_withdrawals(&state);
             if let Some(poller) = self.poller.lock().as_ref() {
                 let _ = poller.set_interest(fd, before, after);
             }

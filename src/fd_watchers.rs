@@ -30,7 +30,7 @@ pub struct Watch {
 
 impl Watch {
     pub fn interest(&self) -> Interest {
-        let native = self.native.as_ref().map(|n| n.interest).unwrap_or_default();
+        let native = native_interest(self);
         let handles = self.reader.is_some() || self.writer.is_some();
         Interest {
             read: self.reader.is_some() || native.read,
@@ -43,6 +43,14 @@ impl Watch {
     fn is_unused(&self) -> bool {
         self.reader.is_none() && self.writer.is_none() && self.native.is_none()
     }
+}
+
+fn native_interest(watch: &Watch) -> Interest {
+    watch
+        .native
+        .as_ref()
+        .map(|n| n.interest)
+        .unwrap_or_default()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -62,6 +70,13 @@ pub struct Change {
 #[derive(Default)]
 pub struct FdWatchers {
     watches: FxHashMap<RawFd, Watch>,
+    /// Native interest withdrawn since the last poll, by descriptor. asyncio
+    /// cancels a reader's (writer's) handle when it is removed, so readiness
+    /// this iteration's poll already queued for it is dropped, even when the
+    /// interest comes back before the queued callback's turn (a transport
+    /// paused and resumed in one iteration): the renewed interest waits for
+    /// the next poll. Mostly empty; a short list when not.
+    withdrawn: Vec<(RawFd, Interest)>,
 }
 
 impl FdWatchers {
@@ -94,11 +109,23 @@ impl FdWatchers {
     ) -> (Interest, Interest, Option<Py<PyAny>>) {
         let watch = self.watches.entry(fd).or_default();
         let before = watch.interest();
+        let old_native = native_interest(watch);
+        let same_target = match (&watch.native, &native) {
+            (Some(old), Some(new)) => old.target.is(&new.target),
+            _ => false,
+        };
         let previous = std::mem::replace(&mut watch.native, native).map(|n| n.target);
+        // A new target withdraws everything the old one waited for.
+        let kept = if same_target {
+            native_interest(watch)
+        } else {
+            Interest::default()
+        };
         let after = watch.interest();
         if watch.is_unused() {
             self.watches.remove(&fd);
         }
+        self.record_withdrawal(fd, old_native, kept);
         (before, after, previous)
     }
 
@@ -110,8 +137,45 @@ impl FdWatchers {
     ) -> Option<(Interest, Interest)> {
         let watch = self.watches.get_mut(&fd)?;
         let before = watch.interest();
-        watch.native.as_mut()?.interest = interest;
-        Some((before, watch.interest()))
+        let native = watch.native.as_mut()?;
+        let old_native = std::mem::replace(&mut native.interest, interest);
+        let after = watch.interest();
+        self.record_withdrawal(fd, old_native, interest);
+        Some((before, after))
+    }
+
+    fn record_withdrawal(&mut self, fd: RawFd, old: Interest, new: Interest) {
+        let withdrawn = Interest {
+            read: old.read && !new.read,
+            write: old.write && !new.write,
+            edge: false,
+        };
+        if withdrawn.read || withdrawn.write {
+            self.withdrawn.push((fd, withdrawn));
+        }
+    }
+
+    /// True if native interest was withdrawn since the last poll.
+    pub fn has_withdrawals(&self) -> bool {
+        !self.withdrawn.is_empty()
+    }
+
+    /// Forgets the withdrawals: a new poll reports only what is wanted now.
+    pub fn clear_withdrawals(&mut self) {
+        self.withdrawn.clear();
+    }
+
+    /// `readiness` queued by the last poll, less the directions whose native
+    /// interest was withdrawn since.
+    pub fn still_wanted(&self, readiness: Readiness) -> Readiness {
+        let mut wanted = readiness;
+        for (fd, withdrawn) in &self.withdrawn {
+            if *fd == readiness.fd {
+                wanted.readable &= !withdrawn.read;
+                wanted.writable &= !withdrawn.write;
+            }
+        }
+        wanted
     }
 
     /// True if `target` is the native watcher of `fd`.
@@ -139,6 +203,7 @@ impl FdWatchers {
     }
 
     pub fn drain(&mut self, garbage: &mut Vec<Py<Handle>>, natives: &mut Vec<Py<PyAny>>) {
+        self.withdrawn.clear();
         for (_, watch) in self.watches.drain() {
             garbage.extend(watch.reader);
             garbage.extend(watch.writer);

@@ -316,6 +316,33 @@ async def tcp_pair(
     return server, side, transport, protocol
 
 
+async def order_after_pause_and_resume(
+    transport: Any, send: Callable[[], object], events: list[str]
+) -> list[str]:
+    """What comes first after a read is queued and the transport is then
+    paused and resumed in one callback that also queues another callback.
+
+    `send()` makes the transport's descriptor readable; the transport's
+    protocol appends "data" to `events`. asyncio's pause cancels the read the
+    poll had queued, so the data comes at the next poll, after the callback
+    queued meanwhile. Returns `events` once the data arrived.
+    """
+    loop = asyncio.get_running_loop()
+
+    def pause_and_resume() -> None:
+        transport.pause_reading()
+        transport.resume_reading()
+        loop.call_soon(events.append, "queued after resume")
+
+    send()
+    loop.call_soon(pause_and_resume)
+    for _ in range(100):
+        if "data" in events:
+            break
+        await asyncio.sleep(0.001)
+    return events
+
+
 def listening_socket(host: str = "127.0.0.1", family: int = socket.AF_INET) -> socket.socket:
     """A plain listening socket (blocking) on an ephemeral port."""
     sock = socket.socket(family, socket.SOCK_STREAM)

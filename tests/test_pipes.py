@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_net import KeepingProtocol, as_any_class, asyncio_log, queue_datagrams
+from helpers_net import (
+    KeepingProtocol,
+    as_any_class,
+    asyncio_log,
+    order_after_pause_and_resume,
+    queue_datagrams,
+)
 from loop_helpers import run
 
 MIB = 1024 * 1024
@@ -263,6 +269,31 @@ def test_read_pipe_pause_and_resume(loop_factory: Callable[[], Any], fds_unchang
     assert during_pause == b""
     assert data == b"while paused"
     assert states == [True, False, True]
+
+
+def test_read_pipe_pause_and_resume_in_one_iteration_drops_the_queued_read(
+    loop_factory: Callable[[], Any], fds_unchanged: None
+) -> None:
+    class DataEvents(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.events: list[str] = []
+
+        def data_received(self, data: bytes) -> None:
+            self.events.append("data")
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        rfile, wfile = pipe_files()
+        with wfile:
+            transport, protocol = await loop.connect_read_pipe(DataEvents, rfile)
+            events = await order_after_pause_and_resume(
+                transport, lambda: wfile.write(b"x"), protocol.events
+            )
+            transport.close()
+            await asyncio.sleep(0)
+        return events
+
+    assert run(loop_factory, main) == ["queued after resume", "data"]
 
 
 def test_read_pipe_large_transfer(loop_factory: Callable[[], Any], fds_unchanged: None) -> None:

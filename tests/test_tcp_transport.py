@@ -40,6 +40,7 @@ from helpers_net import (
     closed_port,
     count_fds,
     listening_socket,
+    order_after_pause_and_resume,
     raised_nofile,
     run_and_drop_loop,
     run_oracle,
@@ -1077,6 +1078,32 @@ def test_pause_resume_reading(loop_factory: Any) -> None:
         await close_server(server)
 
     run(loop_factory, main)
+
+
+class DataEvents(asyncio.Protocol):
+    """Appends "data" to its `events` for every read."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append("data")
+
+
+def test_pause_and_resume_in_one_iteration_drops_the_queued_read(loop_factory: Any) -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        ours, peer = socket.socketpair()
+        with peer:
+            transport, protocol = await loop.create_connection(DataEvents, sock=ours)
+            events = await order_after_pause_and_resume(
+                transport, lambda: peer.send(b"x"), protocol.events
+            )
+            transport.close()
+            await asyncio.sleep(0)
+        return events
+
+    assert run(loop_factory, main) == ["queued after resume", "data"]
 
 
 def test_write_buffer_limits(loop_factory: Any) -> None:

@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 
 import pytest
 from cpython_bugs import DATAGRAM_HEADER_NEVER_DRAINS
-from helpers_net import as_any_class, asyncio_log, count_fds, run_and_drop_loop
+from helpers_net import (
+    as_any_class,
+    asyncio_log,
+    count_fds,
+    order_after_pause_and_resume,
+    run_and_drop_loop,
+)
 
 _T = TypeVar("_T")
 
@@ -445,6 +451,34 @@ def test_strided_memoryview_queued_is_sent_as_a_copy(
         await _close(sender, receiver)
 
     run(loop_factory, main)
+
+
+class DatagramEvents(asyncio.DatagramProtocol):
+    """Appends "data" to its `events` for every datagram."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.events.append("data")
+
+
+def test_pause_and_resume_in_one_iteration_drops_the_queued_read(
+    loop_factory: LoopFactory,
+) -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with peer:
+            transport, protocol = await loop.create_datagram_endpoint(DatagramEvents, sock=ours)
+            events = await order_after_pause_and_resume(
+                transport, lambda: peer.send(b"x"), protocol.events
+            )
+            transport.close()
+            await asyncio.sleep(0)
+        return events
+
+    assert run(loop_factory, main) == ["queued after resume", "data"]
 
 
 def test_unresolved_addr_on_unconnected_socket_goes_to_python(loop_factory: LoopFactory) -> None:
