@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyTuple, PyType};
 use pyo3::{ffi, PyTraverseError};
 
@@ -182,21 +183,32 @@ pub struct Loop {
     withdrawals: AtomicBool,
     /// Iterations run, counting for the busy loop's checks (signals, GIL).
     busy_iterations: AtomicU32,
-    /// When the busy loop last let other threads take the GIL (`monotonic()`
-    /// as f64 bits).
-    gil_shared_at: AtomicU64,
-    /// `sys.getswitchinterval()` when the run started (seconds, f64 bits):
-    /// how long other threads may wait for the GIL before they ask for it.
-    switch_interval: AtomicU64,
 }
 
 /// A busy loop (one that does not sleep) runs pending Python signal handlers,
-/// and sees whether it is time to share the GIL, this often, in iterations.
+/// and lets threads that asked for the GIL take it, this often, in iterations.
 const BUSY_CHECK_INTERVAL: u32 = 16;
 
-/// CPython's default switch interval (seconds), used by `_run_once` outside
-/// a run; a run reads the interpreter's own.
-const DEFAULT_SWITCH_INTERVAL: f64 = 0.005;
+/// A Python function that does nothing (see `let_waiting_threads_in`).
+static GIL_CHECKPOINT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Lets a thread that asked for the GIL take it. The interpreter hands the
+/// GIL over at a bytecode boundary once another thread has waited a switch
+/// interval and asked for it, which any Python callback reaches; a loop kept
+/// busy by callbacks that are all native code reaches none, and would keep
+/// every other thread (executor workers, `call_soon_threadsafe` callers)
+/// waiting until it sleeps. Calling a Python function runs one such boundary
+/// (its `RESUME`), where CPython hands the GIL over if, and only if, it was
+/// asked for. Releasing and retaking the GIL instead is no substitute: the
+/// release wakes the waiting thread before its switch interval is up, so it
+/// never asks, and the retake wins the race for the GIL.
+fn let_waiting_threads_in(py: Python<'_>) -> PyResult<()> {
+    let checkpoint = GIL_CHECKPOINT.get_or_try_init(py, || {
+        py.eval(c"lambda: None", None, None).map(Bound::unbind)
+    })?;
+    checkpoint.call0(py)?;
+    Ok(())
+}
 
 fn current_thread_id() -> u64 {
     // SAFETY: pthread_self has no preconditions. It is also what
@@ -385,22 +397,6 @@ impl Loop {
         (timeout, watching)
     }
 
-    /// Lets waiting threads take the GIL if the busy loop has not for a
-    /// switch interval. The interpreter hands the GIL over at a bytecode
-    /// boundary when another thread asks, which any Python callback reaches;
-    /// a loop kept busy by callbacks that are all native code reaches none,
-    /// and without this would keep every other thread (executor workers,
-    /// `call_soon_threadsafe` callers) waiting until it sleeps. Releasing the
-    /// GIL when nobody waits costs a few hundred nanoseconds.
-    fn share_gil_if_due(&self, py: Python<'_>) {
-        let now = monotonic();
-        let shared_at = f64::from_bits(self.gil_shared_at.load(Ordering::Relaxed));
-        if now - shared_at >= f64::from_bits(self.switch_interval.load(Ordering::Relaxed)) {
-            py.detach(|| ());
-            self.gil_shared_at.store(now.to_bits(), Ordering::Relaxed);
-        }
-    }
-
     /// Steps 1-4 of an iteration: sleep as long as allowed, then queue
     /// everything that became ready.
     fn collect_ready(&self, py: Python<'_>, poller: &Poller, clock: &Clock<'_>) -> PyResult<()> {
@@ -439,7 +435,7 @@ impl Loop {
         // runs them at its next Python bytecode, as inside asyncio's own loop,
         // and here at least every BUSY_CHECK_INTERVAL iterations, so that
         // callbacks that are all native code cannot keep Ctrl-C out, nor
-        // other threads (see `share_gil_if_due`).
+        // other threads (see `let_waiting_threads_in`).
         if timeout_ms != 0 {
             py.check_signals()?;
         } else if self
@@ -448,7 +444,7 @@ impl Loop {
             .is_multiple_of(BUSY_CHECK_INTERVAL)
         {
             py.check_signals()?;
-            self.share_gil_if_due(py);
+            let_waiting_threads_in(py)?;
         }
         // Read before taking the state lock: a patched clock is Python code.
         let now = clock.patched_now()?;
@@ -833,8 +829,6 @@ impl Loop {
             class_time: AtomicBool::new(defines_own_time(cls)?),
             withdrawals: AtomicBool::new(false),
             busy_iterations: AtomicU32::new(0),
-            gil_shared_at: AtomicU64::new(0),
-            switch_interval: AtomicU64::new(DEFAULT_SWITCH_INTERVAL.to_bits()),
         })
     }
 
@@ -982,9 +976,6 @@ impl Loop {
         slf.call_method1("_set_coroutine_origin_tracking", (this.is_debug(),))?;
         let sys = python_api::sys(py)?;
         let old_hooks = sys.call_method0("get_asyncgen_hooks")?;
-        let switch_interval: f64 = sys.call_method0("getswitchinterval")?.extract()?;
-        this.switch_interval
-            .store(switch_interval.to_bits(), Ordering::Relaxed);
         this.thread_id.store(current_thread_id(), Ordering::Relaxed);
         // Again: the class may have been patched since the loop was made.
         this.class_time

@@ -559,11 +559,16 @@ def test_other_threads_run_while_only_native_callbacks_keep_the_loop_busy(loop, 
         if switch_interval is not None:
             sys.setswitchinterval(switch_interval)
         loop.call_soon(spin)
+        started = time.monotonic()
         stopper.start()
         loop.run_forever()
+        took = time.monotonic() - started
     finally:
         sys.setswitchinterval(default_interval)
         faulthandler.cancel_dump_traceback_later()
         stopper.cancel()
         spin.__setstate__((print, (), {}, None))  # break the self-reference
     stopper.join()
+    # A timer of 0.05 s, and a switch interval or two to get the GIL; not the
+    # seconds a thread waits when its requests for the GIL are never seen.
+    assert took < 5
