@@ -4,9 +4,10 @@ Each seed makes a program of callbacks (`call_soon`, `call_soon_threadsafe`,
 `call_later(0)`, some with a copied context, some raising), handle, future and
 task cancellations, futures resolved from callbacks, tasks that await futures
 (plain or shielded), earlier tasks, `asyncio.wait`, an `Event` under
-`wait_for(..., 0)` and `asyncio.timeout(0)`, a `Queue`, and bytes sent
-into socket pairs whose other ends are read by transports that are paused and
-resumed now and then. Everything it does
+`wait_for(..., 0)` and `asyncio.timeout(0)`, a `Queue`, and socket pairs:
+bytes sent to transports that are paused and resumed now and then, written
+between two transports, ends written and transports closed or aborted, and a
+plain socket watched with `add_reader` and `remove_reader`. Everything it does
 and everything the loop's exception handler receives is written to a trace;
 asyncio's trace is the expected one. Nothing here depends on the clock: every
 timer is due at once, every timeout is zero, and bytes sent into a socket pair
@@ -51,6 +52,9 @@ class ScheduledProgram:
         # other ends through transports whose protocols log what arrives.
         self.peers: list[socket.socket] = []
         self.transports: list[asyncio.Transport] = []
+        self.raw_socket: socket.socket
+        self.raw_peer: socket.socket
+        self.raw_watched = False
 
     def log(self, *parts: object) -> None:
         self.trace.append(" ".join(map(str, parts)))
@@ -145,8 +149,50 @@ class ScheduledProgram:
 
     def _send_to_a_transport(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
         index = self.rng.randrange(len(self.peers))
-        self.peers[index].send(f"{tag};".encode())
-        self.log(tag, "sends to transport", index)
+        try:
+            self.peers[index].send(f"{tag};".encode())
+            self.log(tag, "sends to transport", index)
+        except OSError as exc:  # the transport closed its end
+            self.log(tag, "cannot send to transport", index, type(exc).__name__)
+
+    def _write_on_a_transport(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
+        index = self.rng.randrange(len(self.transports))
+        transport = self.transports[index]
+        if not transport.is_closing():
+            try:
+                transport.write(f"{tag};".encode())
+                self.log(tag, "writes on transport", index)
+            except RuntimeError as exc:  # after write_eof()
+                self.log(tag, "cannot write on transport", index, exc)
+
+    def _end_a_transport(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
+        index = self.rng.randrange(len(self.transports))
+        transport = self.transports[index]
+        how = self.rng.choice(["write_eof", "close", "abort"])
+        if transport.is_closing():
+            return
+        if how == "write_eof":
+            if not transport.can_write_eof():
+                return
+            transport.write_eof()
+        elif how == "close":
+            transport.close()
+        else:
+            transport.abort()
+        self.log(tag, how, "on transport", index)
+
+    def _watch_or_unwatch_the_raw_socket(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
+        fd = self.raw_socket.fileno()
+        if self.raw_watched:
+            self.log(tag, "removes reader:", loop.remove_reader(fd))
+        else:
+            loop.add_reader(fd, self.raw_readable, tag)
+            self.log(tag, "adds reader")
+        self.raw_watched = not self.raw_watched
+
+    def _send_to_the_raw_socket(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
+        self.raw_peer.send(f"{tag};".encode())
+        self.log(tag, "sends to the raw socket")
 
     def _pause_or_resume_reading(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
         index = self.rng.randrange(len(self.transports))
@@ -178,6 +224,11 @@ class ScheduledProgram:
         _send_to_a_transport,
         _send_to_a_transport,
         _pause_or_resume_reading,
+        _write_on_a_transport,
+        _write_on_a_transport,
+        _end_a_transport,
+        _watch_or_unwatch_the_raw_socket,
+        _send_to_the_raw_socket,
     ]
 
     # -- what runs on the loop ------------------------------------------------
@@ -186,6 +237,13 @@ class ScheduledProgram:
         self.log("callback", name, "in context", current_tag.get())
         for _ in range(self.rng.randrange(1, 4)):
             self.step(name)
+
+    def raw_readable(self, tag: str) -> None:
+        try:
+            data = self.raw_socket.recv(4096)
+        except BlockingIOError:
+            data = b"(nothing)"
+        self.log("reader added by", tag, "reads", data.decode())
 
     def failing_callback(self, name: str) -> None:
         self.log("failing callback", name)
@@ -270,21 +328,35 @@ class ScheduledProgram:
             self.log(tag, "task", other, "failed with", type(exc).__name__)
 
     async def open_transports(self) -> None:
+        # Transports 0 and 1 have plain sockets as peers, 2 and 3 are each
+        # other's peer; the raw socket is watched with add_reader.
         loop = asyncio.get_running_loop()
         for index in range(2):
             ours, peer = socket.socketpair()
             peer.setblocking(False)
             self.peers.append(peer)
-            transport, _ = await loop.create_connection(
-                lambda index=index: LoggingProtocol(self, index), sock=ours
-            )
-            self.transports.append(transport)  # type: ignore[arg-type]
+            await self.open_transport(loop, ours, index)
+        left, right = socket.socketpair()
+        await self.open_transport(loop, left, 2)
+        await self.open_transport(loop, right, 3)
+        self.raw_socket, self.raw_peer = socket.socketpair()
+        self.raw_socket.setblocking(False)
+
+    async def open_transport(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, index: int
+    ) -> None:
+        transport, _ = await loop.create_connection(lambda: LoggingProtocol(self, index), sock=sock)
+        self.transports.append(transport)  # type: ignore[arg-type]
 
     async def close_transports(self) -> None:
         for transport in self.transports:
             transport.close()
         for peer in self.peers:
             peer.close()
+        if self.raw_watched:
+            asyncio.get_running_loop().remove_reader(self.raw_socket.fileno())
+        self.raw_socket.close()
+        self.raw_peer.close()
         for _ in range(3):
             await asyncio.sleep(0)
 
