@@ -6,8 +6,9 @@ task cancellations, futures resolved from callbacks, tasks that await futures
 (plain or shielded), earlier tasks, `asyncio.wait`, an `Event` under
 `wait_for(..., 0)` and `asyncio.timeout(0)`, a `Queue`, and socket pairs:
 bytes sent to transports that are paused and resumed now and then, written
-between two transports, ends written and transports closed or aborted, and a
-plain socket watched with `add_reader` and `remove_reader`. Everything it does
+between two transports, ends written and transports closed or aborted, a
+plain socket watched with `add_reader` and `remove_reader`, and one read by a
+task with `sock_recv` (echoing some with `sock_sendall`). Everything it does
 and everything the loop's exception handler receives is written to a trace;
 asyncio's trace is the expected one. Nothing here depends on the clock: every
 timer is due at once, every timeout is zero, and bytes sent into a socket pair
@@ -55,6 +56,9 @@ class ScheduledProgram:
         self.raw_socket: socket.socket
         self.raw_peer: socket.socket
         self.raw_watched = False
+        self.sock_socket: socket.socket
+        self.sock_peer: socket.socket
+        self.sock_recv_task: asyncio.Task[None]
 
     def log(self, *parts: object) -> None:
         self.trace.append(" ".join(map(str, parts)))
@@ -194,6 +198,10 @@ class ScheduledProgram:
         self.raw_peer.send(f"{tag};".encode())
         self.log(tag, "sends to the raw socket")
 
+    def _send_to_the_sock_recv_task(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
+        self.sock_peer.send(f"{tag};".encode())
+        self.log(tag, "sends to the sock_recv task")
+
     def _pause_or_resume_reading(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
         index = self.rng.randrange(len(self.transports))
         transport = self.transports[index]
@@ -229,6 +237,7 @@ class ScheduledProgram:
         _end_a_transport,
         _watch_or_unwatch_the_raw_socket,
         _send_to_the_raw_socket,
+        _send_to_the_sock_recv_task,
     ]
 
     # -- what runs on the loop ------------------------------------------------
@@ -341,6 +350,17 @@ class ScheduledProgram:
         await self.open_transport(loop, right, 3)
         self.raw_socket, self.raw_peer = socket.socketpair()
         self.raw_socket.setblocking(False)
+        self.sock_socket, self.sock_peer = socket.socketpair()
+        self.sock_socket.setblocking(False)
+        self.sock_recv_task = loop.create_task(self.read_with_sock_recv())
+
+    async def read_with_sock_recv(self) -> None:
+        loop = asyncio.get_running_loop()
+        while data := await loop.sock_recv(self.sock_socket, 4096):
+            self.log("sock_recv got", data.decode())
+            if self.rng.random() < 0.3:
+                await loop.sock_sendall(self.sock_socket, data)
+                self.log("sock_sendall sent", data.decode())
 
     async def open_transport(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, index: int
@@ -357,6 +377,13 @@ class ScheduledProgram:
             asyncio.get_running_loop().remove_reader(self.raw_socket.fileno())
         self.raw_socket.close()
         self.raw_peer.close()
+        self.sock_recv_task.cancel()
+        try:
+            await self.sock_recv_task
+        except asyncio.CancelledError:
+            self.log("sock_recv task cancelled")
+        self.sock_socket.close()
+        self.sock_peer.close()
         for _ in range(3):
             await asyncio.sleep(0)
 
