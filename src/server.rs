@@ -2,19 +2,21 @@
 //!
 //! A [`Listener`] watches a listening socket and, when it is readable,
 //! accepts up to `backlog` connections (non-blocking, close-on-exec) in one
-//! go. A plain server's connections are opened right here (protocol and
-//! transport, see [`crate::accept`]); a TLS server gets each new descriptor
-//! and its peer address in Python, which wraps it. Running out of descriptors
+//! go. Each is opened in the next iteration, as asyncio's task for it would:
+//! a plain server's natively (protocol and transport, see
+//! [`crate::socket_transport`]); a TLS server gets the new descriptor and its
+//! peer address in Python, which wraps it. Running out of descriptors
 //! (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) is reported to the server, which
 //! pauses accepting for a moment as asyncio does; the server keeps serving.
 
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 use pyo3::PyTraverseError;
 
 use socket2::SockAddr;
@@ -91,13 +93,20 @@ fn dispatch(
     _loop: &Bound<'_, Loop>,
     _readiness: Readiness,
 ) -> PyResult<()> {
-    let listener = target.cast::<Listener>()?.get();
+    let listener = target.cast::<Listener>()?;
     let py = target.py();
-    let context = listener.context.lock().as_ref().map(|c| c.bind(py).clone());
-    callback_context::run_in(py, context.as_ref(), || accept_backlog(listener, py))
+    let context = listener
+        .get()
+        .context
+        .lock()
+        .as_ref()
+        .map(|c| c.bind(py).clone());
+    callback_context::run_in(py, context.as_ref(), || accept_backlog(listener))
 }
 
-fn accept_backlog(listener: &Listener, py: Python<'_>) -> PyResult<()> {
+fn accept_backlog(slf: &Bound<'_, Listener>) -> PyResult<()> {
+    let py = slf.py();
+    let listener = slf.get();
     for _ in 0..listener.accepts_per_event {
         if !listener.watching.load(Ordering::Relaxed) {
             break;
@@ -107,21 +116,9 @@ fn accept_backlog(listener: &Listener, py: Python<'_>) -> PyResult<()> {
                 if listener.nodelay {
                     set_nodelay(fd);
                 }
-                // asyncio opens each connection in a task of its own: the
-                // protocol factory and the transport's set-up run in a copy
-                // of the context the server accepts in.
-                let connection = match callback_context::copy_current(py) {
-                    Ok(connection) => connection,
-                    Err(err) => {
-                        // SAFETY: `fd` was just accepted and was handed to no one.
-                        unsafe { libc::close(fd) };
-                        return Err(err);
-                    }
-                };
-                let connection = connection.bind(py);
-                callback_context::run_in(py, Some(connection), || {
-                    open_connection(listener, fd, peer, connection)
-                })?;
+                // SAFETY: `fd` was just accepted and was handed to no one.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                AcceptedConnection::schedule(slf, fd, peer)?;
             }
             Accepted::Exhausted(errno) => {
                 let error = os_error(py, errno);
@@ -133,6 +130,61 @@ fn accept_backlog(listener: &Listener, py: Python<'_>) -> PyResult<()> {
         }
     }
     Ok(())
+}
+
+/// An accepted connection waiting to be opened. asyncio opens each one in a
+/// task of its own, whose first step (the protocol factory, the transport's
+/// set-up) runs in the iteration after the accept, in a copy of the context
+/// the server accepts in; this is that step, as a callback in that copy.
+#[pyclass(frozen, module = "ferroloop._core")]
+struct AcceptedConnection {
+    listener: Py<Listener>,
+    fd: Mutex<Option<OwnedFd>>,
+    peer: SockAddr,
+    context: Py<PyAny>,
+}
+
+impl AcceptedConnection {
+    fn schedule(listener: &Bound<'_, Listener>, fd: OwnedFd, peer: SockAddr) -> PyResult<()> {
+        let py = listener.py();
+        let context = callback_context::copy_current(py)?;
+        let pending = Self {
+            listener: listener.clone().unbind(),
+            fd: Mutex::new(Some(fd)),
+            peer,
+            context: context.clone_ref(py),
+        };
+        let pending = Bound::new(py, pending)?.into_any().unbind();
+        let args = PyTuple::empty(py).unbind();
+        listener
+            .get()
+            .loop_
+            .get()
+            .soon_in(py, pending, args, context)
+    }
+}
+
+#[pymethods]
+impl AcceptedConnection {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        // Once only; a connection never opened is closed when this is freed.
+        let Some(fd) = self.fd.lock().take() else {
+            return Ok(());
+        };
+        let listener = self.listener.get();
+        let peer = self.peer.clone();
+        open_connection(listener, fd.into_raw_fd(), peer, self.context.bind(py))
+    }
+
+    /// The name the loop's slow-callback warning gives it.
+    fn __repr__(&self) -> String {
+        format!("<Server accepting on fd={}>", self.listener.get().fd)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.listener)?;
+        visit.call(&self.context)
+    }
 }
 
 /// Hands the accepted `fd` to whoever opens the server's connections. The

@@ -7,8 +7,9 @@ task cancellations, futures resolved from callbacks, tasks that await futures
 `wait_for(..., 0)` and `asyncio.timeout(0)`, a `Queue`, and socket pairs:
 bytes sent to transports that are paused and resumed now and then, written
 between two transports, ends written and transports closed or aborted, a
-plain socket watched with `add_reader` and `remove_reader`, and one read by a
-task with `sock_recv` (echoing some with `sock_sendall`). Everything it does
+plain socket watched with `add_reader` and `remove_reader`, one read by a
+task with `sock_recv` (echoing some with `sock_sendall`), and a server whose
+clients connect, send and shut down their sending side. Everything it does
 and everything the loop's exception handler receives is written to a trace;
 asyncio's trace is the expected one. Nothing here depends on the clock: every
 timer is due at once, every timeout is zero, and bytes sent into a socket pair
@@ -59,6 +60,10 @@ class ScheduledProgram:
         self.sock_socket: socket.socket
         self.sock_peer: socket.socket
         self.sock_recv_task: asyncio.Task[None]
+        self.server: asyncio.Server
+        self.server_address: tuple[str, int]
+        self.clients: list[socket.socket] = []
+        self.accepted = 0
 
     def log(self, *parts: object) -> None:
         self.trace.append(" ".join(map(str, parts)))
@@ -198,6 +203,32 @@ class ScheduledProgram:
         self.raw_peer.send(f"{tag};".encode())
         self.log(tag, "sends to the raw socket")
 
+    def _connect_a_client(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
+        # A loopback connection is in the server's accept queue when connect()
+        # returns: the server accepts it at its next poll.
+        client = socket.create_connection(self.server_address)
+        client.setblocking(False)
+        self.clients.append(client)
+        self.log(tag, "connects client", len(self.clients) - 1)
+
+    def _send_from_a_client(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
+        if self.clients:
+            index = self.rng.randrange(len(self.clients))
+            try:
+                self.clients[index].send(f"{tag};".encode())
+                self.log(tag, "sends from client", index)
+            except OSError as exc:
+                self.log(tag, "cannot send from client", index, type(exc).__name__)
+
+    def _shut_a_client(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
+        if self.clients:
+            index = self.rng.randrange(len(self.clients))
+            try:
+                self.clients[index].shutdown(socket.SHUT_WR)
+                self.log(tag, "shuts client", index)
+            except OSError as exc:
+                self.log(tag, "cannot shut client", index, type(exc).__name__)
+
     def _send_to_the_sock_recv_task(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
         self.sock_peer.send(f"{tag};".encode())
         self.log(tag, "sends to the sock_recv task")
@@ -238,6 +269,10 @@ class ScheduledProgram:
         _watch_or_unwatch_the_raw_socket,
         _send_to_the_raw_socket,
         _send_to_the_sock_recv_task,
+        _connect_a_client,
+        _send_from_a_client,
+        _send_from_a_client,
+        _shut_a_client,
     ]
 
     # -- what runs on the loop ------------------------------------------------
@@ -353,6 +388,12 @@ class ScheduledProgram:
         self.sock_socket, self.sock_peer = socket.socketpair()
         self.sock_socket.setblocking(False)
         self.sock_recv_task = loop.create_task(self.read_with_sock_recv())
+        self.server = await loop.create_server(self.accepted_protocol, "127.0.0.1", 0)
+        self.server_address = self.server.sockets[0].getsockname()
+
+    def accepted_protocol(self) -> LoggingProtocol:
+        self.accepted += 1
+        return LoggingProtocol(self, f"accepted {self.accepted - 1}")
 
     async def read_with_sock_recv(self) -> None:
         loop = asyncio.get_running_loop()
@@ -384,6 +425,11 @@ class ScheduledProgram:
             self.log("sock_recv task cancelled")
         self.sock_socket.close()
         self.sock_peer.close()
+        for client in self.clients:
+            client.close()
+        self.server.close()
+        await self.server.wait_closed()
+        self.log("server closed")
         for _ in range(3):
             await asyncio.sleep(0)
 
@@ -408,7 +454,7 @@ class ScheduledProgram:
 class LoggingProtocol(asyncio.Protocol):
     """Logs a transport's events into its program's trace."""
 
-    def __init__(self, program: ScheduledProgram, index: int) -> None:
+    def __init__(self, program: ScheduledProgram, index: int | str) -> None:
         self.program = program
         self.index = index
 

@@ -45,6 +45,45 @@ async def _echo_roundtrip(host: str, port: int, payload: bytes = b"ping") -> byt
     return got
 
 
+def test_accepted_connections_open_on_asyncio_s_schedule(loop_factory: Any) -> None:
+    # asyncio opens an accepted connection in a task: the protocol factory
+    # runs in the iteration after the accept, connection_made in the next.
+    # Counted here in iterations after the client connected.
+    async def main() -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        iterations = 0
+        marks: list[tuple[str, int]] = []
+        made = loop.create_future()
+
+        class Marking(asyncio.Protocol):
+            def __init__(self) -> None:
+                marks.append(("protocol_factory", iterations))
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                marks.append(("connection_made", iterations))
+                made.set_result(None)
+
+        async def count_iterations() -> None:
+            nonlocal iterations
+            while not made.done():
+                iterations += 1
+                await asyncio.sleep(0)
+
+        server = await loop.create_server(Marking, "127.0.0.1", 0)
+        counter = asyncio.create_task(count_iterations())
+        await asyncio.sleep(0)
+        with socket.create_connection(server.sockets[0].getsockname()):
+            start = iterations
+            await asyncio.wait_for(made, 10)
+        await counter
+        await close_server(server)
+        return [(name, at - start) for name, at in marks]
+
+    expected = run_oracle(main)
+    assert [name for name, _ in expected] == ["protocol_factory", "connection_made"]
+    assert run(loop_factory, main) == expected
+
+
 def _families(server: Any) -> list[str]:
     return sorted(socket.AddressFamily(s.family).name for s in server.sockets)
 
