@@ -8,9 +8,12 @@
 //!
 //! A loopback handshake is over by the time `connect()` returns (the kernel
 //! processes the SYN-ACK when the call releases the socket), so one
-//! zero-timeout `poll` usually completes the connection at once: no epoll
-//! registration, no loop iteration. Otherwise a [`PendingConnect`] watches
-//! the descriptor for writability, as asyncio's `sock_connect` does.
+//! zero-timeout `poll` usually tells the outcome at once: no epoll
+//! registration. The future is still completed where asyncio would learn the
+//! outcome, after the loop's next poll (see [`SettleAfterPoll`]), so that the
+//! connection takes as many iterations as on asyncio. Otherwise a
+//! [`PendingConnect`] watches the descriptor for writability, as asyncio's
+//! `sock_connect` does.
 //!
 //! Cancellation: the pending connection is a done-callback of its future; a
 //! future completed by anyone else (cancelled) unwatches and closes the
@@ -23,6 +26,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 use pyo3::{intern, PyTraverseError};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -194,8 +198,14 @@ pub fn connect_stream<'py>(
         Ok(Started::InProgress(fd)) => {
             let raw = fd.as_raw_fd();
             match writable_now(raw).then(|| handshake_outcome(raw)) {
-                Some(Outcome::Connected) => Ok(fd),
-                Some(Outcome::Failed(err)) => Err(connect_failed(address, err)?),
+                Some(Outcome::Connected) => {
+                    let socket = connected(py, fd, family)?;
+                    return SettleAfterPoll::schedule(event_loop, Ok(socket)).map(Some);
+                }
+                Some(Outcome::Failed(err)) => {
+                    let err = connect_failed(address, err)?;
+                    return SettleAfterPoll::schedule(event_loop, Err(err)).map(Some);
+                }
                 Some(Outcome::Waiting) | None => {
                     let fut = new_future(py, event_loop.as_any())?;
                     PendingConnect::park(event_loop, &fut, fd, family, address)?;
@@ -216,6 +226,63 @@ pub fn connect_stream<'py>(
         Err(err) => set_exception(&fut, err)?,
     }
     Ok(Some(fut))
+}
+
+/// A connection's outcome, known before asyncio would know it: completes the
+/// future after the loop's next poll, where asyncio's writability callback
+/// would run. A future cancelled meanwhile stays as it is (the socket closes
+/// when this is freed).
+#[pyclass(frozen, module = "ferroloop._core")]
+struct SettleAfterPoll {
+    /// The future and its outcome, both let go of once settled: a failed
+    /// connection's error must not outlive the caller's handling of it.
+    pending: Mutex<Option<FutureAndOutcome>>,
+}
+
+/// A connection's future, and the socket or error it is to be completed with.
+type FutureAndOutcome = (Py<PyAny>, PyResult<Py<PyAny>>);
+
+impl SettleAfterPoll {
+    fn schedule<'py>(
+        event_loop: &Bound<'py, Loop>,
+        outcome: PyResult<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = event_loop.py();
+        let fut = new_future(py, event_loop.as_any())?;
+        let settle = Self {
+            pending: Mutex::new(Some((fut.clone().unbind(), outcome))),
+        };
+        let settle = Bound::new(py, settle)?.into_any().unbind();
+        let args = PyTuple::empty(py).unbind();
+        event_loop.get().after_next_poll(py, settle, args)?;
+        Ok(fut)
+    }
+}
+
+#[pymethods]
+impl SettleAfterPoll {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let Some((fut, outcome)) = self.pending.lock().take() else {
+            return Ok(());
+        };
+        let fut = fut.bind(py);
+        if future_done(fut)? {
+            return Ok(());
+        }
+        match outcome {
+            Ok(socket) => set_result(fut, socket),
+            Err(err) => set_exception(fut, err),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(pending) = self.pending.try_lock() {
+            if let Some((fut, _)) = pending.as_ref() {
+                visit.call(fut)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A connection whose handshake is still going on.

@@ -83,6 +83,11 @@ impl Job {
 
 struct LoopState {
     ready: VecDeque<Job>,
+    /// Callbacks that join `ready` after the next poll's I/O callbacks, where
+    /// the callback of an event that poll reports would be: for outcomes the
+    /// loop learned without polling (a connection complete as it started)
+    /// that asyncio learns from its next poll.
+    after_next_poll: Vec<Job>,
     timers: TimerHeap,
     watchers: FdWatchers,
     signal_handlers: std::collections::HashMap<i32, Py<Handle>>,
@@ -387,7 +392,10 @@ impl Loop {
         let mut state = self.state.lock();
         state.timers.discard_cancelled(&mut garbage.timers);
         let watching = !state.watchers.is_empty() || state.signal_channel.is_some();
-        if !state.ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
+        if !state.ready.is_empty()
+            || !state.after_next_poll.is_empty()
+            || self.stopping.load(Ordering::Relaxed)
+        {
             return (0, watching);
         }
         let timeout = match state.timers.next_deadline() {
@@ -457,6 +465,14 @@ impl Loop {
             }
             if !events.is_empty() {
                 queue_io(py, &mut state, poller, &events, &mut garbage);
+            }
+            if !state.after_next_poll.is_empty() {
+                let LoopState {
+                    ready,
+                    after_next_poll,
+                    ..
+                } = &mut *state;
+                ready.extend(after_next_poll.drain(..));
             }
             // No clock read in iterations without timers.
             if !state.timers.is_empty() {
@@ -540,6 +556,7 @@ impl Loop {
         let mut garbage = Garbage::default();
         let mut state = self.state.lock();
         garbage.jobs.extend(state.ready.drain(..));
+        garbage.jobs.append(&mut state.after_next_poll);
         state.timers.drain(&mut garbage.timers);
         let parts: &mut GarbageParts = &mut garbage;
         state.watchers.drain(&mut parts.handles, &mut parts.natives);
@@ -809,6 +826,7 @@ impl Loop {
         Ok(Self {
             state: Mutex::new(LoopState {
                 ready: VecDeque::new(),
+                after_next_poll: Vec::new(),
                 timers: TimerHeap::new(timer_stats.clone()),
                 watchers: FdWatchers::default(),
                 signal_handlers: Default::default(),
@@ -1227,7 +1245,7 @@ impl Loop {
         let Some(state) = self.state.try_lock() else {
             return Ok(());
         };
-        for job in state.ready.iter() {
+        for job in state.ready.iter().chain(&state.after_next_poll) {
             job.visit(&visit)?;
         }
         let mut result = Ok(());
@@ -1471,6 +1489,25 @@ impl Loop {
             ),
             None,
         )?;
+        Ok(())
+    }
+
+    /// `soon`, but run after the next poll's I/O callbacks (see
+    /// `LoopState::after_next_poll`).
+    pub fn after_next_poll(
+        &self,
+        py: Python<'_>,
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+    ) -> PyResult<()> {
+        self.check_closed()?;
+        let callback = Callback {
+            func,
+            args: Args::from(args.bind(py)),
+        };
+        let context = context_or_copy(py, None)?;
+        let handle = self.handle_pool.one_shot(py, callback, context, None)?;
+        self.state.lock().after_next_poll.push(Job::Call(handle));
         Ok(())
     }
 

@@ -84,6 +84,59 @@ def test_accepted_connections_open_on_asyncio_s_schedule(loop_factory: Any) -> N
     assert run(loop_factory, main) == expected
 
 
+@pytest.mark.parametrize("how", ["create_connection", "sock_connect", "refused"])
+def test_loopback_connections_complete_on_asyncio_s_schedule(loop_factory: Any, how: str) -> None:
+    # A loopback handshake is over when connect() returns; asyncio still
+    # learns it from its next poll. Counted in iterations after the call.
+    async def main() -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        iterations = 0
+        marks: list[tuple[str, int]] = []
+        running = True
+
+        class Marking(asyncio.Protocol):
+            def __init__(self) -> None:
+                marks.append(("protocol_factory", iterations))
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                marks.append(("connection_made", iterations))
+
+        async def count_iterations() -> None:
+            nonlocal iterations
+            while running:
+                iterations += 1
+                await asyncio.sleep(0)
+
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        if how == "refused":
+            server.close()
+            await server.wait_closed()
+        counter = asyncio.create_task(count_iterations())
+        await asyncio.sleep(0)
+        start = iterations
+        try:
+            if how == "sock_connect":
+                with socket.socket() as sock:
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, address)
+            else:
+                transport, _ = await loop.create_connection(Marking, *address)
+                transport.close()
+            marks.append(("returned", iterations))
+        except ConnectionRefusedError:
+            marks.append(("refused", iterations))
+        running = False
+        await counter
+        server.close()
+        await server.wait_closed()
+        return [(name, at - start) for name, at in marks]
+
+    expected = run_oracle(main)
+    assert expected[-1][0] == ("refused" if how == "refused" else "returned")
+    assert run(loop_factory, main) == expected
+
+
 def _families(server: Any) -> list[str]:
     return sorted(socket.AddressFamily(s.family).name for s in server.sockets)
 
