@@ -316,6 +316,26 @@ async def tcp_pair(
     return server, side, transport, protocol
 
 
+class DataEvents(asyncio.Protocol):
+    """Appends "data" to its `events` for every read."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append("data")
+
+
+class DatagramEvents(asyncio.DatagramProtocol):
+    """Appends "data" to its `events` for every datagram."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.events.append("data")
+
+
 async def order_after_pause_and_resume(
     transport: Any, send: Callable[[], object], events: list[str]
 ) -> list[str]:
@@ -323,9 +343,10 @@ async def order_after_pause_and_resume(
     paused and resumed in one callback that also queues another callback.
 
     `send()` makes the transport's descriptor readable; the transport's
-    protocol appends "data" to `events`. asyncio's pause cancels the read the
-    poll had queued, so the data comes at the next poll, after the callback
-    queued meanwhile. Returns `events` once the data arrived.
+    protocol (a `DataEvents` or `DatagramEvents`) appends "data" to `events`.
+    asyncio's pause cancels the read the poll had queued, so the data comes at
+    the next poll, after the callback queued meanwhile. Returns `events` once
+    the data arrived, and closes the transport.
     """
     loop = asyncio.get_running_loop()
 
@@ -340,6 +361,8 @@ async def order_after_pause_and_resume(
         if "data" in events:
             break
         await asyncio.sleep(0.001)
+    transport.close()
+    await asyncio.sleep(0)
     return events
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from helpers_net import (
+    DataEvents,
     KeepingProtocol,
     as_any_class,
     asyncio_log,
@@ -274,24 +275,13 @@ def test_read_pipe_pause_and_resume(loop_factory: Callable[[], Any], fds_unchang
 def test_read_pipe_pause_and_resume_in_one_iteration_drops_the_queued_read(
     loop_factory: Callable[[], Any], fds_unchanged: None
 ) -> None:
-    class DataEvents(asyncio.Protocol):
-        def __init__(self) -> None:
-            self.events: list[str] = []
-
-        def data_received(self, data: bytes) -> None:
-            self.events.append("data")
-
     async def main() -> list[str]:
         loop = asyncio.get_running_loop()
         rfile, wfile = pipe_files()
         with wfile:
             transport, protocol = await loop.connect_read_pipe(DataEvents, rfile)
-            events = await order_after_pause_and_resume(
-                transport, lambda: wfile.write(b"x"), protocol.events
-            )
-            transport.close()
-            await asyncio.sleep(0)
-        return events
+            send = lambda: wfile.write(b"x")  # noqa: E731
+            return await order_after_pause_and_resume(transport, send, protocol.events)
 
     assert run(loop_factory, main) == ["queued after resume", "data"]
 

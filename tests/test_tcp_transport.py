@@ -29,6 +29,7 @@ import pytest
 from cpython_bugs import ABORT_AFTER_FLUSHING_CLOSE, WRITELINES_AFTER_CONNECTION_LOST
 from helpers_net import (
     HAS_IPV6,
+    DataEvents,
     EchoProtocol,
     KeepingProtocol,
     RecordingProtocol,
@@ -1083,28 +1084,14 @@ def test_pause_resume_reading(loop_factory: Any) -> None:
     run(loop_factory, main)
 
 
-class DataEvents(asyncio.Protocol):
-    """Appends "data" to its `events` for every read."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    def data_received(self, data: bytes) -> None:
-        self.events.append("data")
-
-
 def test_pause_and_resume_in_one_iteration_drops_the_queued_read(loop_factory: Any) -> None:
     async def main() -> list[str]:
         loop = asyncio.get_running_loop()
         ours, peer = socket.socketpair()
         with peer:
             transport, protocol = await loop.create_connection(DataEvents, sock=ours)
-            events = await order_after_pause_and_resume(
-                transport, lambda: peer.send(b"x"), protocol.events
-            )
-            transport.close()
-            await asyncio.sleep(0)
-        return events
+            send = lambda: peer.send(b"x")  # noqa: E731
+            return await order_after_pause_and_resume(transport, send, protocol.events)
 
     assert run(loop_factory, main) == ["queued after resume", "data"]
 

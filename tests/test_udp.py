@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import pytest
 from cpython_bugs import DATAGRAM_HEADER_NEVER_DRAINS
 from helpers_net import (
+    DatagramEvents,
     as_any_class,
     asyncio_log,
     count_fds,
@@ -453,16 +454,6 @@ def test_strided_memoryview_queued_is_sent_as_a_copy(
     run(loop_factory, main)
 
 
-class DatagramEvents(asyncio.DatagramProtocol):
-    """Appends "data" to its `events` for every datagram."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.events.append("data")
-
-
 def test_pause_and_resume_in_one_iteration_drops_the_queued_read(
     loop_factory: LoopFactory,
 ) -> None:
@@ -471,12 +462,8 @@ def test_pause_and_resume_in_one_iteration_drops_the_queued_read(
         ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         with peer:
             transport, protocol = await loop.create_datagram_endpoint(DatagramEvents, sock=ours)
-            events = await order_after_pause_and_resume(
-                transport, lambda: peer.send(b"x"), protocol.events
-            )
-            transport.close()
-            await asyncio.sleep(0)
-        return events
+            send = lambda: peer.send(b"x")  # noqa: E731
+            return await order_after_pause_and_resume(transport, send, protocol.events)
 
     assert run(loop_factory, main) == ["queued after resume", "data"]
 
