@@ -460,9 +460,9 @@ impl Loop {
         let mut garbage = Garbage::default();
         {
             let mut state = self.state.lock();
-            if self.withdrawals.swap(false, Ordering::Relaxed) {
-                state.watchers.clear_withdrawals();
-            }
+            // A new poll reports only what is wanted now.
+            self.withdrawals.store(false, Ordering::Relaxed);
+            state.watchers.clear_withdrawals();
             if !events.is_empty() {
                 queue_io(py, &mut state, poller, &events, &mut garbage);
             }
