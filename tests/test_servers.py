@@ -137,6 +137,40 @@ def test_loopback_connections_complete_on_asyncio_s_schedule(loop_factory: Any, 
     assert run(loop_factory, main) == expected
 
 
+def test_connection_accepted_just_before_the_server_closes(loop_factory: Any) -> None:
+    # Accepted in one iteration, opened in the next, after close(): the
+    # protocol is made, the transport cannot attach to the closed server, and
+    # debug mode reports it. (asyncio then leaves the accepted socket to the
+    # collector; ferroloop closes it: docs/compatibility.md.)
+    async def main() -> tuple[list[str], list[str]]:
+        loop = asyncio.get_running_loop()
+        events: list[str] = []
+        errors: list[str] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context["message"]))
+
+        class Logging(asyncio.Protocol):
+            def __init__(self) -> None:
+                events.append("protocol_factory")
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                events.append("connection_made")
+
+        server = await loop.create_server(Logging, "127.0.0.1", 0)
+        with socket.create_connection(server.sockets[0].getsockname()):
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the accept's iteration
+            server.close()
+            for _ in range(5):
+                await asyncio.sleep(0)
+        await server.wait_closed()
+        return events, errors
+
+    assert run(loop_factory, main, debug=True) == (
+        ["protocol_factory"],
+        ["Error on transport creation for incoming connection"],
+    )
+
+
 def _families(server: Any) -> list[str]:
     return sorted(socket.AddressFamily(s.family).name for s in server.sockets)
 
