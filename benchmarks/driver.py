@@ -31,14 +31,14 @@ from pathlib import Path
 from . import build as build_mod
 from .echo_server import STYLES
 from .http_server import KINDS as HTTP_KINDS
-from .loops import LOOPS
+from .loops import KNOWN_LOOPS, LOOPS, OTHER_LOOPS
 from .micro import BENCHES as MICRO_BENCHES
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 SIZES = {"1KiB": 1024, "10KiB": 10 * 1024, "100KiB": 100 * 1024}
 RUST = "rust"
-SHORT = {"asyncio": "aio", "uvloop": "uv", "ferroloop": "fl", RUST: "rust"}
+SHORT = {"asyncio": "aio", "uvloop": "uv", "ferroloop": "fl", "rloop": "rl", RUST: "rust"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_DEPS_HINT = "pip install '.[bench]' from the repository root, or run benchmarks/run.sh"
 
@@ -834,8 +834,15 @@ def tables(summary, loops_run, paired=None):
     `paired` (from `paired_ratios`) adds the "fl/uv per round" column.
     """
     out = []
-    cols = list(LOOPS)
+    others = [lp for lp in OTHER_LOOPS if lp in loops_run]
+    cols = [*LOOPS, *others]
     paired = paired or {}
+
+    def against_others(med):
+        """ferroloop's ratio to each other loop run (``fl/rl``...)."""
+        return [fmt_ratio(ratio(med["ferroloop"], med[lp])) for lp in others]
+
+    other_heads = [f"fl/{SHORT[lp]}" for lp in others]
 
     def per_round(bench, metric):
         return fmt_ratio(paired.get(bench, {}).get(metric))
@@ -858,6 +865,7 @@ def tables(summary, loops_run, paired=None):
                     fmt_ratio(ratio(med["ferroloop"], med["asyncio"])),
                     fmt_ratio(ratio(med["ferroloop"], rust)),
                     fmt_ratio(ratio(med["uvloop"], med["asyncio"])),
+                    *against_others(med),
                 ]
             )
         return rows
@@ -871,6 +879,7 @@ def tables(summary, loops_run, paired=None):
         "fl/aio",
         "fl/rust",
         "uv/aio",
+        *other_heads,
     ]
     for metric, title in [
         ("rps", "Echo: requests/s (higher is better)"),
@@ -883,7 +892,7 @@ def tables(summary, loops_run, paired=None):
         if rows:
             out.append((title, echo_head, rows, metric))
 
-    ratio_head = ["fl/uv", "fl/uv per round", "fl/aio", "uv/aio"]
+    ratio_head = ["fl/uv", "fl/uv per round", "fl/aio", "uv/aio", *other_heads]
 
     def simple_rows(prefix, metric, unit_of=None):
         rows = []
@@ -912,6 +921,7 @@ def tables(summary, loops_run, paired=None):
                     per_round(bench, metric),
                     fmt_ratio(ratio(med["ferroloop"], med["asyncio"])),
                     fmt_ratio(ratio(med["uvloop"], med["asyncio"])),
+                    *against_others(med),
                 ]
             )
         return rows
@@ -1142,7 +1152,9 @@ def parse_args(argv):
     p.add_argument(
         "--loops",
         default=",".join(LOOPS),
-        help="comma-separated loops to run (default: %(default)s)",
+        help="comma-separated loops to run (default: %(default)s; also known: "
+        + ", ".join(OTHER_LOOPS)
+        + ", which adds a ferroloop/<loop> column)",
     )
     p.add_argument("--rounds", type=int, help="rounds of A B C interleaving (default 3)")
     p.add_argument(
@@ -1219,8 +1231,8 @@ def parse_args(argv):
             p.error(f"unknown size {s!r} (choose from {', '.join(SIZES)})")
     a.loops = [lp.strip() for lp in a.loops.split(",") if lp.strip()]
     for lp in a.loops:
-        if lp not in LOOPS:
-            p.error(f"unknown loop {lp!r} (choose from {', '.join(LOOPS)})")
+        if lp not in KNOWN_LOOPS:
+            p.error(f"unknown loop {lp!r} (choose from {', '.join(KNOWN_LOOPS)})")
     if a.rounds < 1 or a.duration <= 0 or a.duration > 600 or a.warmup < 0:
         p.error("need --rounds >= 1 and 0 < --duration <= 600, --warmup >= 0")
     if a.max_retries < 0 or a.quiet_wait < 0 or a.retry_budget < 0:

@@ -21,7 +21,7 @@ import ipaddress
 import socket
 import sys
 
-from .loops import LOOPS, loop_type_name, raise_nofile_limit, run
+from .loops import KNOWN_LOOPS, loop_type_name, raise_nofile_limit, run
 
 STYLES = ("protocol", "buffered", "streams", "sock")
 READ_SIZE = 256 * 1024
@@ -154,7 +154,7 @@ async def serve(style, host, port, max_seconds):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--loop", choices=LOOPS, required=True)
+    p.add_argument("--loop", choices=KNOWN_LOOPS, required=True)
     p.add_argument("--style", choices=STYLES, required=True)
     p.add_argument("--port", type=int, default=25000)
     p.add_argument("--host", default="127.0.0.1")

@@ -16,7 +16,7 @@ import asyncio
 import ipaddress
 import sys
 
-from .loops import LOOPS, loop_type_name, raise_nofile_limit, run
+from .loops import KNOWN_LOOPS, loop_type_name, raise_nofile_limit, run
 
 KINDS = ("httptools", "aiohttp")
 BODY = b"Hello, World!"
@@ -109,7 +109,7 @@ async def serve(kind, host, port, max_seconds):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--loop", choices=LOOPS, required=True)
+    p.add_argument("--loop", choices=KNOWN_LOOPS, required=True)
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--port", type=int, default=25080)
     p.add_argument("--host", default="127.0.0.1")

@@ -1,29 +1,29 @@
 """Which event loop a benchmark process runs on.
 
-Every benchmark process takes ``--loop asyncio|uvloop|ferroloop`` and runs its
-coroutine through ``asyncio.Runner(loop_factory=...)``, so the three loops are
-set up exactly alike.
+Every benchmark process takes ``--loop asyncio|uvloop|ferroloop`` (or one of
+the other loops a run may add) and runs its coroutine through
+``asyncio.Runner(loop_factory=...)``, so all loops are set up exactly alike.
 """
 
 import asyncio
 import resource
 
+#: The loops a run compares unless told otherwise.
 LOOPS = ("asyncio", "uvloop", "ferroloop")
+#: Loops a run compares only when asked (``--loops``); not installed by the
+#: ``bench`` extra. rloop: another asyncio loop written in Rust.
+OTHER_LOOPS = ("rloop",)
+KNOWN_LOOPS = LOOPS + OTHER_LOOPS
 
 
 def loop_factory(name):
     """Return a zero-argument callable creating a new loop of kind ``name``."""
     if name == "asyncio":
         return asyncio.new_event_loop
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    if name == "ferroloop":
-        import ferroloop
-
-        return ferroloop.new_event_loop
-    raise ValueError(f"unknown loop {name!r} (expected one of {', '.join(LOOPS)})")
+    if name in KNOWN_LOOPS:
+        # uvloop, ferroloop and rloop all name their factory new_event_loop.
+        return __import__(name).new_event_loop
+    raise ValueError(f"unknown loop {name!r} (expected one of {', '.join(KNOWN_LOOPS)})")
 
 
 def loop_version(name):

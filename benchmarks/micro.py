@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 
-from .loops import LOOPS, loop_factory, raise_nofile_limit, run
+from .loops import KNOWN_LOOPS, loop_factory, raise_nofile_limit, run
 
 BENCHES = {}
 
@@ -450,7 +450,7 @@ def b_pipe(loop_name, scale):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="ferroloop micro-benchmarks")
-    p.add_argument("--loop", choices=LOOPS)
+    p.add_argument("--loop", choices=KNOWN_LOOPS)
     p.add_argument("--bench", choices=sorted(BENCHES))
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--timeout", type=float, default=120.0)

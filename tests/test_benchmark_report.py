@@ -1,4 +1,4 @@
-"""The benchmark driver's per-round ratio (tooling, no event loop involved)."""
+"""The benchmark driver's per-round ratio and tables (tooling, no event loop involved)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,29 @@ def test_result_files_are_numbered_past_the_hosts_highest_on_any_date(tmp_path) 
     assert driver.next_result_path(tmp_path, day, "vm").name == "2026-12-02-vm-30.json"
     assert driver.next_result_path(tmp_path, day, "other").name == "2026-12-02-other-41.json"
     assert driver.next_result_path(tmp_path, day, "new").name == "2026-12-02-new.json"
+
+
+def test_tables_add_a_column_for_another_loop_only_when_it_ran() -> None:
+    samples = [sample(loop, 1, value) for loop, value in [("asyncio", 50.0), ("uvloop", 100.0)]]
+    samples += [sample("ferroloop", 1, 150.0), sample("rloop", 1, 120.0, unit="ops/s")]
+    summary = driver.summarize(samples)
+
+    ((_, head, rows, _),) = driver.tables(summary, ["asyncio", "uvloop", "ferroloop", "rloop"])
+    assert head == [
+        "micro",
+        "unit",
+        "asyncio",
+        "uvloop",
+        "ferroloop",
+        "rloop",
+        "fl/uv",
+        "fl/uv per round",
+        "fl/aio",
+        "uv/aio",
+        "fl/rl",
+    ]
+    assert rows[0][head.index("rloop")] == driver.fmt_num(120.0)
+    assert rows[0][-1] == driver.fmt_ratio(150.0 / 120.0)
+
+    ((_, head, _, _),) = driver.tables(summary, ["asyncio", "uvloop", "ferroloop"])
+    assert "rloop" not in head and "fl/rl" not in head
