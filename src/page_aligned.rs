@@ -13,22 +13,53 @@
 //!
 //! Buffers the loop does not own (a `BufferedProtocol`'s, `sock_recv_into`'s)
 //! can start at such an offset too: a `bytearray` of 128 KiB or more is
-//! glibc's `mmap` path again. [`is_slow_copy_destination`] says which starts
-//! to avoid.
+//! glibc's `mmap` path again. [`copies_slowly_to`] says which starts to
+//! avoid on this CPU.
+
+use std::sync::OnceLock;
 
 const PAGE: usize = 4096;
 
 /// Destinations starting this many bytes past a page boundary made the
-/// kernel's copy of page-aligned data slow on this machine: a 100 KiB
+/// kernel's copy of page-aligned data slow on an AMD EPYC machine: a 100 KiB
 /// `BufferedProtocol` echo took twice the server CPU per request with its
 /// buffer at 8, 16 or 24 bytes into a page, and the same as at 0 with it at
 /// 32, 48, 64, 2,064 or 4,080 (docs/performance.md, session 17).
 const SLOW_OFFSETS: std::ops::Range<usize> = 1..32;
 
-/// Whether received data copied to `start` would be copied slowly (see
-/// [`SLOW_OFFSETS`]).
+/// Whether `start` is at one of the [`SLOW_OFFSETS`] of its page.
 pub fn is_slow_copy_destination(start: *const u8) -> bool {
     SLOW_OFFSETS.contains(&(start as usize % PAGE))
+}
+
+/// Whether the kernel would copy received data to `start` slowly on this
+/// CPU: at a slow offset, on a CPU where such copies were measured slow.
+pub fn copies_slowly_to(start: *const u8) -> bool {
+    slow_offsets_are_slow_on_this_cpu() && is_slow_copy_destination(start)
+}
+
+/// AMD's CPUs, as far as measured. On an Intel Xeon machine (with fast short
+/// `rep movsb`, FSRM) the offsets did not slow the kernel's copy, and going
+/// around them through a staging buffer cost a 100 KiB `BufferedProtocol`
+/// echo about a fifth more server CPU per request (docs/performance.md,
+/// session 21).
+fn slow_offsets_are_slow_on_this_cpu() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(cpu_is_amd)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_is_amd() -> bool {
+    // CPUID leaf 0 names the vendor in EBX, EDX, ECX: "AuthenticAMD".
+    #[allow(unused_unsafe)]
+    // SAFETY: every x86_64 CPU implements CPUID and its leaf 0.
+    let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
+    [leaf.ebx, leaf.edx, leaf.ecx] == [*b"Auth", *b"enti", *b"cAMD"].map(u32::from_le_bytes)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_is_amd() -> bool {
+    false
 }
 
 /// `len` zeroed bytes starting on a page boundary: a page more is allocated
@@ -76,5 +107,12 @@ mod tests {
         assert!(!is_slow_copy_destination(at(32)));
         assert!(!is_slow_copy_destination(at(PAGE - 16)));
         assert!(is_slow_copy_destination(at(5 * PAGE + 16)));
+    }
+
+    #[test]
+    fn slow_offsets_are_avoided_only_on_cpus_where_they_are_slow() {
+        let page = PAGE as *const u8;
+        assert_eq!(copies_slowly_to(page.wrapping_add(16)), cpu_is_amd());
+        assert!(!copies_slowly_to(page.wrapping_add(64)));
     }
 }

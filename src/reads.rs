@@ -164,19 +164,30 @@ pub enum Framing {
 }
 
 /// Runs `read` (a read that reports how many bytes it wrote, and something
-/// else) on `buffer`; or, if `buffer` starts where the kernel's copy is
-/// slow, on the shared buffer, and copies what it wrote. One more copy, ours,
-/// costs a fraction of what the slow copy loses (100 KiB `BufferedProtocol`
-/// echo: about half the server CPU per request). A buffer larger than the
-/// staging area is staged only if `framing` allows a shorter read.
+/// else) on `buffer`; or, if the kernel would copy to `buffer` slowly on
+/// this CPU, [`staged`]. One more copy, ours, costs a fraction of what the
+/// slow copy loses (100 KiB `BufferedProtocol` echo on AMD: about half the
+/// server CPU per request).
 fn staged_if_slow<T>(
     buffer: &mut [MaybeUninit<u8>],
     framing: Framing,
     read: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<Option<(usize, T)>, Errno>,
 ) -> Result<Option<(usize, T)>, Errno> {
-    if !page_aligned::is_slow_copy_destination(buffer.as_ptr().cast()) {
-        return read(buffer);
+    if page_aligned::copies_slowly_to(buffer.as_ptr().cast()) {
+        staged(buffer, framing, read)
+    } else {
+        read(buffer)
     }
+}
+
+/// Runs `read` on the shared buffer (at [`STAGING_OFFSET`]) and copies what
+/// it wrote into `buffer`. A buffer larger than the staging area is read
+/// into directly unless `framing` allows a shorter read.
+fn staged<T>(
+    buffer: &mut [MaybeUninit<u8>],
+    framing: Framing,
+    read: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<Option<(usize, T)>, Errno>,
+) -> Result<Option<(usize, T)>, Errno> {
     with_read_buffer(|shared| {
         let staging = &mut shared[STAGING_OFFSET..];
         if framing == Framing::Unknown && buffer.len() > staging.len() {
@@ -325,21 +336,28 @@ mod tests {
             sys_io::write(write_end.as_raw_fd(), &data),
             Ok(Some(data.len()))
         );
+        let read_end = read_end.as_raw_fd();
         for offset in [16, 64] {
             let mut backing = PageAlignedBuffer::zeroed(4 * 4096);
-            let destination = &mut backing.as_mut_slice()[offset..offset + 4_000];
-            let staged = page_aligned::is_slow_copy_destination(destination.as_ptr());
-            assert_eq!(staged, offset == 16);
+            let destination = &mut backing.as_mut_slice()[offset..offset + 2_000];
             let count = read_into(
-                read_end.as_raw_fd(),
+                read_end,
                 ReadCall::Read,
                 as_uninit(destination),
                 Framing::Stream,
             );
-            assert_eq!(count, Ok(Some(4_000)));
-            let start = if staged { 0 } else { 4_000 };
-            assert_eq!(destination, &data[start..start + 4_000]);
+            assert_eq!(count, Ok(Some(2_000)));
+            let start = if offset == 16 { 0 } else { 2_000 };
+            assert_eq!(destination, &data[start..start + 2_000]);
         }
+        // Staged whatever this CPU is (read_into stages only on some).
+        let mut backing = PageAlignedBuffer::zeroed(4 * 4096);
+        let destination = &mut backing.as_mut_slice()[16..16 + 4_000];
+        let count = staged(as_uninit(destination), Framing::Stream, |target| {
+            Ok(ReadCall::Read.call(read_end, target)?.map(|n| (n, ())))
+        });
+        assert_eq!(count, Ok(Some((4_000, ()))));
+        assert_eq!(destination, &data[4_000..8_000]);
         drop(write_end);
         let mut rest = [0u8; 4_000];
         let count = read_into(
@@ -386,7 +404,7 @@ mod tests {
         let buffer = as_uninit(&mut backing.as_mut_slice()[16..16 + READ_SIZE]);
         let caller = buffer.as_ptr();
         let seen_by = |framing, buffer: &mut [MaybeUninit<u8>]| {
-            staged_if_slow(buffer, framing, |target| {
+            staged(buffer, framing, |target| {
                 Ok(Some((0, (target.as_ptr(), target.len()))))
             })
             .unwrap()
