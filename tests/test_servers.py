@@ -553,6 +553,45 @@ def test_close_keeps_accepted_connections_and_wait_closed(loop_factory: Any) -> 
     assert run(loop_factory, main) == expected
 
 
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="new in Python 3.13")
+@pytest.mark.parametrize("how", ["close_clients", "abort_clients"])
+def test_server_ends_the_connections_it_accepted(loop_factory: Any, how: str) -> None:
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        side = ServerSide(RecordingProtocol)
+        server = await loop.create_server(side, "127.0.0.1", 0)
+        host, port = server.sockets[0].getsockname()
+        clients = [await loop.create_connection(RecordingProtocol, host, port) for _ in range(2)]
+        while len(side.protocols) < 2 or not all(p.made.done() for p in side.protocols):
+            await asyncio.sleep(0.01)
+        for accepted in side.protocols:
+            accepted.transport.write(b"bye")
+        getattr(server, how)()
+        for _, client in clients:
+            await asyncio.wait_for(client.lost, 10)
+        for accepted in side.protocols:
+            await asyncio.wait_for(accepted.lost, 10)
+        # The server itself still accepts connections.
+        serving = server.is_serving()
+        late, _ = await loop.create_connection(RecordingProtocol, host, port)
+        while len(side.protocols) < 3:
+            await asyncio.sleep(0.01)
+        late.close()
+        await asyncio.wait_for(side.protocols[2].lost, 10)
+        await close_server(server)
+        return {
+            "clients": [(bytes(client.data), client.events) for _, client in clients],
+            "accepted": [(p.events, p.lost_exc) for p in side.protocols[:2]],
+            "serving": serving,
+        }
+
+    expected = run_oracle(main)
+    # What was written before is delivered, then the end of the stream.
+    assert expected["clients"] == [(b"bye", ["made", "data", "eof", "lost"])] * 2
+    assert expected["accepted"] == [(["made", "lost"], None)] * 2
+    assert run(loop_factory, main) == expected
+
+
 @pytest.mark.parametrize("debug", [False, True])
 def test_protocol_factory_error_is_reported_and_server_keeps_serving(
     loop_factory: Any, loop_name: str, request: Any, debug: bool
