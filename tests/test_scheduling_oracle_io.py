@@ -1,6 +1,6 @@
 """The scheduling oracle's random programs with more kinds of event: timers
 already due, datagram endpoints, pipes, a writer callback, abandoned async
-generators and a TLS connection; traces must equal asyncio's.
+generators, a TLS connection and asyncio streams; traces must equal asyncio's.
 
 On top of scheduling_oracle.ScheduledProgram's steps, a program here
 schedules timers in the past with `call_at` and with a negative `call_later`
@@ -10,10 +10,12 @@ connected endpoint (whose error comes back at the next poll), writes into a
 read pipe, pauses and resumes it and closes its writer, writes on a write
 pipe and ends it (close, abort, `write_eof`, or its reader closed), watches a
 socket with `add_writer`, leaves async generators unfinished for the loop's
-finaliser hook, and writes on, pauses and closes both ends of a TLS
-connection over a socket pair. As in the base program, nothing depends on the
-clock: every timer is already due, and every byte sent is readable (and
-every datagram error known) at the next poll.
+finaliser hook, writes on, pauses and closes both ends of a TLS connection
+over a socket pair, and writes on, drains, ends and closes both ends of a
+stream connection (`asyncio.open_connection`, one reader with a small
+limit) whose readers read lines, chunks and exact sizes. As in the base
+program, nothing depends on the clock: every timer is already due, and every
+byte sent is readable (and every datagram error known) at the next poll.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class ScheduledProgramWithMoreIo(ScheduledProgram):
         self.write_pipe: asyncio.WriteTransport
         self.write_pipe_reader: int | None = None
         self.tls: list[asyncio.Transport] = []
+        self.stream_writers: list[asyncio.StreamWriter] = []
+        self.stream_readers: list[asyncio.Task[None]] = []
 
     # -- timers already due ---------------------------------------------------
 
@@ -230,6 +234,67 @@ class ScheduledProgramWithMoreIo(ScheduledProgram):
         getattr(self.tls[index], how)()
         self.log(tag, how, "on tls", index)
 
+    # -- streams --------------------------------------------------------------
+
+    def _write_on_a_stream(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
+        index = self.rng.randrange(2)
+        writer = self.stream_writers[index]
+        if writer.is_closing():
+            return
+        try:
+            writer.write(f"{tag};\n".encode())
+        except RuntimeError as exc:  # after write_eof()
+            self.log(tag, "cannot write on stream", index, exc)
+            return
+        self.log(tag, "writes on stream", index)
+        if self.rng.random() < 0.5:
+            self.tasks.append(loop.create_task(self.drain(writer, tag)))
+
+    def _end_a_stream(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
+        index = self.rng.randrange(2)
+        writer = self.stream_writers[index]
+        if writer.is_closing() or self.rng.random() < 0.7:
+            return
+        if self.rng.random() < 0.5:
+            writer.close()
+            self.tasks.append(loop.create_task(self.wait_closed(writer, tag)))
+            self.log(tag, "closes stream", index)
+        elif writer.can_write_eof():
+            writer.write_eof()
+            self.log(tag, "ends stream", index)
+
+    async def drain(self, writer: asyncio.StreamWriter, tag: str) -> None:
+        try:
+            await writer.drain()
+            self.log(tag, "drained")
+        except Exception as exc:
+            self.log(tag, "drain failed", type(exc).__name__)
+
+    async def wait_closed(self, writer: asyncio.StreamWriter, tag: str) -> None:
+        try:
+            await writer.wait_closed()
+            self.log(tag, "saw the stream closed")
+        except Exception as exc:
+            self.log(tag, "wait_closed failed", type(exc).__name__)
+
+    async def read_stream(self, index: int, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                how = self.rng.randrange(3)
+                if how == 0:
+                    data = await reader.readline()
+                elif how == 1:
+                    data = await reader.read(self.rng.choice([3, 100]))
+                else:
+                    data = await reader.readexactly(4)
+                self.log("stream", index, "read", data)
+                if not data:
+                    return
+        except asyncio.IncompleteReadError as exc:
+            self.log("stream", index, "ended within an exact read", exc.partial)
+        except Exception as exc:
+            self.log("stream", index, "failed", type(exc).__name__)
+
     ACTIONS: ClassVar[list[Callable[[ScheduledProgram, asyncio.AbstractEventLoop, str], None]]] = [
         *ScheduledProgram.ACTIONS,
         _call_at_in_the_past,
@@ -251,6 +316,9 @@ class ScheduledProgramWithMoreIo(ScheduledProgram):
         _write_on_tls,
         _pause_or_resume_tls,
         _end_tls,
+        _write_on_a_stream,
+        _write_on_a_stream,
+        _end_a_stream,
     ]  # type: ignore[assignment]
 
     # -- opening and closing --------------------------------------------------
@@ -262,6 +330,7 @@ class ScheduledProgramWithMoreIo(ScheduledProgram):
         await self.open_endpoints(loop)
         await self.open_pipes(loop)
         await self.open_tls(loop)
+        await self.open_streams(loop)
 
     async def open_endpoints(self, loop: asyncio.AbstractEventLoop) -> None:
         self.endpoint, _ = await loop.create_datagram_endpoint(
@@ -303,7 +372,23 @@ class ScheduledProgramWithMoreIo(ScheduledProgram):
         (client_transport, _), (server_transport, _) = await asyncio.gather(client, server)
         self.tls = [client_transport, server_transport]
 
+    async def open_streams(self, loop: asyncio.AbstractEventLoop) -> None:
+        left, right = socket.socketpair()
+        # The small limit makes the first reader pause its transport.
+        first_reader, first_writer = await asyncio.open_connection(sock=left, limit=8)
+        second_reader, second_writer = await asyncio.open_connection(sock=right)
+        self.stream_writers = [first_writer, second_writer]
+        self.stream_readers = [
+            loop.create_task(self.read_stream(index, reader))
+            for index, reader in enumerate([first_reader, second_reader])
+        ]
+
     async def close_transports(self) -> None:
+        for writer in self.stream_writers:
+            writer.close()
+        for reading in self.stream_readers:
+            reading.cancel()
+        await asyncio.gather(*self.stream_readers, return_exceptions=True)
         loop = asyncio.get_running_loop()
         if self.writer_watched:
             loop.remove_writer(self.raw_peer.fileno())
