@@ -24,7 +24,7 @@ import asyncio
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import cache
 from typing import Any, ClassVar
 
@@ -248,7 +248,7 @@ class ScheduledProgramWithMoreIo(ScheduledProgram):
             return
         self.log(tag, "writes on stream", index)
         if self.rng.random() < 0.5:
-            self.tasks.append(loop.create_task(self.drain(writer, tag)))
+            self.tasks.append(loop.create_task(self.log_outcome(writer.drain, tag, "drain")))
 
     def _end_a_stream(self, loop: asyncio.AbstractEventLoop, tag: str) -> None:
         index = self.rng.randrange(2)
@@ -257,25 +257,20 @@ class ScheduledProgramWithMoreIo(ScheduledProgram):
             return
         if self.rng.random() < 0.5:
             writer.close()
-            self.tasks.append(loop.create_task(self.wait_closed(writer, tag)))
+            waiting = self.log_outcome(writer.wait_closed, tag, "wait_closed")
+            self.tasks.append(loop.create_task(waiting))
             self.log(tag, "closes stream", index)
         elif writer.can_write_eof():
             writer.write_eof()
             self.log(tag, "ends stream", index)
 
-    async def drain(self, writer: asyncio.StreamWriter, tag: str) -> None:
+    async def log_outcome(self, wait: Callable[[], Awaitable[None]], tag: str, what: str) -> None:
+        """Await a stream writer's `drain()` or `wait_closed()` and log how it ended."""
         try:
-            await writer.drain()
-            self.log(tag, "drained")
+            await wait()
+            self.log(tag, what, "done")
         except Exception as exc:
-            self.log(tag, "drain failed", type(exc).__name__)
-
-    async def wait_closed(self, writer: asyncio.StreamWriter, tag: str) -> None:
-        try:
-            await writer.wait_closed()
-            self.log(tag, "saw the stream closed")
-        except Exception as exc:
-            self.log(tag, "wait_closed failed", type(exc).__name__)
+            self.log(tag, what, "failed", type(exc).__name__)
 
     async def read_stream(self, index: int, reader: asyncio.StreamReader) -> None:
         try:
