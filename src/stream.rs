@@ -41,8 +41,9 @@ use crate::flow_control::{self, DEFAULT_HIGH_WATER};
 use crate::handles::report_as_handle_error;
 use crate::poller::{Interest, Readiness};
 use crate::reads::{self, Framing, ReadCall, ReadSizeHint, Received, READ_SIZE};
+use crate::sockaddr::{self, KeptAddr};
 use crate::transport_common;
-use crate::{python_api, recycled_bytes, sockaddr, sys_io};
+use crate::{python_api, recycled_bytes, sys_io};
 
 /// asyncio reads at most this much per `recv`.
 /// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES.
@@ -81,8 +82,8 @@ struct StreamState {
     sendfile_active: bool,
     /// The addresses as they were when the transport was made (asyncio
     /// records them then: still known after a reset), converted on demand.
-    sockname: Option<SockAddr>,
-    peername: Option<SockAddr>,
+    sockname: Option<KeptAddr>,
+    peername: Option<KeptAddr>,
     /// The server counting this connection: told when the connection is gone.
     server: Option<Py<PyAny>>,
     /// Resolved once `connection_made` ran (`create_connection` waits on it).
@@ -851,8 +852,8 @@ impl StreamTransport {
     /// Records the addresses asyncio keeps in the transport's extra info.
     pub fn set_addresses(&self, sockname: Option<SockAddr>, peername: Option<SockAddr>) {
         let mut state = self.state.lock();
-        state.sockname = sockname;
-        state.peername = peername;
+        state.sockname = sockname.map(KeptAddr::from);
+        state.peername = peername.map(KeptAddr::from);
     }
 }
 
@@ -985,7 +986,16 @@ impl StreamTransport {
 
     /// Runs the next callback this transport scheduled for itself.
     fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let next = slf.get().state.lock().scheduled.pop_front();
+        let next = {
+            let mut state = slf.get().state.lock();
+            let next = state.scheduled.pop_front();
+            if state.scheduled.is_empty() {
+                // A transport schedules itself twice in its life (open,
+                // connection lost): an idle connection keeps no buffer.
+                state.scheduled = VecDeque::new();
+            }
+            next
+        };
         match next {
             Some(Scheduled::Open) => Self::open(slf),
             Some(Scheduled::ConnectionLost(exc)) => Self::run_connection_lost(slf, exc),
@@ -1210,10 +1220,7 @@ impl StreamTransport {
         } else {
             &state.sockname
         };
-        address
-            .as_ref()
-            .map(|addr| sockaddr::to_python(py, addr))
-            .transpose()
+        address.as_ref().map(|addr| addr.to_python(py)).transpose()
     }
 
     /// The Python socket object behind the transport. For a connection we

@@ -122,9 +122,17 @@ def test_create_connection_ipv6(loop_factory: Any) -> None:
         server, side, tr, proto = await tcp_pair(host="::1")
         try:
             assert tr.get_extra_info("peername")[0] == "::1"
-            assert tr.get_extra_info("socket").family == socket.AF_INET6
+            sock = tr.get_extra_info("socket")
+            assert sock.family == socket.AF_INET6
+            # The whole 4-tuples (flowinfo and scope id too), on both ends.
+            assert tr.get_extra_info("peername") == sock.getpeername()
+            assert tr.get_extra_info("sockname") == sock.getsockname()
+            assert len(tr.get_extra_info("peername")) == 4
             tr.write(b"over ipv6")
             sproto = await side.first()
+            strans = sproto.transport
+            assert strans.get_extra_info("peername") == tr.get_extra_info("sockname")
+            assert strans.get_extra_info("sockname") == tr.get_extra_info("peername")
             assert await sproto.wait_for_bytes(9) == b"over ipv6"
             tr.close()
             await proto.lost
