@@ -187,6 +187,13 @@ impl FdWatchers {
         self.watches.get(&fd)?.native.as_ref().map(|n| &n.target)
     }
 
+    /// Every native watcher (transports, servers, `sock_*` waiters).
+    pub fn native_targets(&self) -> impl Iterator<Item = &Py<PyAny>> {
+        self.watches
+            .values()
+            .filter_map(|watch| watch.native.as_ref().map(|n| &n.target))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.watches.is_empty()
     }

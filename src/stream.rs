@@ -849,6 +849,20 @@ impl StreamTransport {
         drop((owner, wrapper, protocol));
     }
 
+    /// The wrapper, if `server` accepted this transport and has not yet
+    /// been told that the connection is gone.
+    pub fn wrapper_if_served_by(
+        &self,
+        py: Python<'_>,
+        server: &Bound<'_, PyAny>,
+    ) -> Option<Py<PyAny>> {
+        let state = self.state.lock();
+        let served = state.server.as_ref().is_some_and(|s| s.bind(py).is(server));
+        served
+            .then(|| state.wrapper.as_ref().map(|w| w.clone_ref(py)))
+            .flatten()
+    }
+
     /// Records the addresses asyncio keeps in the transport's extra info.
     pub fn set_addresses(&self, sockname: Option<SockAddr>, peername: Option<SockAddr>) {
         let mut state = self.state.lock();

@@ -52,7 +52,6 @@ class Server(asyncio.AbstractServer):
         self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._serving = False
         self._serving_forever_fut: asyncio.Future[None] | None = None
-        self._clients: set[Any] = set()
         self._socket_files: list[tuple[Any, int]] = []
 
     def __repr__(self) -> str:
@@ -60,16 +59,15 @@ class Server(asyncio.AbstractServer):
 
     # -- connection accounting ------------------------------------------------
 
+    # asyncio 3.13 also keeps the transports in a set, for close_clients();
+    # here the loop finds them among its watched sockets (`_server_clients`).
+
     def _attach(self, transport: Any = None) -> None:
         assert self._sockets is not None
         self._active_count += 1
-        if transport is not None:
-            self._clients.add(transport)
 
     def _detach(self, transport: Any = None) -> None:
         self._active_count -= 1
-        if transport is not None:
-            self._clients.discard(transport)
         if self._active_count == 0 and self._sockets is None:
             self._wakeup()
 
@@ -230,12 +228,12 @@ class Server(asyncio.AbstractServer):
 
     def close_clients(self) -> None:
         """Close every connection this server accepted (Python 3.13 API)."""
-        for transport in list(self._clients):
+        for transport in self._loop._server_clients(self):
             transport.close()
 
     def abort_clients(self) -> None:
         """Abort every connection this server accepted (Python 3.13 API)."""
-        for transport in list(self._clients):
+        for transport in self._loop._server_clients(self):
             transport.abort()
 
     async def start_serving(self) -> None:
