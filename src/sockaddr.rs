@@ -383,6 +383,7 @@ mod tests {
         ];
         // An AF_INET address shorter than a sockaddr_in (as a kernel could
         // report for an odd socket) must not be rebuilt at full length.
+        // SAFETY: the closure writes 8 bytes into storage of 128 and says so.
         let short = unsafe {
             SockAddr::try_init(|storage, len| {
                 let inet = SockAddr::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1));
