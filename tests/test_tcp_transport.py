@@ -322,6 +322,28 @@ def test_native_and_python_made_transports_alike(loop_factory: Any, loop_name: s
     assert native_server == python_client | {"_server": "Server"}
 
 
+def test_native_transport_is_small(loop_factory: Any, loop_name: str) -> None:
+    """ferroloop only: the native transport object, most of what an idle
+    connection costs, stays within CPython's small-object allocator (512 bytes
+    with its GC header, which sys.getsizeof counts; docs/performance.md,
+    session 22)."""
+    if loop_name != "ferroloop":
+        pytest.skip("the size of ferroloop's native transport")
+
+    async def main() -> list[int]:
+        server, side, client, _ = await tcp_pair()
+        accepted = (await side.first()).transport
+        sizes = [sys.getsizeof(tr._core) for tr in (client, accepted)]
+        # The addresses are still there, whichever form they are kept in.
+        assert accepted.get_extra_info("peername") == client.get_extra_info("sockname")
+        client.close()
+        await close_server(server)
+        return sizes
+
+    sizes = run(loop_factory, main)
+    assert all(size <= 512 for size in sizes), sizes
+
+
 def test_connection_lost_exception_is_reported(loop_factory: Any) -> None:
     """An exception in connection_lost goes to the exception handler, as a
     failing `_call_connection_lost` callback of the transport, with
