@@ -857,10 +857,10 @@ impl StreamTransport {
         server: &Bound<'_, PyAny>,
     ) -> Option<Py<PyAny>> {
         let state = self.state.lock();
-        let served = state.server.as_ref().is_some_and(|s| s.bind(py).is(server));
-        served
-            .then(|| state.wrapper.as_ref().map(|w| w.clone_ref(py)))
-            .flatten()
+        if !state.server.as_ref()?.bind(py).is(server) {
+            return None;
+        }
+        state.wrapper.as_ref().map(|w| w.clone_ref(py))
     }
 
     /// Records the addresses asyncio keeps in the transport's extra info.

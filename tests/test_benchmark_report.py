@@ -92,3 +92,17 @@ def test_tables_add_a_column_for_another_loop_only_when_it_ran() -> None:
 
     ((_, head, _, _),) = driver.tables(summary, ["asyncio", "uvloop", "ferroloop"])
     assert "rloop" not in head and "fl/rl" not in head
+
+
+def test_loop_packages_get_bytecode_caches(tmp_path: object) -> None:
+    # As an installed package has them: a loop run from a source tree where
+    # Python writes no caches would otherwise compile itself in every server.
+    from pathlib import Path
+
+    package = Path(str(tmp_path)) / "someloop"
+    package.mkdir()
+    (package / "__init__.py").write_text("def new_event_loop():\n    pass\n")
+    (package / "core.py").write_text("X = 1\n")
+    driver.compile_loop_packages({"someloop": {"file": str(package / "__init__.py")}})
+    cached = sorted(p.name.split(".")[0] for p in (package / "__pycache__").iterdir())
+    assert cached == ["__init__", "core"]
