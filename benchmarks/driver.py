@@ -66,6 +66,8 @@ MICRO_S = {
     "loop_create_close": 0.9,
     "subprocess_spawn": 1.0,
     "subprocess_pipe": 0.7,
+    "subprocess_pipe_bulk": 0.6,
+    "subprocess_stdin": 0.6,
 }
 # One RSS sample beyond --rss-hold: start-up, 10k connects, closing them.
 RSS_OVERHEAD_S = 3.0
@@ -939,7 +941,7 @@ def tables(summary, loops_run, paired=None):
     if rows:
         out.append(
             (
-                "Micro-benchmarks: ops/s (MiB/s for subprocess_pipe; higher is better)",
+                "Micro-benchmarks: ops/s (MiB/s for the subprocess pipes; higher is better)",
                 ["micro", "unit", *cols, *ratio_head],
                 rows,
                 "value",

@@ -425,14 +425,16 @@ def b_spawn(loop_name, scale):
     return run(loop_name, main)
 
 
-@bench("subprocess_pipe", unit="MiB/s")
-def b_pipe(loop_name, scale):
-    """Read 512 MiB from a child's stdout pipe (head -c, pinned to the other core)."""
-    mib = n_of(512, scale, 16)
-    argv = ["head", "-c", str(mib << 20), "/dev/zero"]
+def on_the_other_cpu(argv):
+    """`argv` pinned to a CPU this process is not on, where taskset allows."""
     if shutil.which("taskset") and len(os.sched_getaffinity(0)) < os.cpu_count():
         other = sorted(set(range(os.cpu_count())) - os.sched_getaffinity(0))
-        argv = ["taskset", "-c", str(other[0]), *argv]
+        return ["taskset", "-c", str(other[0]), *argv]
+    return argv
+
+
+def read_child_stdout(loop_name, mib, argv):
+    """MiB/s reading `mib` MiB from the stdout of `argv` via `proc.stdout.read()`."""
 
     async def main():
         t0 = time.perf_counter()
@@ -443,6 +445,48 @@ def b_pipe(loop_name, scale):
         rc = await p.wait()
         dt = time.perf_counter() - t0
         assert rc == 0 and got == mib << 20, (rc, got)
+        return mib, dt
+
+    return run(loop_name, main)
+
+
+@bench("subprocess_pipe", unit="MiB/s")
+def b_pipe(loop_name, scale):
+    """Read 512 MiB from a child's stdout pipe (head -c, pinned to the other core)."""
+    mib = n_of(512, scale, 16)
+    # head writes 4 KiB at a time, as programs writing through stdio do.
+    return read_child_stdout(
+        loop_name, mib, on_the_other_cpu(["head", "-c", str(mib << 20), "/dev/zero"])
+    )
+
+
+@bench("subprocess_pipe_bulk", unit="MiB/s")
+def b_pipe_bulk(loop_name, scale):
+    """Read 512 MiB from a child writing 128 KiB at a time (dd, as cat or tar write)."""
+    mib = n_of(512, scale, 16)
+    argv = ["dd", "if=/dev/zero", "bs=128K", f"count={mib * 8}", "status=none"]
+    return read_child_stdout(loop_name, mib, on_the_other_cpu(argv))
+
+
+@bench("subprocess_stdin", unit="MiB/s")
+def b_stdin(loop_name, scale):
+    """Write 512 MiB to a child's stdin (cat to /dev/null) in 256 KiB writes, draining each."""
+    mib = n_of(512, scale, 16)
+    argv = on_the_other_cpu(["cat"])
+    chunk = bytes(256 * 1024)
+
+    async def main():
+        t0 = time.perf_counter()
+        p = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL
+        )
+        for _ in range(mib * 4):
+            p.stdin.write(chunk)
+            await p.stdin.drain()
+        p.stdin.close()
+        rc = await p.wait()
+        dt = time.perf_counter() - t0
+        assert rc == 0, rc
         return mib, dt
 
     return run(loop_name, main)

@@ -16,6 +16,7 @@ mod flow_control;
 mod fork;
 mod handles;
 mod page_aligned;
+mod pipe_capacity;
 mod pipes;
 mod poller;
 mod process;

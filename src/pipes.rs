@@ -38,6 +38,7 @@ use crate::callback_context::{self, TransportContexts};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
+use crate::pipe_capacity::PipeGrowth;
 use crate::poller::{Interest, Readiness};
 use crate::reads::{self, Framing, ReadCall, ReadSizeHint, Received};
 use crate::transport_common;
@@ -138,6 +139,8 @@ pub struct PipeTransport {
     state: Mutex<PipeState>,
     /// How to read next (large messages go straight into their `bytes`).
     read_size: ReadSizeHint,
+    /// Whether the pipe grows once it fills (a child's pipes only).
+    growth: PipeGrowth,
 }
 
 /// What a write decided under the lock, acted on after releasing it.
@@ -267,6 +270,7 @@ impl PipeTransport {
             Ok(Received::WouldBlock) => Ok(()),
             Ok(Received::Eof) => Self::eof(slf, protocol),
             Ok(Received::Data(data)) => {
+                this.growth.after_read(this.fd, data.as_bytes().len());
                 // Looked up on every call, as asyncio does.
                 let result = protocol.call_method1(pyo3::intern!(py, "data_received"), (&data,));
                 recycled_bytes::recycle(data);
@@ -346,6 +350,7 @@ impl PipeTransport {
                             state.protocol_paused = false;
                             After::Drained { resume }
                         } else {
+                            this.growth.after_short_write(this.fd);
                             After::Nothing
                         }
                     }
@@ -410,7 +415,10 @@ impl PipeTransport {
         if was_empty {
             match write_some(self.fd, data) {
                 Ok(written) if written == data.len() => return WriteOutcome::Done,
-                Ok(written) => rest = &data[written..],
+                Ok(written) => {
+                    self.growth.after_short_write(self.fd);
+                    rest = &data[written..];
+                }
                 Err(errno) => {
                     state.conn_lost += 1;
                     return WriteOutcome::Failed(errno);
@@ -640,6 +648,7 @@ impl PipeTransport {
         let context = callback_context::copy_current(event_loop.py())?;
         Ok(Self {
             read_size: ReadSizeHint::default(),
+            growth: PipeGrowth::default(),
             fd,
             kind,
             watch_peer: writable && watch_peer,
@@ -788,6 +797,12 @@ impl PipeTransport {
     /// and being collected).
     fn _release(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::release(slf)
+    }
+
+    /// Grows the pipe (see `pipe_capacity`) the first time it is found
+    /// full: for the pipes of a child the loop started.
+    fn _grow_when_full(&self) {
+        self.growth.arm();
     }
 
     fn is_closing(&self) -> bool {

@@ -8,6 +8,7 @@ thread fallback) say so explicitly.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import subprocess
@@ -298,6 +299,48 @@ def test_fifty_mib_through_protocol(loop_factory: Callable[[], Any]) -> None:
         return protocol.count, transport.get_returncode()
 
     assert run(loop_factory, main) == (FIFTY_MIB, 0)
+
+
+def patterned(size: int) -> bytes:
+    """`size` bytes that no shifted or reordered copy of themselves matches."""
+    block = bytes(range(251)) * 4099
+    return (block * (size // len(block) + 1))[:size]
+
+
+#: A `cat` that moves data in 1 MiB pieces, as bulk tools (dd, tar) do.
+BULK_CAT = (
+    "import sys\n"
+    "while chunk := sys.stdin.buffer.read1(1 << 20):\n"
+    "    sys.stdout.buffer.write(chunk)\n"
+)
+
+
+def test_bulk_data_both_ways_through_a_child(loop_factory: Callable[[], Any]) -> None:
+    """16 MiB through a child writing and reading 1 MiB at a time: whole and in order."""
+    data = patterned(16 << 20)
+
+    async def main() -> tuple[bytes, int]:
+        proc = await asyncio.create_subprocess_exec(PY, "-c", BULK_CAT, stdin=PIPE, stdout=PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+
+        async def feed() -> None:
+            assert proc.stdin is not None
+            for start in range(0, len(data), 3 << 20):
+                proc.stdin.write(data[start : start + (3 << 20)])
+                await proc.stdin.drain()
+            proc.stdin.close()
+
+        feeding = asyncio.ensure_future(feed())
+        received = bytearray()
+        while chunk := await proc.stdout.read(1 << 20):
+            received += chunk
+        await feeding
+        return bytes(received), await proc.wait()
+
+    received, code = run(loop_factory, main)
+    assert code == 0
+    assert len(received) == len(data)
+    assert received == data
 
 
 def test_kill_mid_communicate(loop_factory: Callable[[], Any]) -> None:
@@ -644,6 +687,98 @@ def test_exit_watching_uses_no_thread(loop_factory: Callable[[], Any], loop_name
     before, during, after, watcher = run(loop_factory, main)
     assert before == during == after
     assert isinstance(watcher, _core.ChildWatcher)
+
+
+def pipe_capacity(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+
+def default_pipe_capacity() -> int:
+    read_end, write_end = os.pipe()
+    try:
+        return pipe_capacity(read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_child_s_pipes_grow_once_they_fill(
+    loop_factory: Callable[[], Any], loop_name: str
+) -> None:
+    only_ferroloop(loop_name, "growing a child's pipes is ferroloop's (asyncio keeps the default)")
+    default = default_pipe_capacity()
+    data = patterned(4 << 20)
+
+    def capacities(proc: asyncio.subprocess.Process) -> list[int]:
+        transport = proc._transport  # type: ignore[attr-defined]
+        pipes = [transport.get_pipe_transport(fd).get_extra_info("pipe") for fd in (0, 1)]
+        return [pipe_capacity(pipe.fileno()) for pipe in pipes]
+
+    async def quiet_child() -> list[int]:
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", "import sys; sys.stdout.write(sys.stdin.read())", stdin=PIPE, stdout=PIPE
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(b"a few bytes")
+        await proc.stdin.drain()
+        sizes = capacities(proc)
+        proc.stdin.close()
+        assert (await proc.communicate())[0] == b"a few bytes"
+        return sizes
+
+    async def bulky_child() -> list[int]:
+        proc = await asyncio.create_subprocess_exec(PY, "-c", BULK_CAT, stdin=PIPE, stdout=PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        echoed = asyncio.ensure_future(proc.stdout.readexactly(len(data)))
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+        assert await echoed == data
+        # Both pipes are still open: the child waits for more input.
+        sizes = capacities(proc)
+        proc.stdin.close()
+        assert await proc.wait() == 0
+        return sizes
+
+    async def main() -> tuple[list[int], list[int]]:
+        return await quiet_child(), await bulky_child()
+
+    quiet, bulky = run(loop_factory, main)
+    assert quiet == [default, default]
+    assert bulky == [512 * 1024, 512 * 1024]
+
+
+def test_pipes_the_caller_passes_in_keep_their_size(
+    loop_factory: Callable[[], Any], loop_name: str
+) -> None:
+    only_ferroloop(loop_name, "growing a child's pipes is ferroloop's (asyncio keeps the default)")
+    default = default_pipe_capacity()
+    data = patterned(4 << 20)
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        read_end, write_end = os.pipe()
+        # A child writing into the caller's own pipe, which the caller then
+        # connects itself: not the loop's to resize.
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", BULK_CAT, stdin=PIPE, stdout=write_end
+        )
+        os.close(write_end)
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb")
+        )
+        assert proc.stdin is not None
+        echoed = asyncio.ensure_future(reader.readexactly(len(data)))
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+        assert await echoed == data
+        size = pipe_capacity(read_end)
+        proc.stdin.close()
+        assert await reader.read() == b""
+        transport.close()
+        return size, await proc.wait()
+
+    assert run(loop_factory, main) == (default, 0)
 
 
 def test_thread_fallback_without_pidfd(

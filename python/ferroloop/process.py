@@ -128,6 +128,16 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
         )
         self._watcher = watch_child(self._loop, self._proc.pid, self._child_exited)
 
+    async def _connect_pipes(self, waiter: Any) -> None:
+        await super()._connect_pipes(waiter)
+        # The pipes Popen made for PIPE are ours: let them grow once they fill
+        # (pipe_capacity.rs). Descriptors the caller passed in are left alone.
+        for pipe_protocol in self._pipes.values():
+            transport = getattr(pipe_protocol, "pipe", None)
+            core = getattr(transport, "_core", None)
+            if core is not None:
+                core._grow_when_full()
+
     def _child_exited(self, pid: int, returncode: int | None) -> None:
         if self._returncode is not None:
             return
