@@ -343,6 +343,78 @@ def test_bulk_data_both_ways_through_a_child(loop_factory: Callable[[], Any]) ->
     assert received == data
 
 
+def pipe_capacity(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+
+def default_pipe_capacity() -> int:
+    read_end, write_end = os.pipe()
+    try:
+        return pipe_capacity(read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def pipe_max_size() -> int:
+    with open("/proc/sys/fs/pipe-max-size") as limit:
+        return int(limit.read())
+
+
+def stdio_pipe_capacities(proc: asyncio.subprocess.Process) -> list[int]:
+    """The capacities of a child's stdin and stdout pipes, as the parent sees them."""
+    transport = proc._transport  # type: ignore[attr-defined]
+    pipes = [transport.get_pipe_transport(fd).get_extra_info("pipe") for fd in (0, 1)]
+    return [pipe_capacity(pipe.fileno()) for pipe in pipes]
+
+
+def test_a_quiet_child_s_pipes_keep_the_default_size(loop_factory: Callable[[], Any]) -> None:
+    async def main() -> list[int]:
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", "import sys; sys.stdout.write(sys.stdin.read())", stdin=PIPE, stdout=PIPE
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(b"a few bytes")
+        await proc.stdin.drain()
+        sizes = stdio_pipe_capacities(proc)
+        proc.stdin.close()
+        assert (await proc.communicate())[0] == b"a few bytes"
+        return sizes
+
+    default = default_pipe_capacity()
+    assert run(loop_factory, main) == [default, default]
+
+
+def test_pipes_the_caller_passes_in_keep_their_size(loop_factory: Callable[[], Any]) -> None:
+    data = patterned(4 << 20)
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        read_end, write_end = os.pipe()
+        # A child writing into the caller's own pipe, which the caller then
+        # connects itself: not the loop's to resize.
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", BULK_CAT, stdin=PIPE, stdout=write_end
+        )
+        os.close(write_end)
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb")
+        )
+        assert proc.stdin is not None
+        echoed = asyncio.ensure_future(reader.readexactly(len(data)))
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+        assert await echoed == data
+        size = pipe_capacity(read_end)
+        proc.stdin.close()
+        assert await reader.read() == b""
+        transport.close()
+        return size, await proc.wait()
+
+    assert run(loop_factory, main) == (default_pipe_capacity(), 0)
+
+
 def test_kill_mid_communicate(loop_factory: Callable[[], Any]) -> None:
     async def main() -> tuple[int | None, bytes]:
         # The child never reads stdin: communicate() blocks writing 8 MiB.
@@ -689,51 +761,15 @@ def test_exit_watching_uses_no_thread(loop_factory: Callable[[], Any], loop_name
     assert isinstance(watcher, _core.ChildWatcher)
 
 
-def pipe_capacity(fd: int) -> int:
-    return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-
-
-def default_pipe_capacity() -> int:
-    read_end, write_end = os.pipe()
-    try:
-        return pipe_capacity(read_end)
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-
-
-def pipe_max_size() -> int:
-    with open("/proc/sys/fs/pipe-max-size") as limit:
-        return int(limit.read())
-
-
-def test_a_child_s_pipes_grow_once_they_fill(
+def test_a_bulky_child_s_pipes_grow_once_they_fill(
     loop_factory: Callable[[], Any], loop_name: str
 ) -> None:
     only_ferroloop(loop_name, "growing a child's pipes is ferroloop's (asyncio keeps the default)")
     if os.geteuid() != 0 and pipe_max_size() < 512 * 1024:
         pytest.skip("this system caps unprivileged pipes below 512 KiB")
-    default = default_pipe_capacity()
     data = patterned(4 << 20)
 
-    def capacities(proc: asyncio.subprocess.Process) -> list[int]:
-        transport = proc._transport  # type: ignore[attr-defined]
-        pipes = [transport.get_pipe_transport(fd).get_extra_info("pipe") for fd in (0, 1)]
-        return [pipe_capacity(pipe.fileno()) for pipe in pipes]
-
-    async def quiet_child() -> list[int]:
-        proc = await asyncio.create_subprocess_exec(
-            PY, "-c", "import sys; sys.stdout.write(sys.stdin.read())", stdin=PIPE, stdout=PIPE
-        )
-        assert proc.stdin is not None
-        proc.stdin.write(b"a few bytes")
-        await proc.stdin.drain()
-        sizes = capacities(proc)
-        proc.stdin.close()
-        assert (await proc.communicate())[0] == b"a few bytes"
-        return sizes
-
-    async def bulky_child() -> list[int]:
+    async def main() -> list[int]:
         proc = await asyncio.create_subprocess_exec(PY, "-c", BULK_CAT, stdin=PIPE, stdout=PIPE)
         assert proc.stdin is not None and proc.stdout is not None
         echoed = asyncio.ensure_future(proc.stdout.readexactly(len(data)))
@@ -741,51 +777,12 @@ def test_a_child_s_pipes_grow_once_they_fill(
         await proc.stdin.drain()
         assert await echoed == data
         # Both pipes are still open: the child waits for more input.
-        sizes = capacities(proc)
+        sizes = stdio_pipe_capacities(proc)
         proc.stdin.close()
         assert await proc.wait() == 0
         return sizes
 
-    async def main() -> tuple[list[int], list[int]]:
-        return await quiet_child(), await bulky_child()
-
-    quiet, bulky = run(loop_factory, main)
-    assert quiet == [default, default]
-    assert bulky == [512 * 1024, 512 * 1024]
-
-
-def test_pipes_the_caller_passes_in_keep_their_size(
-    loop_factory: Callable[[], Any], loop_name: str
-) -> None:
-    only_ferroloop(loop_name, "growing a child's pipes is ferroloop's (asyncio keeps the default)")
-    default = default_pipe_capacity()
-    data = patterned(4 << 20)
-
-    async def main() -> tuple[int, int]:
-        loop = asyncio.get_running_loop()
-        read_end, write_end = os.pipe()
-        # A child writing into the caller's own pipe, which the caller then
-        # connects itself: not the loop's to resize.
-        proc = await asyncio.create_subprocess_exec(
-            PY, "-c", BULK_CAT, stdin=PIPE, stdout=write_end
-        )
-        os.close(write_end)
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb")
-        )
-        assert proc.stdin is not None
-        echoed = asyncio.ensure_future(reader.readexactly(len(data)))
-        proc.stdin.write(data)
-        await proc.stdin.drain()
-        assert await echoed == data
-        size = pipe_capacity(read_end)
-        proc.stdin.close()
-        assert await reader.read() == b""
-        transport.close()
-        return size, await proc.wait()
-
-    assert run(loop_factory, main) == (default, 0)
+    assert run(loop_factory, main) == [512 * 1024, 512 * 1024]
 
 
 def test_thread_fallback_without_pidfd(
