@@ -333,7 +333,7 @@ impl PendingConnect {
     /// Stops watching and takes the socket (None if already taken).
     fn release(&self) -> Option<OwnedFd> {
         let fd = self.fd.lock().take()?;
-        self.loop_.get().native_unwatch(self.raw_fd);
+        Python::attach(|py| self.loop_.get().native_unwatch(py, self.raw_fd));
         Some(fd)
     }
 

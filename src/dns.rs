@@ -465,7 +465,7 @@ impl Resolver {
     /// Stops watching the doorbell; answers still to come are dropped.
     fn close(&self) {
         // Unwatch before closing: the number may be reused at once.
-        self.loop_.get().native_unwatch(self.doorbell_fd);
+        Python::attach(|py| self.loop_.get().native_unwatch(py, self.doorbell_fd));
         let answers = self.inbox.close();
         let waiting = std::mem::take(&mut *self.waiting.lock());
         drop((answers, waiting));

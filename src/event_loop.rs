@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -33,6 +34,7 @@ use pyo3::{ffi, PyTraverseError};
 use crate::call_soon_descriptor;
 use crate::errors::os_error;
 use crate::fd_watchers::{Direction, Dispatch, FdWatchers, NativeWatch};
+use crate::gil_locked::GilLocked;
 use crate::handles::{
     context_or_copy, report_callback_error, Args, Callback, Handle, HandlePool, TimerHandle,
     TimerStats,
@@ -158,12 +160,12 @@ impl std::ops::DerefMut for Garbage {
     name = "Loop"
 )]
 pub struct Loop {
-    state: Mutex<LoopState>,
+    state: GilLocked<LoopState>,
     /// The batch being run by the current iteration; its buffer is reused.
-    batch: Mutex<VecDeque<Job>>,
+    batch: GilLocked<VecDeque<Job>>,
     /// The readiness a poll reported, emptied after queueing; its buffer is
     /// reused so that busy iterations allocate nothing.
-    readiness: Mutex<Vec<Readiness>>,
+    readiness: GilLocked<Vec<Readiness>>,
     poller: Mutex<Option<Arc<Poller>>>,
     timer_stats: Arc<TimerStats>,
     closed: AtomicBool,
@@ -171,17 +173,17 @@ pub struct Loop {
     debug: AtomicBool,
     /// The running thread's id, or 0 when the loop is not running.
     thread_id: AtomicU64,
-    task_factory: Mutex<Option<Py<PyAny>>>,
+    task_factory: GilLocked<Option<Py<PyAny>>>,
     handle_pool: HandlePool,
     /// `{"loop": self}` while the loop runs: the keyword arguments of every
     /// Future and Task it creates. Neither C type takes vectorcall, so a call
     /// with keyword names would build this dict afresh each time. It exists
     /// only while running so that it never keeps a stopped loop alive.
-    own_kwargs: Mutex<Option<Py<PyDict>>>,
+    own_kwargs: GilLocked<Option<Py<PyDict>>>,
     /// `self.call_soon` bound once while the loop runs, for CPython 3.11's C
     /// Future and Task (call_soon_descriptor.rs); None otherwise, and on later
     /// Pythons. Only while running, for the same reason as `own_kwargs`.
-    call_soon_of_run: Mutex<Option<Py<PyAny>>>,
+    call_soon_of_run: GilLocked<Option<Py<PyAny>>>,
     /// The loop's class defines its own `time` (checked when a run starts).
     class_time: AtomicBool,
     /// Native interest was withdrawn since the last poll (`FdWatchers`'s
@@ -242,7 +244,7 @@ impl Loop {
     /// `{"loop": self}` if the loop is running (see the field).
     pub fn own_kwargs<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyDict>> {
         self.own_kwargs
-            .lock()
+            .lock(py)
             .as_ref()
             .map(|kwargs| kwargs.bind(py).clone())
     }
@@ -250,7 +252,7 @@ impl Loop {
     /// The bound `call_soon` held for this run (see the field).
     pub fn call_soon_of_run(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.call_soon_of_run
-            .lock()
+            .lock(py)
             .as_ref()
             .map(|bound| bound.clone_ref(py))
     }
@@ -308,8 +310,8 @@ impl Loop {
         Ok((callback, context_or_copy(py, context)?))
     }
 
-    fn schedule(&self, job: Job) {
-        self.state.lock().ready.push_back(job);
+    fn schedule(&self, py: Python<'_>, job: Job) {
+        self.state.lock(py).ready.push_back(job);
     }
 
     /// `call_soon(callback, *args, context=context)`; the method itself is a
@@ -338,7 +340,7 @@ impl Loop {
         let handle = self
             .handle_pool
             .one_shot(py, callback, context, source_traceback)?;
-        self.schedule(Job::Call(handle.clone_ref(py)));
+        self.schedule(py, Job::Call(handle.clone_ref(py)));
         Ok(handle)
     }
 
@@ -352,7 +354,7 @@ impl Loop {
         let stats = self.timer_stats.clone();
         let timer =
             TimerHandle::schedule(py, callback, context, (when, when_given), stats, source)?;
-        self.state.lock().timers.push(when, timer.clone_ref(py));
+        self.state.lock(py).timers.push(when, timer.clone_ref(py));
         Ok(timer)
     }
 
@@ -365,7 +367,7 @@ impl Loop {
     ) -> PyResult<bool> {
         let poller = self.poller()?;
         let (change, result) = {
-            let mut state = self.state.lock();
+            let mut state = self.state.lock(py);
             let change = state.watchers.set(fd, direction, handle);
             let result = poller.set_interest(fd, change.before, change.after);
             if result.is_err() {
@@ -389,8 +391,13 @@ impl Loop {
     /// How long the next wait may sleep: 0 if anything is ready or a stop
     /// is pending, until the earliest timer otherwise, or forever (-1); and
     /// whether any descriptor (or the signal channel) is watched at all.
-    fn sleep_budget_ms(&self, garbage: &mut Garbage, now: Option<f64>) -> (i32, bool) {
-        let mut state = self.state.lock();
+    fn sleep_budget_ms(
+        &self,
+        py: Python<'_>,
+        garbage: &mut Garbage,
+        now: Option<f64>,
+    ) -> (i32, bool) {
+        let mut state = self.state.lock(py);
         state.timers.discard_cancelled(&mut garbage.timers);
         let watching = !state.watchers.is_empty() || state.signal_channel.is_some();
         if !state.ready.is_empty()
@@ -411,12 +418,12 @@ impl Loop {
     fn collect_ready(&self, py: Python<'_>, poller: &Poller, clock: &Clock<'_>) -> PyResult<()> {
         let mut garbage = Garbage::default();
         let now = clock.patched_now()?;
-        let (mut timeout_ms, mut watching) = self.sleep_budget_ms(&mut garbage, now);
+        let (mut timeout_ms, mut watching) = self.sleep_budget_ms(py, &mut garbage, now);
         if timeout_ms != 0 {
             // Announce the sleep, then look again: a call_soon_threadsafe that
             // slipped in between either is seen now or writes the eventfd.
             poller.prepare_to_sleep();
-            (timeout_ms, watching) = self.sleep_budget_ms(&mut garbage, now);
+            (timeout_ms, watching) = self.sleep_budget_ms(py, &mut garbage, now);
         }
         drop(garbage);
 
@@ -430,7 +437,7 @@ impl Loop {
         let waited = if timeout_ms == 0 && !watching {
             Ok(())
         } else {
-            events = std::mem::take(&mut *self.readiness.lock());
+            events = std::mem::take(&mut *self.readiness.lock(py));
             if timeout_ms == 0 {
                 poller.wait(0, &mut events)
             } else {
@@ -448,8 +455,7 @@ impl Loop {
         if timeout_ms != 0 {
             py.check_signals()?;
         } else if self
-            .busy_iterations
-            .fetch_add(1, Ordering::Relaxed)
+            .count_busy_iteration()
             .is_multiple_of(BUSY_CHECK_INTERVAL)
         {
             py.check_signals()?;
@@ -460,7 +466,7 @@ impl Loop {
 
         let mut garbage = Garbage::default();
         {
-            let mut state = self.state.lock();
+            let mut state = self.state.lock(py);
             // A new poll reports only what is wanted now.
             self.withdrawals.store(false, Ordering::Relaxed);
             state.watchers.clear_withdrawals();
@@ -491,19 +497,30 @@ impl Loop {
         // An early return above only costs the next poll a new buffer.
         if events.capacity() > 0 {
             events.clear();
-            *self.readiness.lock() = events;
+            *self.readiness.lock(py) = events;
         }
         Ok(())
     }
 
+    /// Counts a busy iteration; returns the count before it. Only the
+    /// running loop's thread counts, so a plain load and store (no locked
+    /// read-modify-write) is exact.
+    fn count_busy_iteration(&self) -> u32 {
+        let count = self.busy_iterations.load(Ordering::Relaxed);
+        self.busy_iterations
+            .store(count.wrapping_add(1), Ordering::Relaxed);
+        count
+    }
+
     /// Step 5: run the callbacks queued before this point.
     fn run_ready(&self, slf: &Bound<'_, Self>) -> PyResult<()> {
-        let mut batch = std::mem::take(&mut *self.batch.lock());
-        std::mem::swap(&mut batch, &mut self.state.lock().ready);
+        let py = slf.py();
+        let mut batch = std::mem::take(&mut *self.batch.lock(py));
+        std::mem::swap(&mut batch, &mut self.state.lock(py).ready);
         let debug = self.is_debug();
         let mut outcome = Ok(());
         while let Some(mut job) = batch.pop_front() {
-            if self.withdrawals.load(Ordering::Relaxed) && !self.still_wanted(&mut job) {
+            if self.withdrawals.load(Ordering::Relaxed) && !self.still_wanted(py, &mut job) {
                 job.release(slf.py());
                 continue;
             }
@@ -518,7 +535,7 @@ impl Loop {
             }
             if let Err(err) = result {
                 // Whatever did not run yet stays queued, ahead of newer callbacks.
-                let mut state = self.state.lock();
+                let mut state = self.state.lock(py);
                 while let Some(job) = batch.pop_back() {
                     state.ready.push_front(job);
                 }
@@ -529,7 +546,7 @@ impl Loop {
         // Give the emptied buffer back. What it replaces is normally the
         // empty, unallocated queue `take` left, whose drop glue is not worth
         // a call; forgetting that one leaks nothing.
-        let placeholder = std::mem::replace(&mut *self.batch.lock(), batch);
+        let placeholder = std::mem::replace(&mut *self.batch.lock(py), batch);
         if placeholder.capacity() == 0 {
             std::mem::forget(placeholder);
         }
@@ -538,11 +555,11 @@ impl Loop {
 
     /// False for a native job whose every ready direction was withdrawn
     /// since the poll; otherwise true, with the withdrawn directions removed.
-    fn still_wanted(&self, job: &mut Job) -> bool {
+    fn still_wanted(&self, py: Python<'_>, job: &mut Job) -> bool {
         let Job::Native { readiness, .. } = job else {
             return true;
         };
-        *readiness = self.state.lock().watchers.still_wanted(*readiness);
+        *readiness = self.state.lock(py).watchers.still_wanted(*readiness);
         readiness.readable || readiness.writable
     }
 
@@ -553,9 +570,9 @@ impl Loop {
         self.run_ready(slf)
     }
 
-    fn clear_all(&self) -> Garbage {
+    fn clear_all(&self, py: Python<'_>) -> Garbage {
         let mut garbage = Garbage::default();
-        let mut state = self.state.lock();
+        let mut state = self.state.lock(py);
         garbage.jobs.extend(state.ready.drain(..));
         garbage.jobs.append(&mut state.after_next_poll);
         state.timers.drain(&mut garbage.timers);
@@ -566,7 +583,7 @@ impl Loop {
             .extend(state.signal_handlers.drain().map(|(_, handle)| handle));
         state.signal_channel = None;
         drop(state);
-        garbage.handles.extend(self.handle_pool.clear());
+        garbage.handles.extend(self.handle_pool.clear(py));
         garbage
     }
 }
@@ -825,7 +842,7 @@ impl Loop {
         let poller = Poller::new().map_err(|errno| Python::attach(|py| os_error(py, errno)))?;
         let timer_stats = Arc::new(TimerStats::default());
         Ok(Self {
-            state: Mutex::new(LoopState {
+            state: GilLocked::new(LoopState {
                 ready: VecDeque::new(),
                 after_next_poll: Vec::new(),
                 timers: TimerHeap::new(timer_stats.clone()),
@@ -833,18 +850,18 @@ impl Loop {
                 signal_handlers: Default::default(),
                 signal_channel: None,
             }),
-            batch: Mutex::new(VecDeque::new()),
-            readiness: Mutex::new(Vec::new()),
+            batch: GilLocked::new(VecDeque::new()),
+            readiness: GilLocked::new(Vec::new()),
             poller: Mutex::new(Some(Arc::new(poller))),
             timer_stats,
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
-            task_factory: Mutex::new(None),
+            task_factory: GilLocked::new(None),
             handle_pool: HandlePool::default(),
-            own_kwargs: Mutex::new(None),
-            call_soon_of_run: Mutex::new(None),
+            own_kwargs: GilLocked::new(None),
+            call_soon_of_run: GilLocked::new(None),
             class_time: AtomicBool::new(defines_own_time(cls)?),
             withdrawals: AtomicBool::new(false),
             busy_iterations: AtomicU32::new(0),
@@ -935,7 +952,7 @@ impl Loop {
         let none = py.None().into_bound(py);
         let name = name.unwrap_or(&none);
         let context = context.unwrap_or(&none);
-        let has_factory = this.task_factory.lock().is_some();
+        let has_factory = this.task_factory.lock(py).is_some();
         let has_kwargs = kwargs.is_some_and(|kwargs| !kwargs.is_empty());
         if has_factory || has_kwargs {
             let kwargs = match kwargs {
@@ -961,13 +978,13 @@ impl Loop {
                 "task factory must be a callable or None",
             ));
         };
-        let previous = std::mem::replace(&mut *self.task_factory.lock(), factory);
+        let previous = std::mem::replace(&mut *self.task_factory.lock(py), factory);
         drop(previous);
         Ok(())
     }
 
     fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.task_factory.lock().as_ref().map(|f| f.clone_ref(py))
+        self.task_factory.lock(py).as_ref().map(|f| f.clone_ref(py))
     }
 
     /// Run until `stop()` is called.
@@ -1002,8 +1019,8 @@ impl Loop {
         let outcome = (|| {
             let own_kwargs = PyDict::new(py);
             own_kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
-            *this.own_kwargs.lock() = Some(own_kwargs.unbind());
-            *this.call_soon_of_run.lock() = call_soon_descriptor::bind_for_run(slf)?;
+            *this.own_kwargs.lock(py) = Some(own_kwargs.unbind());
+            *this.call_soon_of_run.lock(py) = call_soon_descriptor::bind_for_run(slf)?;
             let hooks = PyDict::new(py);
             hooks.set_item("firstiter", slf.getattr("_asyncgen_firstiter_hook")?)?;
             hooks.set_item("finalizer", slf.getattr("_asyncgen_finalizer_hook")?)?;
@@ -1018,9 +1035,9 @@ impl Loop {
         })();
         this.stopping.store(false, Ordering::Relaxed);
         this.thread_id.store(0, Ordering::Relaxed);
-        let own_kwargs = this.own_kwargs.lock().take();
+        let own_kwargs = this.own_kwargs.lock(py).take();
         drop(own_kwargs);
-        let call_soon = this.call_soon_of_run.lock().take();
+        let call_soon = this.call_soon_of_run.lock(py).take();
         drop(call_soon);
         let restored = python_api::set_running_loop(py, &py.None().into_bound(py))
             .and_then(|_| slf.call_method1("_set_coroutine_origin_tracking", (false,)))
@@ -1123,7 +1140,7 @@ impl Loop {
         if self.closed.swap(true, Ordering::Relaxed) {
             return Ok(false);
         }
-        let garbage = self.clear_all();
+        let garbage = self.clear_all(py);
         let poller = self.poller.lock().take();
         drop(poller);
         drop(garbage);
@@ -1176,7 +1193,7 @@ impl Loop {
     fn _server_clients(&self, py: Python<'_>, server: &Bound<'_, PyAny>) -> Vec<Py<PyAny>> {
         // Copied out first: a transport's own lock is not taken under the loop's.
         let targets: Vec<Py<PyAny>> = {
-            let state = self.state.lock();
+            let state = self.state.lock(py);
             state
                 .watchers
                 .native_targets()
@@ -1190,19 +1207,22 @@ impl Loop {
             .collect()
     }
 
-    fn _is_reading(&self, fd: RawFd) -> bool {
-        self.state.lock().watchers.is_watched(fd, Direction::Read)
+    fn _is_reading(&self, py: Python<'_>, fd: RawFd) -> bool {
+        self.state.lock(py).watchers.is_watched(fd, Direction::Read)
     }
 
-    fn _is_writing(&self, fd: RawFd) -> bool {
-        self.state.lock().watchers.is_watched(fd, Direction::Write)
+    fn _is_writing(&self, py: Python<'_>, fd: RawFd) -> bool {
+        self.state
+            .lock(py)
+            .watchers
+            .is_watched(fd, Direction::Write)
     }
 
     /// The descriptor Python's signal machinery should write signal numbers to.
     fn _signal_wakeup_fd(&self, py: Python<'_>) -> PyResult<RawFd> {
         self.check_closed()?;
         let poller = self.poller()?;
-        let mut state = self.state.lock();
+        let mut state = self.state.lock(py);
         if let Some(channel) = state.signal_channel.as_ref() {
             return Ok(channel.write_fd());
         }
@@ -1237,7 +1257,7 @@ impl Loop {
             _ => None,
         };
         let previous = {
-            let mut state = self.state.lock();
+            let mut state = self.state.lock(py);
             match handle {
                 Some(handle) => state.signal_handlers.insert(signal, handle),
                 None => state.signal_handlers.remove(&signal),
@@ -1252,19 +1272,19 @@ impl Loop {
         }
     }
 
-    fn _has_signal_handlers(&self) -> bool {
-        !self.state.lock().signal_handlers.is_empty()
+    fn _has_signal_handlers(&self, py: Python<'_>) -> bool {
+        !self.state.lock(py).signal_handlers.is_empty()
     }
 
     /// Number of callbacks ready to run and of timers in the heap (introspection).
-    fn _queue_sizes(&self) -> (usize, usize) {
-        let state = self.state.lock();
+    fn _queue_sizes(&self, py: Python<'_>) -> (usize, usize) {
+        let state = self.state.lock(py);
         (state.ready.len(), state.timers.len())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         // Never block in the collector: if the state is busy, report nothing.
-        let Some(state) = self.state.try_lock() else {
+        let Some(state) = self.state.lock_in_traverse(&visit) else {
             return Ok(());
         };
         for job in state.ready.iter().chain(&state.after_next_poll) {
@@ -1296,16 +1316,16 @@ impl Loop {
         for handle in state.signal_handlers.values() {
             visit.call(handle)?;
         }
-        if let Some(factory) = self.task_factory.try_lock() {
+        if let Some(factory) = self.task_factory.lock_in_traverse(&visit) {
             visit.call(&*factory)?;
         }
-        if let Some(own_kwargs) = self.own_kwargs.try_lock() {
+        if let Some(own_kwargs) = self.own_kwargs.lock_in_traverse(&visit) {
             visit.call(&*own_kwargs)?;
         }
-        if let Some(call_soon) = self.call_soon_of_run.try_lock() {
+        if let Some(call_soon) = self.call_soon_of_run.lock_in_traverse(&visit) {
             visit.call(&*call_soon)?;
         }
-        if let Some(batch) = self.batch.try_lock() {
+        if let Some(batch) = self.batch.lock_in_traverse(&visit) {
             for job in batch.iter() {
                 job.visit(&visit)?;
             }
@@ -1314,14 +1334,17 @@ impl Loop {
     }
 
     fn __clear__(&self) {
-        let garbage = self.clear_all();
-        drop(garbage);
-        let factory = self.task_factory.lock().take();
-        drop(factory);
-        let own_kwargs = self.own_kwargs.lock().take();
-        drop(own_kwargs);
-        let call_soon = self.call_soon_of_run.lock().take();
-        drop(call_soon);
+        // The collector holds the GIL; attaching only proves it.
+        Python::attach(|py| {
+            let garbage = self.clear_all(py);
+            drop(garbage);
+            let factory = self.task_factory.lock(py).take();
+            drop(factory);
+            let own_kwargs = self.own_kwargs.lock(py).take();
+            drop(own_kwargs);
+            let call_soon = self.call_soon_of_run.lock(py).take();
+            drop(call_soon);
+        });
     }
 }
 
@@ -1372,7 +1395,7 @@ impl Loop {
     /// a transport's descriptor).
     pub fn native_owner(&self, py: Python<'_>, fd: RawFd) -> Option<Py<PyAny>> {
         self.state
-            .lock()
+            .lock(py)
             .watchers
             .native_owner(fd)
             .map(|target| target.clone_ref(py))
@@ -1390,7 +1413,7 @@ impl Loop {
     ) -> PyResult<()> {
         let poller = self.poller()?;
         let (result, previous) = {
-            let mut state = self.state.lock();
+            let mut state = self.state.lock(py);
             let native = NativeWatch {
                 target,
                 dispatch,
@@ -1416,8 +1439,8 @@ impl Loop {
     }
 
     /// True if `target` is the native watcher of `fd`.
-    pub fn is_native_owner(&self, fd: RawFd, target: &Bound<'_, PyAny>) -> bool {
-        self.state.lock().watchers.is_native_owner(fd, target)
+    pub fn is_native_owner(&self, py: Python<'_>, fd: RawFd, target: &Bound<'_, PyAny>) -> bool {
+        self.state.lock(py).watchers.is_native_owner(fd, target)
     }
 
     /// `native_interest` for a watcher that may have been replaced meanwhile
@@ -1442,7 +1465,7 @@ impl Loop {
         interest: Interest,
     ) -> PyResult<()> {
         let poller = self.poller.lock().clone();
-        let mut state = self.state.lock();
+        let mut state = self.state.lock(py);
         if owner.is_some_and(|target| !state.watchers.is_native_owner(fd, target)) {
             return Ok(());
         }
@@ -1465,16 +1488,16 @@ impl Loop {
     }
 
     /// `native_unwatch` for a watcher that may have been replaced meanwhile.
-    pub fn native_unwatch_if_owner(&self, fd: RawFd, target: &Bound<'_, PyAny>) {
-        if self.is_native_owner(fd, target) {
-            self.native_unwatch(fd);
+    pub fn native_unwatch_if_owner(&self, py: Python<'_>, fd: RawFd, target: &Bound<'_, PyAny>) {
+        if self.is_native_owner(py, fd, target) {
+            self.native_unwatch(py, fd);
         }
     }
 
     /// Stops watching `fd` natively (the descriptor may already be closed).
-    pub fn native_unwatch(&self, fd: RawFd) {
+    pub fn native_unwatch(&self, py: Python<'_>, fd: RawFd) {
         let previous = {
-            let mut state = self.state.lock();
+            let mut state = self.state.lock(py);
             let (before, after, previous) = state.watchers.set_native(fd, None);
             self.note_withdrawals(&state);
             if let Some(poller) = self.poller.lock().as_ref() {
@@ -1529,7 +1552,7 @@ impl Loop {
         };
         let context = context_or_copy(py, None)?;
         let handle = self.handle_pool.one_shot(py, callback, context, None)?;
-        self.state.lock().after_next_poll.push(Job::Call(handle));
+        self.state.lock(py).after_next_poll.push(Job::Call(handle));
         Ok(())
     }
 

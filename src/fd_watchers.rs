@@ -75,8 +75,8 @@ pub struct FdWatchers {
     /// this iteration's poll already queued for it is dropped, even when the
     /// interest comes back before the queued callback's turn (a transport
     /// paused and resumed in one iteration): the renewed interest waits for
-    /// the next poll. Mostly empty; a short list when not.
-    withdrawn: Vec<(RawFd, Interest)>,
+    /// the next poll. Mostly empty.
+    withdrawn: Withdrawals,
 }
 
 impl FdWatchers {
@@ -125,7 +125,7 @@ impl FdWatchers {
         if watch.is_unused() {
             self.watches.remove(&fd);
         }
-        self.record_withdrawal(fd, old_native, kept);
+        self.withdrawn.record(fd, old_native, kept);
         (before, after, previous)
     }
 
@@ -140,19 +140,8 @@ impl FdWatchers {
         let native = watch.native.as_mut()?;
         let old_native = std::mem::replace(&mut native.interest, interest);
         let after = watch.interest();
-        self.record_withdrawal(fd, old_native, interest);
+        self.withdrawn.record(fd, old_native, interest);
         Some((before, after))
-    }
-
-    fn record_withdrawal(&mut self, fd: RawFd, old: Interest, new: Interest) {
-        let withdrawn = Interest {
-            read: old.read && !new.read,
-            write: old.write && !new.write,
-            edge: false,
-        };
-        if withdrawn.read || withdrawn.write {
-            self.withdrawn.push((fd, withdrawn));
-        }
     }
 
     /// True if native interest was withdrawn since the last poll.
@@ -168,14 +157,7 @@ impl FdWatchers {
     /// `readiness` queued by the last poll, less the directions whose native
     /// interest was withdrawn since.
     pub fn still_wanted(&self, readiness: Readiness) -> Readiness {
-        let mut wanted = readiness;
-        for (fd, withdrawn) in &self.withdrawn {
-            if *fd == readiness.fd {
-                wanted.readable &= !withdrawn.read;
-                wanted.writable &= !withdrawn.write;
-            }
-        }
-        wanted
+        self.withdrawn.still_wanted(readiness)
     }
 
     /// True if `target` is the native watcher of `fd`.
@@ -226,5 +208,105 @@ impl FdWatchers {
                 natives(&native.target);
             }
         }
+    }
+}
+
+/// The directions of native interest withdrawn since the last poll, by
+/// descriptor. A map, not a list: every queued native job is checked against
+/// it, and when a thousand transports close in one iteration, scanning a list
+/// per job made that iteration quadratic.
+#[derive(Default)]
+struct Withdrawals {
+    by_fd: FxHashMap<RawFd, Interest>,
+}
+
+impl Withdrawals {
+    /// Notes what going from `old` to `new` interest in `fd` withdrew.
+    fn record(&mut self, fd: RawFd, old: Interest, new: Interest) {
+        let read = old.read && !new.read;
+        let write = old.write && !new.write;
+        if read || write {
+            let withdrawn = self.by_fd.entry(fd).or_default();
+            withdrawn.read |= read;
+            withdrawn.write |= write;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_fd.is_empty()
+    }
+
+    fn clear(&mut self) {
+        // Clearing a map costs in proportion to its capacity, even empty.
+        if !self.by_fd.is_empty() {
+            self.by_fd.clear();
+        }
+    }
+
+    /// `readiness` less the directions withdrawn from its descriptor.
+    fn still_wanted(&self, readiness: Readiness) -> Readiness {
+        let Some(withdrawn) = self.by_fd.get(&readiness.fd) else {
+            return readiness;
+        };
+        Readiness {
+            readable: readiness.readable && !withdrawn.read,
+            writable: readiness.writable && !withdrawn.write,
+            ..readiness
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Withdrawals;
+    use crate::poller::{Interest, Readiness};
+
+    const BOTH: Interest = Interest {
+        read: true,
+        write: true,
+        edge: true,
+    };
+    const READ: Interest = Interest {
+        read: true,
+        write: false,
+        edge: true,
+    };
+    const NONE: Interest = Interest {
+        read: false,
+        write: false,
+        edge: false,
+    };
+
+    fn ready(fd: i32) -> Readiness {
+        Readiness {
+            fd,
+            readable: true,
+            writable: true,
+        }
+    }
+
+    #[test]
+    fn withdrawals_of_one_descriptor_add_up_and_spare_the_others() {
+        let mut withdrawals = Withdrawals::default();
+        withdrawals.record(7, BOTH, READ);
+        // Interest that comes back does not undo a withdrawal before the poll.
+        withdrawals.record(7, READ, BOTH);
+        withdrawals.record(7, BOTH, NONE);
+        withdrawals.record(8, NONE, BOTH);
+        let seven = withdrawals.still_wanted(ready(7));
+        assert!(!seven.readable && !seven.writable);
+        let eight = withdrawals.still_wanted(ready(8));
+        assert!(eight.readable && eight.writable);
+        withdrawals.clear();
+        assert!(withdrawals.is_empty());
+        assert!(withdrawals.still_wanted(ready(7)).readable);
+    }
+
+    #[test]
+    fn a_withdrawn_direction_leaves_the_other_one() {
+        let mut withdrawals = Withdrawals::default();
+        withdrawals.record(3, BOTH, READ);
+        let three = withdrawals.still_wanted(ready(3));
+        assert!(three.readable && !three.writable);
     }
 }

@@ -25,8 +25,6 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::Mutex;
-
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -34,6 +32,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyTuple};
 use pyo3::PyTraverseError;
 
+use crate::gil_locked::GilLocked;
 use crate::python_api::format_callback_source;
 
 /// A callback's positional arguments. None (a task's next step) and a
@@ -443,9 +442,7 @@ fn track_object(object: *mut ffi::PyObject) {
 /// unobservable.
 #[derive(Default)]
 pub struct HandlePool {
-    free: Mutex<Vec<Py<Handle>>>,
-    /// `free.len()`, readable without the lock.
-    pooled: AtomicUsize,
+    free: GilLocked<Vec<Py<Handle>>>,
 }
 
 impl HandlePool {
@@ -464,12 +461,8 @@ impl HandlePool {
         context: Py<PyAny>,
         source_traceback: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        // An empty pool (during a burst of callbacks) costs one read.
-        if source_traceback.is_none() && self.pooled.load(Ordering::Relaxed) > 0 {
-            let mut free = self.free.lock();
-            let reused = free.pop();
-            self.pooled.store(free.len(), Ordering::Relaxed);
-            drop(free);
+        if source_traceback.is_none() {
+            let reused = self.free.lock(py).pop();
             if let Some(handle) = reused {
                 // SAFETY: the pool held the only reference; the GIL is held.
                 unsafe { handle.get().slot.refill(callback, context) };
@@ -481,26 +474,15 @@ impl HandlePool {
 
     /// Takes a handle back after its job ran, if it can be reused.
     pub fn recycle(&self, py: Python<'_>, handle: Py<Handle>) {
-        // A full pool (a burst of callbacks) costs one read per handle.
-        if self.pooled.load(Ordering::Relaxed) >= Self::CAPACITY
-            || !handle.get().is_reusable(&handle)
-        {
+        if self.free.lock(py).len() >= Self::CAPACITY || !handle.get().is_reusable(&handle) {
             drop(handle.into_bound(py));
             return;
         }
         // SAFETY: `is_reusable` proved ours is the only reference; GIL held.
         let spent = unsafe { handle.get().slot.empty() };
-        let mut free = self.free.lock();
-        let surplus = if free.len() < Self::CAPACITY {
-            free.push(handle);
-            None
-        } else {
-            Some(handle)
-        };
-        self.pooled.store(free.len(), Ordering::Relaxed);
-        drop(free);
-        // Destructors run Python code, which may schedule callbacks: only now.
-        drop(surplus.map(|handle| handle.into_bound(py)));
+        self.free.lock(py).push(handle);
+        // Destructors run Python code, which may schedule callbacks: only
+        // now, with the pool no longer borrowed.
         let (callback, context) = spent;
         if let Some(callback) = callback {
             callback.release(py);
@@ -509,10 +491,8 @@ impl HandlePool {
     }
 
     /// Lets go of every pooled handle (the loop is closing).
-    pub fn clear(&self) -> Vec<Py<Handle>> {
-        let mut free = self.free.lock();
-        self.pooled.store(0, Ordering::Relaxed);
-        std::mem::take(&mut *free)
+    pub fn clear(&self, py: Python<'_>) -> Vec<Py<Handle>> {
+        std::mem::take(&mut *self.free.lock(py))
     }
 }
 

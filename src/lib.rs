@@ -14,6 +14,7 @@ mod fast_calls;
 mod fd_watchers;
 mod flow_control;
 mod fork;
+mod gil_locked;
 mod handles;
 mod page_aligned;
 mod pipe_capacity;
@@ -36,7 +37,8 @@ mod udp;
 
 use pyo3::prelude::*;
 
-#[pymodule]
+// `gil_used`: the module relies on the GIL (see gil_locked.rs).
+#[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Loop>()?;
     m.add_class::<handles::Handle>()?;

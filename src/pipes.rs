@@ -26,7 +26,7 @@
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
-use parking_lot::Mutex;
+
 use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -38,6 +38,7 @@ use crate::callback_context::{self, TransportContexts};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
+use crate::gil_locked::GilLocked;
 use crate::pipe_capacity::PipeGrowth;
 use crate::poller::{Interest, Readiness};
 use crate::reads::{self, Framing, ReadCall, ReadSizeHint, Received};
@@ -136,7 +137,7 @@ pub struct PipeTransport {
     /// the reader went away (asyncio does the same).
     watch_peer: bool,
     loop_: Py<Loop>,
-    state: Mutex<PipeState>,
+    state: GilLocked<PipeState>,
     /// How to read next (large messages go straight into their `bytes`).
     read_size: ReadSizeHint,
     /// Whether the pipe grows once it fills (a child's pipes only).
@@ -177,7 +178,7 @@ impl PipeTransport {
     /// Tells the poller what we now wait for.
     fn update_interest(&self, py: Python<'_>) -> PyResult<()> {
         let interest = {
-            let state = self.state.lock();
+            let state = self.state.lock(py);
             if state.pipe.is_none() {
                 // Released: the descriptor number may already belong to someone else.
                 return Ok(());
@@ -199,11 +200,15 @@ impl PipeTransport {
     }
 
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.lock().protocol.as_ref().map(|p| p.clone_ref(py))
+        self.state
+            .lock(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
     }
 
     fn wrapper(&self, py: Python<'_>) -> Py<PyAny> {
-        match self.state.lock().wrapper.as_ref() {
+        match self.state.lock(py).wrapper.as_ref() {
             Some(wrapper) => wrapper.clone_ref(py),
             None => py.None(),
         }
@@ -222,7 +227,7 @@ impl PipeTransport {
                 // asyncio runs the reader callback before the writer one.
                 if readiness.readable {
                     let reading = {
-                        let state = this.state.lock();
+                        let state = this.state.lock(py);
                         this.interest(&state)
                             .read
                             .then(|| state.contexts.reading(py))
@@ -232,7 +237,7 @@ impl PipeTransport {
                     }
                 }
                 if readiness.writable {
-                    let writing = this.state.lock().contexts.writing(py);
+                    let writing = this.state.lock(py).contexts.writing(py);
                     callback_context::run_in(py, writing.as_ref(), || Self::write_ready(slf))?;
                 }
             }
@@ -244,7 +249,7 @@ impl PipeTransport {
         let py = slf.py();
         let this = slf.get();
         let (protocol, context) = {
-            let state = this.state.lock();
+            let state = this.state.lock(py);
             if !this.interest(&state).read {
                 return Ok(());
             }
@@ -293,7 +298,7 @@ impl PipeTransport {
         // Described as it was when the peer closed, as asyncio logs it.
         this.log_if_debug(py, "info", "%r was closed by peer")?;
         {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             state.closing = true;
             state.lost = true;
         }
@@ -312,7 +317,7 @@ impl PipeTransport {
         let py = slf.py();
         let this = slf.get();
         this.log_if_debug(py, "info", "%r was closed by peer")?;
-        let buffered = this.state.lock().buffered_len() > 0;
+        let buffered = this.state.lock(py).buffered_len() > 0;
         let exc = if buffered {
             Some(
                 PyBrokenPipeError::new_err(())
@@ -336,7 +341,7 @@ impl PipeTransport {
             Failed(Errno),
         }
         let after = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             if state.lost || state.buffered_len() == 0 {
                 After::Nothing
             } else {
@@ -379,7 +384,7 @@ impl PipeTransport {
                 }
                 // A write_eof()/close() was waiting for the flush.
                 let lose = {
-                    let mut state = this.state.lock();
+                    let mut state = this.state.lock(py);
                     let lose = state.closing && !state.lost && state.buffered_len() == 0;
                     if lose {
                         state.lost = true;
@@ -396,11 +401,11 @@ impl PipeTransport {
     }
 
     /// Buffers (or writes) `data`; the caller acts on the outcome with no lock held.
-    fn write_bytes(&self, data: &[u8]) -> WriteOutcome {
+    fn write_bytes(&self, py: Python<'_>, data: &[u8]) -> WriteOutcome {
         if data.is_empty() {
             return WriteOutcome::Done;
         }
-        let mut state = self.state.lock();
+        let mut state = self.state.lock(py);
         if state.conn_lost > 0 || state.closing {
             let warn = state.conn_lost >= CONNLOST_WRITE_WARNING_THRESHOLD;
             state.conn_lost += 1;
@@ -445,7 +450,7 @@ impl PipeTransport {
                     // Flushes run in a copy of this writer's context, as
                     // asyncio's writer handle, made now, would.
                     let writer = callback_context::copy_current(py)?;
-                    let previous = this.state.lock().contexts.set_writing(writer);
+                    let previous = this.state.lock(py).contexts.set_writing(writer);
                     drop(previous);
                     this.update_interest(py)?;
                 }
@@ -514,9 +519,10 @@ impl PipeTransport {
         data: &Bound<'_, PyAny>,
         err: PyErr,
     ) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
         let (queued, lost) = {
-            let state = this.state.lock();
+            let state = this.state.lock(py);
             (
                 state.buffered_len() > 0,
                 state.conn_lost > 0 || state.closing,
@@ -528,7 +534,7 @@ impl PipeTransport {
         if queued {
             return Err(PyTypeError::new_err("can't concat memoryview to bytearray"));
         }
-        this.state.lock().conn_lost += 1;
+        this.state.lock(py).conn_lost += 1;
         Self::fatal_error(slf, err, "Fatal write error on pipe transport")
     }
 
@@ -559,7 +565,7 @@ impl PipeTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             state.closing = true;
             state.clear_buffer();
             if state.lost {
@@ -583,7 +589,7 @@ impl PipeTransport {
     /// Calls `connection_lost(exc)` once, then closes the pipe whatever it did.
     fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
-        let protocol = slf.get().state.lock().protocol.take();
+        let protocol = slf.get().state.lock(py).protocol.take();
         let result = transport_common::notify_connection_lost(py, protocol, exc);
         let released = Self::release(slf);
         result.and(released)
@@ -595,7 +601,7 @@ impl PipeTransport {
         let py = slf.py();
         let this = slf.get();
         let (pipe, wrapper, attached) = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             let Some(pipe) = state.pipe.take() else {
                 return Ok(());
             };
@@ -606,7 +612,7 @@ impl PipeTransport {
             (pipe, state.wrapper.take(), attached)
         };
         if attached {
-            this.loop_.get().native_unwatch(this.fd);
+            this.loop_.get().native_unwatch(py, this.fd);
         }
         drop(wrapper);
         pipe.bind(py).call_method0("close").map(|_| ())
@@ -653,7 +659,7 @@ impl PipeTransport {
             kind,
             watch_peer: writable && watch_peer,
             loop_: event_loop.unbind(),
-            state: Mutex::new(PipeState {
+            state: GilLocked::new(PipeState {
                 wrapper: Some(wrapper),
                 protocol: Some(protocol),
                 pipe: Some(pipe),
@@ -686,7 +692,7 @@ impl PipeTransport {
         );
         match registered {
             Ok(()) => {
-                this.state.lock().attached = true;
+                this.state.lock(py).attached = true;
                 Ok(())
             }
             Err(err) if errno_of(py, &err) == Some(libc::EPERM) => Ok(()),
@@ -698,7 +704,7 @@ impl PipeTransport {
     /// right after `connection_made`.
     fn _start(&self, py: Python<'_>) -> PyResult<()> {
         {
-            let mut state = self.state.lock();
+            let mut state = self.state.lock(py);
             if state.lost {
                 return Ok(());
             }
@@ -709,7 +715,7 @@ impl PipeTransport {
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let this = slf.get();
-        let outcome = match with_bytes(data, "data", |bytes| this.write_bytes(bytes)) {
+        let outcome = match with_bytes(data, "data", |bytes| this.write_bytes(slf.py(), bytes)) {
             Ok(outcome) => outcome,
             Err(err) if is_non_contiguous(slf.py(), &err) => {
                 return Self::write_non_contiguous(slf, data, err)
@@ -736,9 +742,10 @@ impl PipeTransport {
 
     /// Closes the pipe once the buffer is flushed (a pipe has no half-close).
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
         let lose_now = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             if state.closing {
                 return Ok(());
             }
@@ -763,11 +770,12 @@ impl PipeTransport {
 
     /// Read pipe: stop reading and lose the connection. Write pipe: `write_eof()`.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
         match this.kind {
             Kind::Write => Self::write_eof(slf),
             Kind::Read => {
-                if this.state.lock().closing {
+                if this.state.lock(py).closing {
                     return Ok(());
                 }
                 Self::close_with(slf, None)
@@ -805,16 +813,16 @@ impl PipeTransport {
         self.growth.arm();
     }
 
-    fn is_closing(&self) -> bool {
-        self.state.lock().closing
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.lock(py).closing
     }
 
-    fn is_reading(&self) -> bool {
-        transport_common::is_reading(&self.state)
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        transport_common::is_reading(py, &self.state)
     }
 
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if transport_common::pause_reading(&self.state) {
+        if transport_common::pause_reading(py, &self.state) {
             self.update_interest(py)?;
             self.log_if_debug(py, "debug", "%r pauses reading")?;
         }
@@ -829,12 +837,12 @@ impl PipeTransport {
         Ok(())
     }
 
-    fn get_write_buffer_size(&self) -> usize {
-        self.state.lock().buffered_len()
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.lock(py).buffered_len()
     }
 
-    fn get_write_buffer_limits(&self) -> (usize, usize) {
-        let state = self.state.lock();
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let state = self.state.lock(py);
         (state.low_water, state.high_water)
     }
 
@@ -844,9 +852,10 @@ impl PipeTransport {
         high: Option<flow_control::WaterMark>,
         low: Option<flow_control::WaterMark>,
     ) -> PyResult<()> {
+        let py = slf.py();
         let (high, low) = flow_control::water_marks(high, low)?;
         let pause = {
-            let mut state = slf.get().state.lock();
+            let mut state = slf.get().state.lock(py);
             state.high_water = high;
             state.low_water = low;
             state.should_pause()
@@ -857,8 +866,8 @@ impl PipeTransport {
         Ok(())
     }
 
-    fn _set_protocol(&self, protocol: Py<PyAny>) {
-        let old = self.state.lock().protocol.replace(protocol);
+    fn _set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
+        let old = self.state.lock(py).protocol.replace(protocol);
         drop(old);
     }
 
@@ -874,14 +883,14 @@ impl PipeTransport {
 
     /// True once the pipe object has been closed.
     #[getter]
-    fn _closed(&self) -> bool {
-        self.state.lock().pipe.is_none()
+    fn _closed(&self, py: Python<'_>) -> bool {
+        self.state.lock(py).pipe.is_none()
     }
 
     /// True while the poller waits on the descriptor for our main direction.
     #[getter]
-    fn _polling(&self) -> bool {
-        let state = self.state.lock();
+    fn _polling(&self, py: Python<'_>) -> bool {
+        let state = self.state.lock(py);
         let interest = self.interest(&state);
         match self.kind {
             Kind::Read => interest.read,
@@ -890,8 +899,8 @@ impl PipeTransport {
     }
 
     #[getter]
-    fn _conn_lost(&self) -> u32 {
-        self.state.lock().conn_lost
+    fn _conn_lost(&self, py: Python<'_>) -> u32 {
+        self.state.lock(py).conn_lost
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -905,7 +914,7 @@ impl PipeTransport {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(state) = self.state.try_lock() else {
+        let Some(state) = self.state.lock_in_traverse(&visit) else {
             return Ok(());
         };
         visit.call(&self.loop_)?;
@@ -916,17 +925,13 @@ impl PipeTransport {
     }
 
     fn __clear__(&self) {
-        let taken = {
-            let Some(mut state) = self.state.try_lock() else {
-                return;
-            };
+        self.state.take_for_clear(|state| {
             (
                 state.wrapper.take(),
                 state.protocol.take(),
                 state.contexts.take(),
             )
-        };
-        drop(taken);
+        });
     }
 }
 

@@ -186,7 +186,12 @@ impl Poller {
 
     /// The wait is over (or was skipped): wake-ups need no system call.
     pub fn done_sleeping(&self) {
-        self.sleeping.store(false, Ordering::SeqCst);
+        // Only the loop's thread sets the flag, so it reads its own last
+        // write; skipping the store when not set spares a busy iteration
+        // the locked instruction a sequentially consistent store is.
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.sleeping.store(false, Ordering::SeqCst);
+        }
     }
 
     /// Wakes the loop if it sleeps; cheap when it does not.

@@ -136,7 +136,7 @@ impl ChildWatcher {
         };
         if let Some(pidfd) = pidfd {
             // Unwatch before closing: the number may be reused at once.
-            self.loop_.get().native_unwatch(pidfd.as_raw_fd());
+            Python::attach(|py| self.loop_.get().native_unwatch(py, pidfd.as_raw_fd()));
             drop(pidfd);
         }
         callback

@@ -261,7 +261,7 @@ impl Listener {
     /// Stop accepting (the socket stays open).
     fn stop(&self) {
         if self.watching.swap(false, Ordering::Relaxed) {
-            self.loop_.get().native_unwatch(self.fd);
+            Python::attach(|py| self.loop_.get().native_unwatch(py, self.fd));
         }
     }
 

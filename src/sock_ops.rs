@@ -28,7 +28,7 @@ use std::cell::RefCell;
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
-use parking_lot::Mutex;
+
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{
     PyBlockingIOError, PyBufferError, PyConnectionError, PyInterruptedError, PyTypeError,
@@ -44,6 +44,7 @@ use socket2::SockAddr;
 use crate::buffers::{self, with_bytes_mut};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
+use crate::gil_locked::GilLocked;
 use crate::poller::{Interest, Readiness};
 use crate::reads::{self, Framing, ReadCall, Received};
 use crate::{python_api, sockaddr, sys_io};
@@ -586,7 +587,7 @@ pub struct SockWaiter {
     /// The socket served, weakly: a closed and collected socket whose number
     /// was reused must not be taken for the new one.
     sock: Option<Py<PyWeakrefReference>>,
-    slots: Mutex<Slots>,
+    slots: GilLocked<Slots>,
 }
 
 impl SockWaiter {
@@ -605,7 +606,7 @@ impl SockWaiter {
     fn sync(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         let py = slf.py();
-        let interest = this.slots.lock().interest();
+        let interest = this.slots.lock(py).interest();
         let ops = this.ops.get();
         let event_loop = ops.loop_.get();
         if !interest.is_empty() {
@@ -613,14 +614,14 @@ impl SockWaiter {
             return event_loop.native_interest_if_owner(py, this.fd, slf.as_any(), interest);
         }
         let removed = {
-            let mut waiters = ops.waiters.lock();
+            let mut waiters = ops.waiters.lock(py);
             match waiters.get(&this.fd) {
                 Some(current) if current.is(slf) => waiters.remove(&this.fd),
                 _ => None,
             }
         };
         if removed.is_some() {
-            event_loop.native_unwatch_if_owner(this.fd, slf.as_any());
+            event_loop.native_unwatch_if_owner(py, this.fd, slf.as_any());
         }
         drop(removed);
         Ok(())
@@ -628,8 +629,9 @@ impl SockWaiter {
 
     /// Stops lingering: the waiter goes once nothing is pending.
     fn release_if_idle(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         {
-            let mut slots = slf.get().slots.lock();
+            let mut slots = slf.get().slots.lock(py);
             if !slots.is_idle() {
                 return Ok(());
             }
@@ -642,7 +644,7 @@ impl SockWaiter {
         let py = slf.py();
         let this = slf.get();
         let taken = {
-            let mut slots = this.slots.lock();
+            let mut slots = this.slots.lock(py);
             if write {
                 slots.writer.take()
             } else {
@@ -653,7 +655,7 @@ impl SockWaiter {
             if !write {
                 // Data arrived with nobody waiting for it: the program is not
                 // (or no longer) reading in turns; stop lingering.
-                this.slots.lock().linger_read = false;
+                this.slots.lock(py).linger_read = false;
             }
             return Ok(());
         };
@@ -665,7 +667,7 @@ impl SockWaiter {
         }
         match attempt(&mut pending.kind, py, this.fd) {
             Ok(None) => {
-                let mut slots = this.slots.lock();
+                let mut slots = this.slots.lock(py);
                 let slot = if write {
                     &mut slots.writer
                 } else {
@@ -720,8 +722,9 @@ impl SockWaiter {
     /// Done-callback of the pending futures: a future that completes
     /// without us (it was cancelled) releases its slot.
     fn __call__(slf: &Bound<'_, Self>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
         let abandoned = {
-            let mut slots = slf.get().slots.lock();
+            let mut slots = slf.get().slots.lock(py);
             let mut abandoned = Vec::new();
             if slots.reader.as_ref().is_some_and(|p| p.fut.is(fut)) {
                 abandoned.extend(slots.reader.take());
@@ -741,8 +744,8 @@ impl SockWaiter {
         Self::sync(slf)
     }
 
-    fn __repr__(&self) -> String {
-        let slots = self.slots.lock();
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let slots = self.slots.lock(py);
         format!(
             "<SockWaiter fd={} reading={} writing={}>",
             self.fd,
@@ -754,7 +757,7 @@ impl SockWaiter {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.ops)?;
         visit.call(&self.sock)?;
-        let Some(slots) = self.slots.try_lock() else {
+        let Some(slots) = self.slots.lock_in_traverse(&visit) else {
             return Ok(());
         };
         for pending in slots.reader.iter().chain(slots.writer.iter()) {
@@ -765,8 +768,7 @@ impl SockWaiter {
     }
 
     fn __clear__(&self) {
-        let slots = std::mem::take(&mut *self.slots.lock());
-        drop(slots);
+        self.slots.take_for_clear(std::mem::take);
     }
 }
 
@@ -775,7 +777,7 @@ impl SockWaiter {
 #[pyclass(frozen, module = "ferroloop._core")]
 pub struct SockOps {
     loop_: Py<Loop>,
-    waiters: Mutex<FxHashMap<RawFd, Py<SockWaiter>>>,
+    waiters: GilLocked<FxHashMap<RawFd, Py<SockWaiter>>>,
 }
 
 /// An operation's result if it completed at once, else its pending future.
@@ -859,16 +861,16 @@ impl SockOps {
     ) -> PyResult<Bound<'py, SockWaiter>> {
         let py = slf.py();
         let this = slf.get();
-        let existing = this.waiters.lock().get(&fd).map(|w| w.clone_ref(py));
+        let existing = this.waiters.lock(py).get(&fd).map(|w| w.clone_ref(py));
         if let Some(waiter) = existing {
             let waiter = waiter.into_bound(py);
             if waiter.get().serves(sock) {
                 return Ok(waiter);
             }
-            let stale = this.waiters.lock().remove(&fd);
+            let stale = this.waiters.lock(py).remove(&fd);
             this.loop_
                 .get()
-                .native_unwatch_if_owner(fd, waiter.as_any());
+                .native_unwatch_if_owner(py, fd, waiter.as_any());
             drop(stale);
         }
         // Sockets that cannot be weakly referenced are served call by call.
@@ -879,10 +881,10 @@ impl SockOps {
                 fd,
                 ops: slf.clone().unbind(),
                 sock: weak,
-                slots: Mutex::new(Slots::default()),
+                slots: GilLocked::new(Slots::default()),
             },
         )?;
-        this.waiters.lock().insert(fd, waiter.clone().unbind());
+        this.waiters.lock(py).insert(fd, waiter.clone().unbind());
         Ok(waiter)
     }
 
@@ -905,7 +907,7 @@ impl SockOps {
         };
         let lingers = waiter.get().sock.is_some();
         let (replaced, interest) = {
-            let mut slots = waiter.get().slots.lock();
+            let mut slots = waiter.get().slots.lock(py);
             let slot = if write {
                 &mut slots.writer
             } else {
@@ -925,7 +927,7 @@ impl SockOps {
         // Still registered from the last call: at most a change of direction.
         // Otherwise (first call, or a transport or add_reader() had the
         // descriptor meanwhile) install the waiter.
-        let watched = if event_loop.is_native_owner(fd, waiter.as_any()) {
+        let watched = if event_loop.is_native_owner(py, fd, waiter.as_any()) {
             event_loop.native_interest(py, fd, interest)
         } else {
             event_loop.native_watch(
@@ -937,7 +939,7 @@ impl SockOps {
             )
         };
         if let Err(err) = watched {
-            let mut slots = waiter.get().slots.lock();
+            let mut slots = waiter.get().slots.lock(py);
             let slot = if write {
                 &mut slots.writer
             } else {
@@ -971,7 +973,7 @@ impl SockOps {
     fn py_new(event_loop: Bound<'_, Loop>) -> Self {
         Self {
             loop_: event_loop.unbind(),
-            waiters: Mutex::new(FxHashMap::default()),
+            waiters: GilLocked::new(FxHashMap::default()),
         }
     }
 
@@ -1157,13 +1159,13 @@ impl SockOps {
     /// `add_reader()`/`add_writer()`, which need the descriptor to themselves.
     fn _forget_done(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
         let py = slf.py();
-        let waiter = slf.get().waiters.lock().get(&fd).map(|w| w.clone_ref(py));
+        let waiter = slf.get().waiters.lock(py).get(&fd).map(|w| w.clone_ref(py));
         let Some(waiter) = waiter else {
             return Ok(());
         };
         let waiter = waiter.bind(py);
         let futures: Vec<Py<PyAny>> = {
-            let slots = waiter.get().slots.lock();
+            let slots = waiter.get().slots.lock(py);
             slots
                 .reader
                 .iter()
@@ -1183,15 +1185,15 @@ impl SockOps {
 
     /// Descriptors with pending calls or a lingering registration
     /// (introspection, for tests).
-    fn _pending_fds(&self) -> Vec<RawFd> {
-        let mut fds: Vec<RawFd> = self.waiters.lock().keys().copied().collect();
+    fn _pending_fds(&self, py: Python<'_>) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.waiters.lock(py).keys().copied().collect();
         fds.sort_unstable();
         fds
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.loop_)?;
-        if let Some(waiters) = self.waiters.try_lock() {
+        if let Some(waiters) = self.waiters.lock_in_traverse(&visit) {
             for waiter in waiters.values() {
                 visit.call(waiter)?;
             }
@@ -1200,8 +1202,7 @@ impl SockOps {
     }
 
     fn __clear__(&self) {
-        let waiters = std::mem::take(&mut *self.waiters.lock());
-        drop(waiters);
+        self.waiters.take_for_clear(std::mem::take);
     }
 }
 

@@ -43,11 +43,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::str::FromStr;
 
 use nix::errno::Errno;
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
 use pyo3::{ffi, IntoPyObjectExt};
 use socket2::{SockAddr, SockAddrStorage};
+
+use crate::gil_locked::GilLocked;
 
 /// Calls `fill` with a zeroed address buffer and its size in/out length (the
 /// arguments of `getsockname`, `recvfrom`, `accept`, ...), and returns what
@@ -162,17 +163,18 @@ fn convert<'py>(py: Python<'py>, addr: &SockAddr, zoned: bool) -> PyResult<Bound
 /// The last IPv4 host turned into text, and that text: connections mostly
 /// come from and go to a handful of hosts (loopback above all), so repeated
 /// conversions share one string.
-static LAST_IPV4_HOST: Mutex<Option<(Ipv4Addr, Py<PyString>)>> = Mutex::new(None);
+static LAST_IPV4_HOST: GilLocked<Option<(Ipv4Addr, Py<PyString>)>> = GilLocked::new(None);
 
 /// An IPv4 address in dotted-quad form, as the `socket` module shows it.
 fn ipv4_host<'py>(py: Python<'py>, ip: &Ipv4Addr) -> Bound<'py, PyString> {
-    if let Some((last, text)) = LAST_IPV4_HOST.lock().as_ref() {
+    if let Some((last, text)) = LAST_IPV4_HOST.lock(py).as_ref() {
         if last == ip {
             return text.bind(py).clone();
         }
     }
     let text = PyString::new(py, &dotted_quad(ip));
-    *LAST_IPV4_HOST.lock() = Some((*ip, text.clone().unbind()));
+    // The string replaced is freed under the guard: a str runs no Python.
+    *LAST_IPV4_HOST.lock(py) = Some((*ip, text.clone().unbind()));
     text
 }
 

@@ -149,7 +149,7 @@ impl<'py> SocketTransportParts<'py> {
                 None => callback_context::copy_current(py)?,
             },
         );
-        core.set_addresses(self.addresses.0, self.addresses.1);
+        core.set_addresses(py, self.addresses.0, self.addresses.1);
         let core = Bound::new(py, core)?;
         let attached = attach(
             event_loop,
@@ -160,7 +160,7 @@ impl<'py> SocketTransportParts<'py> {
             self.waiter,
         );
         if attached.is_err() {
-            core.get().discard();
+            core.get().discard(py);
         }
         attached.map(|()| wrapper)
     }

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use parking_lot::Mutex;
+
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -38,6 +38,7 @@ use crate::callback_context::{self, TransportContexts};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
+use crate::gil_locked::GilLocked;
 use crate::handles::report_as_handle_error;
 use crate::poller::{Interest, Readiness};
 use crate::reads::{self, Framing, ReadCall, ReadSizeHint, Received, READ_SIZE};
@@ -158,7 +159,7 @@ impl StreamState {
 pub struct StreamTransport {
     fd: RawFd,
     loop_: Py<Loop>,
-    state: Mutex<StreamState>,
+    state: GilLocked<StreamState>,
     /// How to read next (large messages go straight into their `bytes`).
     read_size: ReadSizeHint,
 }
@@ -222,7 +223,7 @@ impl StreamTransport {
 
     /// Tells the poller what we now wait for.
     fn update_interest(&self, py: Python<'_>) -> PyResult<()> {
-        let interest = self.state.lock().interest();
+        let interest = self.state.lock(py).interest();
         if self.loop_.get().closed() {
             return Ok(());
         }
@@ -230,11 +231,15 @@ impl StreamTransport {
     }
 
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.lock().protocol.as_ref().map(|p| p.clone_ref(py))
+        self.state
+            .lock(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
     }
 
     fn wrapper(&self, py: Python<'_>) -> Py<PyAny> {
-        match self.state.lock().wrapper.as_ref() {
+        match self.state.lock(py).wrapper.as_ref() {
             Some(wrapper) => wrapper.clone_ref(py),
             None => py.None(),
         }
@@ -259,7 +264,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let (protocol, buffered, context) = {
-            let state = this.state.lock();
+            let state = this.state.lock(py);
             if !state.interest().read {
                 return Ok(());
             }
@@ -384,7 +389,7 @@ impl StreamTransport {
         let py = slf.py();
         let made = Self::call_connection_made(slf);
         Self::_start_reading(slf)?;
-        let waiter = slf.get().state.lock().open_waiter.take();
+        let waiter = slf.get().state.lock(py).open_waiter.take();
         if let Some(waiter) = waiter.as_ref().map(|w| w.bind(py)) {
             if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
                 waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
@@ -437,7 +442,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         this.log_if_debug(py, "debug", "%r received EOF")?;
-        this.state.lock().eof_received = true;
+        this.state.lock(py).eof_received = true;
         this.update_interest(py)?;
         let keep_open = match protocol.call_method0(pyo3::intern!(py, "eof_received")) {
             Ok(result) => result.is_truthy()?,
@@ -458,7 +463,7 @@ impl StreamTransport {
     fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let (waiter, context) = {
-            let mut state = slf.get().state.lock();
+            let mut state = slf.get().state.lock(py);
             let waiter = if state.conn_lost == 0 && state.buffered_len() == 0 {
                 state.drain_waiter.take()
             } else {
@@ -488,7 +493,7 @@ impl StreamTransport {
             return resolve_waiter(waiter.bind(py), None);
         }
         let after = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             if state.conn_lost > 0 || state.buffered_len() == 0 {
                 After::Nothing
             } else {
@@ -556,8 +561,8 @@ impl StreamTransport {
 
     /// Buffers (or sends) `parts`, in order; the caller acts on the outcome
     /// with no lock held. Several parts go out in one `sendmsg`, with no copy.
-    fn write_parts(&self, parts: &[&[u8]]) -> PyResult<WriteOutcome> {
-        let mut state = self.state.lock();
+    fn write_parts(&self, py: Python<'_>, parts: &[&[u8]]) -> PyResult<WriteOutcome> {
+        let mut state = self.state.lock(py);
         if state.eof_requested {
             return Err(PyRuntimeError::new_err(
                 "Cannot call write() after write_eof()",
@@ -640,7 +645,7 @@ impl StreamTransport {
     /// writer's context (asyncio's writer handle is made then).
     fn adopt_writing_context(&self, py: Python<'_>) -> PyResult<()> {
         let writer = callback_context::copy_current(py)?;
-        let previous = self.state.lock().contexts.set_writing(writer);
+        let previous = self.state.lock(py).contexts.set_writing(writer);
         drop(previous);
         Ok(())
     }
@@ -674,7 +679,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             if state.conn_lost > 0 {
                 return Ok(());
             }
@@ -687,7 +692,7 @@ impl StreamTransport {
     }
 
     fn fail_drain_waiter(&self, py: Python<'_>) -> PyResult<()> {
-        let waiter = self.state.lock().drain_waiter.take();
+        let waiter = self.state.lock(py).drain_waiter.take();
         match waiter {
             Some(waiter) => {
                 let error =
@@ -703,12 +708,13 @@ impl StreamTransport {
         slf: &Bound<'_, Self>,
         exc: Option<Py<PyAny>>,
     ) -> PyResult<()> {
+        let py = slf.py();
         if self.loop_.get().closed() {
             // Nothing will run scheduled callbacks any more: release the socket now.
             return Self::release_socket(slf);
         }
         self.state
-            .lock()
+            .lock(py)
             .scheduled
             .push_back(Scheduled::ConnectionLost(exc));
         Self::schedule_self(slf)
@@ -720,7 +726,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         this.fail_drain_waiter(py)?;
-        let protocol = this.state.lock().protocol.take();
+        let protocol = this.state.lock(py).protocol.take();
         let result = transport_common::notify_connection_lost(py, protocol, exc);
         let released = Self::release_socket(slf);
         result.and(released)
@@ -729,9 +735,9 @@ impl StreamTransport {
     fn release_socket(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        this.loop_.get().native_unwatch(this.fd);
+        this.loop_.get().native_unwatch(py, this.fd);
         let (owner, wrapper, server) = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             state.clear_buffer();
             (
                 std::mem::replace(&mut state.owner, SocketOwner::Closed),
@@ -804,7 +810,7 @@ impl StreamTransport {
             read_size: ReadSizeHint::default(),
             fd,
             loop_: event_loop.unbind(),
-            state: Mutex::new(StreamState {
+            state: GilLocked::new(StreamState {
                 wrapper: Some(wrapper),
                 protocol: Some(protocol),
                 buffered,
@@ -834,9 +840,9 @@ impl StreamTransport {
 
     /// Gives up a transport that never started (its creation failed half
     /// way): no protocol callback, the socket unwatched and closed now.
-    pub fn discard(&self) {
+    pub fn discard(&self, py: Python<'_>) {
         let (owner, wrapper, protocol) = {
-            let mut state = self.state.lock();
+            let mut state = self.state.lock(py);
             state.closing = true;
             state.conn_lost += 1;
             (
@@ -845,7 +851,7 @@ impl StreamTransport {
                 state.protocol.take(),
             )
         };
-        self.loop_.get().native_unwatch(self.fd);
+        Python::attach(|py| self.loop_.get().native_unwatch(py, self.fd));
         drop((owner, wrapper, protocol));
     }
 
@@ -856,7 +862,7 @@ impl StreamTransport {
         py: Python<'_>,
         server: &Bound<'_, PyAny>,
     ) -> Option<Py<PyAny>> {
-        let state = self.state.lock();
+        let state = self.state.lock(py);
         if !state.server.as_ref()?.bind(py).is(server) {
             return None;
         }
@@ -864,8 +870,13 @@ impl StreamTransport {
     }
 
     /// Records the addresses asyncio keeps in the transport's extra info.
-    pub fn set_addresses(&self, sockname: Option<SockAddr>, peername: Option<SockAddr>) {
-        let mut state = self.state.lock();
+    pub fn set_addresses(
+        &self,
+        py: Python<'_>,
+        sockname: Option<SockAddr>,
+        peername: Option<SockAddr>,
+    ) {
+        let mut state = self.state.lock(py);
         state.sockname = sockname.map(KeptAddr::from);
         state.peername = peername.map(KeptAddr::from);
     }
@@ -877,7 +888,7 @@ impl StreamTransport {
     pub fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         check_write_type(data)?;
         let this = slf.get();
-        let outcome = match with_bytes(data, "data", |bytes| this.write_parts(&[bytes])) {
+        let outcome = match with_bytes(data, "data", |bytes| this.write_parts(slf.py(), &[bytes])) {
             Ok(outcome) => outcome?,
             Err(err) if is_non_contiguous(slf.py(), &err) => {
                 return Self::write_non_contiguous(slf, data, err)
@@ -900,11 +911,11 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         // The checks every write makes first (after write_eof, during sendfile).
-        this.write_parts(&[])?;
-        if data.len()? == 0 || this.state.lock().conn_lost > 0 {
+        this.write_parts(py, &[])?;
+        if data.len()? == 0 || this.state.lock(py).conn_lost > 0 {
             return Self::write(slf, contiguous_copy(data)?.as_any());
         }
-        let queued = this.state.lock().buffered_len() > 0;
+        let queued = this.state.lock(py).buffered_len() > 0;
         if queued && py.version_info() < (3, 12) {
             return Err(PyTypeError::new_err(
                 "can't set bytearray slice from memoryview",
@@ -924,7 +935,7 @@ impl StreamTransport {
             .map(|item| BytesView::new(item, "data"))
             .collect::<PyResult<Vec<_>>>()?;
         let parts: Vec<&[u8]> = views.iter().map(BytesView::as_slice).collect();
-        let outcome = slf.get().write_parts(&parts)?;
+        let outcome = slf.get().write_parts(slf.py(), &parts)?;
         drop(parts);
         drop(views);
         Self::finish_write(slf, outcome)
@@ -953,7 +964,8 @@ impl StreamTransport {
             )));
         }
         // Before taking `fd` over: nothing may fail once this owns it.
-        let context = callback_context::copy_current(event_loop.py())?;
+        let py = event_loop.py();
+        let context = callback_context::copy_current(py)?;
         let owner = match sock {
             Some(sock) => SocketOwner::Python(sock),
             // SAFETY: the caller transfers ownership of `fd` to us.
@@ -961,6 +973,7 @@ impl StreamTransport {
         };
         let transport = Self::create(event_loop, fd, owner, wrapper, protocol, buffered, context);
         transport.set_addresses(
+            py,
             sockaddr::getsockname(fd).ok(),
             sockaddr::getpeername(fd).ok(),
         );
@@ -973,7 +986,7 @@ impl StreamTransport {
     pub fn _attach(slf: &Bound<'_, Self>, server: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        this.state.lock().server = server;
+        this.state.lock(py).server = server;
         this.loop_.get().native_watch(
             py,
             this.fd,
@@ -990,8 +1003,9 @@ impl StreamTransport {
     /// the waiter's task wakes, as they would in asyncio.
     #[pyo3(signature = (waiter=None))]
     pub fn _open(slf: &Bound<'_, Self>, waiter: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
         {
-            let mut state = slf.get().state.lock();
+            let mut state = slf.get().state.lock(py);
             state.open_waiter = waiter;
             state.scheduled.push_back(Scheduled::Open);
         }
@@ -1000,8 +1014,9 @@ impl StreamTransport {
 
     /// Runs the next callback this transport scheduled for itself.
     fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let next = {
-            let mut state = slf.get().state.lock();
+            let mut state = slf.get().state.lock(py);
             let next = state.scheduled.pop_front();
             if state.scheduled.is_empty() {
                 // A transport schedules itself twice in its life (open,
@@ -1019,9 +1034,10 @@ impl StreamTransport {
 
     /// Starts reading; scheduled right after `connection_made`.
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
         {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             if state.conn_lost > 0 {
                 return Ok(());
             }
@@ -1030,8 +1046,8 @@ impl StreamTransport {
         this.update_interest(slf.py())
     }
 
-    fn write_eof(&self) -> PyResult<()> {
-        let mut state = self.state.lock();
+    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
+        let mut state = self.state.lock(py);
         if state.closing || state.eof_requested {
             return Ok(());
         }
@@ -1047,7 +1063,7 @@ impl StreamTransport {
     /// socket is writable (`sendfile` then writes around the buffer).
     fn _wait_drained(&self, py: Python<'_>, waiter: Py<PyAny>) -> PyResult<()> {
         let previous = {
-            let mut state = self.state.lock();
+            let mut state = self.state.lock(py);
             if state.conn_lost > 0 {
                 drop(state);
                 let error =
@@ -1069,7 +1085,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let lose_now = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             if state.closing {
                 return Ok(());
             }
@@ -1100,8 +1116,9 @@ impl StreamTransport {
     /// Closes the socket without calling the protocol: what asyncio's socket
     /// transports do when collected unclosed (used by `__del__`).
     fn _release(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         {
-            let mut state = slf.get().state.lock();
+            let mut state = slf.get().state.lock(py);
             state.closing = true;
             state.conn_lost = state.conn_lost.max(1);
         }
@@ -1114,16 +1131,16 @@ impl StreamTransport {
         Self::connection_lost(slf, exc)
     }
 
-    fn is_closing(&self) -> bool {
-        self.state.lock().closing
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.lock(py).closing
     }
 
-    fn is_reading(&self) -> bool {
-        transport_common::is_reading(&self.state)
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        transport_common::is_reading(py, &self.state)
     }
 
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if transport_common::pause_reading(&self.state) {
+        if transport_common::pause_reading(py, &self.state) {
             self.update_interest(py)?;
             self.log_if_debug(py, "debug", "%r pauses reading")?;
         }
@@ -1138,12 +1155,12 @@ impl StreamTransport {
         Ok(())
     }
 
-    fn get_write_buffer_size(&self) -> usize {
-        self.state.lock().buffered_len()
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.lock(py).buffered_len()
     }
 
-    fn get_write_buffer_limits(&self) -> (usize, usize) {
-        let state = self.state.lock();
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let state = self.state.lock(py);
         (state.low_water, state.high_water)
     }
 
@@ -1153,10 +1170,11 @@ impl StreamTransport {
         high: Option<flow_control::WaterMark>,
         low: Option<flow_control::WaterMark>,
     ) -> PyResult<()> {
+        let py = slf.py();
         let (high, low) = flow_control::water_marks(high, low)?;
         let this = slf.get();
         let pause = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             state.high_water = high;
             state.low_water = low;
             state.should_pause()
@@ -1168,9 +1186,9 @@ impl StreamTransport {
     }
 
     #[pyo3(signature = (protocol, buffered))]
-    fn _set_protocol(&self, protocol: Py<PyAny>, buffered: bool) {
+    fn _set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>, buffered: bool) {
         let old_protocol = {
-            let mut state = self.state.lock();
+            let mut state = self.state.lock(py);
             state.buffered = buffered;
             state.protocol.replace(protocol)
         };
@@ -1189,13 +1207,13 @@ impl StreamTransport {
     }
 
     /// While `loop.sendfile()` owns the socket, `write()` is refused (asyncio).
-    fn _set_sendfile_active(&self, active: bool) {
-        self.state.lock().sendfile_active = active;
+    fn _set_sendfile_active(&self, py: Python<'_>, active: bool) {
+        self.state.lock(py).sendfile_active = active;
     }
 
     #[getter]
-    fn _protocol_paused(&self) -> bool {
-        self.state.lock().protocol_paused
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.lock(py).protocol_paused
     }
 
     #[getter]
@@ -1204,8 +1222,8 @@ impl StreamTransport {
     }
 
     #[getter]
-    fn _conn_lost(&self) -> u32 {
-        self.state.lock().conn_lost
+    fn _conn_lost(&self, py: Python<'_>) -> u32 {
+        self.state.lock(py).conn_lost
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -1214,21 +1232,21 @@ impl StreamTransport {
 
     /// True once the socket was closed.
     #[getter]
-    fn _released(&self) -> bool {
-        matches!(self.state.lock().owner, SocketOwner::Closed)
+    fn _released(&self, py: Python<'_>) -> bool {
+        matches!(self.state.lock(py).owner, SocketOwner::Closed)
     }
 
     /// (reading, writing): what the loop currently waits for.
     #[getter]
-    fn _polling(&self) -> (bool, bool) {
-        let interest = self.state.lock().interest();
+    fn _polling(&self, py: Python<'_>) -> (bool, bool) {
+        let interest = self.state.lock(py).interest();
         (interest.read, interest.write)
     }
 
     /// The local (or, with `peer`, the remote) address the transport had
     /// when it was made, as the `socket` module shows it; None if unknown.
     fn _address<'py>(&self, py: Python<'py>, peer: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let state = self.state.lock();
+        let state = self.state.lock(py);
         let address = if peer {
             &state.peername
         } else {
@@ -1241,7 +1259,7 @@ impl StreamTransport {
     /// accepted natively it is made on first use, over the same descriptor
     /// (which it then owns: one descriptor per connection, as in asyncio).
     fn _socket(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        match &self.state.lock().owner {
+        match &self.state.lock(py).owner {
             SocketOwner::Python(sock) => return Ok(Some(sock.clone_ref(py))),
             SocketOwner::Closed => return Ok(None),
             SocketOwner::Native(_) => {}
@@ -1253,7 +1271,7 @@ impl StreamTransport {
             .getattr("socket")?
             .call((), Some(&kwargs))?;
         sock.call_method1("setblocking", (false,))?;
-        let mut state = self.state.lock();
+        let mut state = self.state.lock(py);
         match std::mem::replace(&mut state.owner, SocketOwner::Python(sock.clone().unbind())) {
             SocketOwner::Native(fd) => {
                 // The Python socket closes it from now on.
@@ -1271,7 +1289,7 @@ impl StreamTransport {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(state) = self.state.try_lock() else {
+        let Some(state) = self.state.lock_in_traverse(&visit) else {
             return Ok(());
         };
         visit.call(&self.loop_)?;
@@ -1293,10 +1311,7 @@ impl StreamTransport {
     }
 
     fn __clear__(&self) {
-        let taken = {
-            let Some(mut state) = self.state.try_lock() else {
-                return;
-            };
+        self.state.take_for_clear(|state| {
             (
                 state.wrapper.take(),
                 state.protocol.take(),
@@ -1305,7 +1320,6 @@ impl StreamTransport {
                 std::mem::take(&mut state.scheduled),
                 state.contexts.take(),
             )
-        };
-        drop(taken);
+        });
     }
 }

@@ -3,13 +3,13 @@
 //! failures are reported, not raised, fatal errors reported as asyncio does,
 //! and the one-time `connection_lost` hand-off.
 
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::callback_context::{self, TransportContexts};
 use crate::errors::is_fatal;
 use crate::event_loop::Loop;
+use crate::gil_locked::GilLocked;
 
 /// The Python class name of a transport's wrapper (`SocketTransport`, say),
 /// or `fallback` once the wrapper is gone.
@@ -84,14 +84,14 @@ macro_rules! reading_switch_on_fields {
 pub(crate) use reading_switch_on_fields;
 
 /// asyncio's `is_reading()`: neither paused nor closing.
-pub fn is_reading<S: ReadingSwitch>(state: &Mutex<S>) -> bool {
-    let state = state.lock();
+pub fn is_reading<S: ReadingSwitch>(py: Python<'_>, state: &GilLocked<S>) -> bool {
+    let state = state.lock(py);
     !state.reading_paused() && !state.closing()
 }
 
 /// asyncio's `pause_reading()`; true when the caller must update its poller interest.
-pub fn pause_reading<S: ReadingSwitch>(state: &Mutex<S>) -> bool {
-    let mut state = state.lock();
+pub fn pause_reading<S: ReadingSwitch>(py: Python<'_>, state: &GilLocked<S>) -> bool {
+    let mut state = state.lock(py);
     if state.reading_paused() || state.closing() {
         return false;
     }
@@ -100,11 +100,11 @@ pub fn pause_reading<S: ReadingSwitch>(state: &Mutex<S>) -> bool {
 }
 
 /// asyncio's `resume_reading()`; true when the caller must update its poller interest.
-pub fn resume_reading<S: ReadingSwitch>(py: Python<'_>, state: &Mutex<S>) -> PyResult<bool> {
+pub fn resume_reading<S: ReadingSwitch>(py: Python<'_>, state: &GilLocked<S>) -> PyResult<bool> {
     // asyncio adds a new reader handle: reads go on in the caller's context.
     let caller = callback_context::copy_current(py)?;
     let previous = {
-        let mut state = state.lock();
+        let mut state = state.lock(py);
         if state.closing() || !state.reading_paused() {
             return Ok(false);
         }

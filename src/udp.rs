@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
-use parking_lot::Mutex;
+
 use pyo3::exceptions::{
     PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError,
 };
@@ -46,6 +46,7 @@ use crate::callback_context::{self, TransportContexts};
 use crate::errors::{is_fatal, os_error};
 use crate::event_loop::Loop;
 use crate::flow_control::{self, DEFAULT_HIGH_WATER};
+use crate::gil_locked::GilLocked;
 use crate::poller::{Interest, Readiness};
 use crate::transport_common;
 use crate::{reads, sockaddr, sys_io};
@@ -138,9 +139,9 @@ pub struct DatagramTransport {
     /// Whether empty datagrams are sent (asyncio >= 3.13) or ignored.
     send_empty: bool,
     loop_: Py<Loop>,
-    state: Mutex<DatagramState>,
+    state: GilLocked<DatagramState>,
     /// The last sender and its Python address, reused while it does not change.
-    last_source: Mutex<Option<(SockAddr, Py<PyAny>)>>,
+    last_source: GilLocked<Option<(SockAddr, Py<PyAny>)>>,
 }
 
 /// How a native send ended.
@@ -171,7 +172,7 @@ impl DatagramTransport {
     }
 
     fn update_interest(&self, py: Python<'_>) -> PyResult<()> {
-        let interest = self.state.lock().interest();
+        let interest = self.state.lock(py).interest();
         if self.loop_.get().closed() {
             return Ok(());
         }
@@ -179,15 +180,19 @@ impl DatagramTransport {
     }
 
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.lock().protocol.as_ref().map(|p| p.clone_ref(py))
+        self.state
+            .lock(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
     }
 
     fn sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.lock().sock.as_ref().map(|s| s.clone_ref(py))
+        self.state.lock(py).sock.as_ref().map(|s| s.clone_ref(py))
     }
 
     fn wrapper(&self, py: Python<'_>) -> Py<PyAny> {
-        match self.state.lock().wrapper.as_ref() {
+        match self.state.lock(py).wrapper.as_ref() {
             Some(wrapper) => wrapper.clone_ref(py),
             None => py.None(),
         }
@@ -228,7 +233,7 @@ impl DatagramTransport {
             Self::read_ready(slf)?;
         }
         if readiness.writable {
-            let context = slf.get().state.lock().contexts.writing(py);
+            let context = slf.get().state.lock(py).contexts.writing(py);
             callback_context::run_in(py, context.as_ref(), || Self::write_ready(slf))?;
         }
         Ok(())
@@ -241,7 +246,7 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         let (protocol, sock, context) = {
-            let state = this.state.lock();
+            let state = this.state.lock(py);
             if !state.interest().read {
                 return Ok(());
             }
@@ -308,7 +313,7 @@ impl DatagramTransport {
     /// The sender as a Python value, reusing the last one when unchanged.
     fn source_address<'py>(&self, py: Python<'py>, from: &SockAddr) -> PyResult<Bound<'py, PyAny>> {
         {
-            let cache = self.last_source.lock();
+            let cache = self.last_source.lock(py);
             if let Some((addr, value)) = cache.as_ref() {
                 if addr == from {
                     return Ok(value.bind(py).clone());
@@ -318,7 +323,7 @@ impl DatagramTransport {
         let value = sockaddr::to_python(py, from)?;
         let previous = self
             .last_source
-            .lock()
+            .lock(py)
             .replace((from.clone(), value.clone().unbind()));
         drop(previous);
         Ok(value)
@@ -330,7 +335,7 @@ impl DatagramTransport {
         let this = slf.get();
         loop {
             let pending = {
-                let mut state = this.state.lock();
+                let mut state = this.state.lock(py);
                 if state.conn_lost > 0 || state.sock.is_none() {
                     return Ok(());
                 }
@@ -353,7 +358,7 @@ impl DatagramTransport {
             match outcome {
                 Sent::Done => drop(pending),
                 Sent::WouldBlock => {
-                    let mut state = this.state.lock();
+                    let mut state = this.state.lock(py);
                     state.buffer_size += pending.data.len() + this.header_size;
                     state.buffer.push_front(pending);
                     break;
@@ -375,7 +380,7 @@ impl DatagramTransport {
             }
         }
         let resume = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             let resume = state.protocol_paused && state.buffer_size <= state.low_water;
             if resume {
                 state.protocol_paused = false;
@@ -387,7 +392,7 @@ impl DatagramTransport {
         }
         // resume_writing() may have queued more.
         let lose = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             if state.buffer.is_empty() && state.closing && state.conn_lost == 0 {
                 state.conn_lost += 1;
                 true
@@ -431,7 +436,7 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         let dropped = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             if state.conn_lost > 0 {
                 return Ok(());
             }
@@ -458,7 +463,7 @@ impl DatagramTransport {
     /// the protocol and the wrapper.
     fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
-        let protocol = slf.get().state.lock().protocol.take();
+        let protocol = slf.get().state.lock(py).protocol.take();
         let result = transport_common::notify_connection_lost(py, protocol, exc);
         let released = Self::release_socket(slf);
         result.and(released)
@@ -468,7 +473,7 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         let (sock, wrapper, buffer, source) = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             let Some(sock) = state.sock.take() else {
                 return Ok(());
             };
@@ -477,10 +482,10 @@ impl DatagramTransport {
                 sock,
                 state.wrapper.take(),
                 std::mem::take(&mut state.buffer),
-                this.last_source.lock().take(),
+                this.last_source.lock(py).take(),
             )
         };
-        this.loop_.get().native_unwatch(this.fd);
+        this.loop_.get().native_unwatch(py, this.fd);
         drop((wrapper, buffer, source));
         sock.bind(py).call_method0("close").map(|_| ())
     }
@@ -531,7 +536,7 @@ impl DatagramTransport {
             header_size,
             send_empty,
             loop_: event_loop.unbind(),
-            state: Mutex::new(DatagramState {
+            state: GilLocked::new(DatagramState {
                 wrapper: Some(wrapper),
                 protocol: Some(protocol),
                 sock: Some(sock),
@@ -546,7 +551,7 @@ impl DatagramTransport {
                 conn_lost: 0,
                 contexts: TransportContexts::new(context),
             }),
-            last_source: Mutex::new(None),
+            last_source: GilLocked::new(None),
         })
     }
 
@@ -565,7 +570,7 @@ impl DatagramTransport {
     /// Starts reading; scheduled right after `connection_made`.
     fn _start_reading(&self, py: Python<'_>) -> PyResult<()> {
         {
-            let mut state = self.state.lock();
+            let mut state = self.state.lock(py);
             if state.conn_lost > 0 {
                 return Ok(());
             }
@@ -614,7 +619,7 @@ impl DatagramTransport {
             (None, addr) => addr.unwrap_or_else(|| py.None().into_bound(py)),
         };
         let warn = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             if state.conn_lost > 0 && (this.address.is_some() || state.sock.is_none()) {
                 let warn = state.conn_lost >= CONNLOST_WRITE_WARNING_THRESHOLD;
                 state.conn_lost += 1;
@@ -640,7 +645,7 @@ impl DatagramTransport {
         } else {
             Dest::Python(addr.unbind())
         };
-        let was_empty = this.state.lock().buffer.is_empty();
+        let was_empty = this.state.lock(py).buffer.is_empty();
         if was_empty {
             match this.send_now(py, &dest, data)? {
                 Sent::Done => return Ok(()),
@@ -664,11 +669,11 @@ impl DatagramTransport {
             // Flushes run in a copy of this sender's context, as asyncio's
             // writer handle, made now, would.
             let sender = callback_context::copy_current(py)?;
-            let previous = this.state.lock().contexts.set_writing(sender);
+            let previous = this.state.lock(py).contexts.set_writing(sender);
             drop(previous);
         }
         let pause = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             state.buffer_size += copy.len() + this.header_size;
             state.buffer.push_back(Pending { data: copy, dest });
             state.should_pause()
@@ -682,9 +687,10 @@ impl DatagramTransport {
 
     /// Close after flushing queued datagrams; `connection_lost(None)` follows.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         let this = slf.get();
         let lose_now = {
-            let mut state = this.state.lock();
+            let mut state = this.state.lock(py);
             if state.closing {
                 return Ok(());
             }
@@ -723,24 +729,25 @@ impl DatagramTransport {
 
     /// Closes the socket without calling the protocol (used by `__del__`).
     fn _release(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         {
-            let mut state = slf.get().state.lock();
+            let mut state = slf.get().state.lock(py);
             state.closing = true;
             state.conn_lost = state.conn_lost.max(1);
         }
         Self::release_socket(slf)
     }
 
-    fn is_closing(&self) -> bool {
-        self.state.lock().closing
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.lock(py).closing
     }
 
-    fn is_reading(&self) -> bool {
-        transport_common::is_reading(&self.state)
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        transport_common::is_reading(py, &self.state)
     }
 
     fn pause_reading(&self, py: Python<'_>) -> PyResult<()> {
-        if transport_common::pause_reading(&self.state) {
+        if transport_common::pause_reading(py, &self.state) {
             self.update_interest(py)?;
             self.log_if_debug(py, "debug", "%r pauses reading")?;
         }
@@ -755,12 +762,12 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn get_write_buffer_size(&self) -> usize {
-        self.state.lock().buffer_size
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.lock(py).buffer_size
     }
 
-    fn get_write_buffer_limits(&self) -> (usize, usize) {
-        let state = self.state.lock();
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let state = self.state.lock(py);
         (state.low_water, state.high_water)
     }
 
@@ -770,9 +777,10 @@ impl DatagramTransport {
         high: Option<flow_control::WaterMark>,
         low: Option<flow_control::WaterMark>,
     ) -> PyResult<()> {
+        let py = slf.py();
         let (high, low) = flow_control::water_marks(high, low)?;
         let pause = {
-            let mut state = slf.get().state.lock();
+            let mut state = slf.get().state.lock(py);
             state.high_water = high;
             state.low_water = low;
             state.should_pause()
@@ -783,8 +791,8 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn _set_protocol(&self, protocol: Py<PyAny>) {
-        let old = self.state.lock().protocol.replace(protocol);
+    fn _set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
+        let old = self.state.lock(py).protocol.replace(protocol);
         drop(old);
     }
 
@@ -799,20 +807,20 @@ impl DatagramTransport {
     }
 
     #[getter]
-    fn _conn_lost(&self) -> u32 {
-        self.state.lock().conn_lost
+    fn _conn_lost(&self, py: Python<'_>) -> u32 {
+        self.state.lock(py).conn_lost
     }
 
     /// True once the socket was closed.
     #[getter]
-    fn _released(&self) -> bool {
-        self.state.lock().sock.is_none()
+    fn _released(&self, py: Python<'_>) -> bool {
+        self.state.lock(py).sock.is_none()
     }
 
     /// (reading, writing): what the loop currently waits for.
     #[getter]
-    fn _polling(&self) -> (bool, bool) {
-        let interest = self.state.lock().interest();
+    fn _polling(&self, py: Python<'_>) -> (bool, bool) {
+        let interest = self.state.lock(py).interest();
         (interest.read, interest.write)
     }
 
@@ -839,7 +847,7 @@ impl DatagramTransport {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.loop_)?;
         visit.call(&self.address)?;
-        if let Some(state) = self.state.try_lock() {
+        if let Some(state) = self.state.lock_in_traverse(&visit) {
             visit.call(&state.wrapper)?;
             visit.call(&state.protocol)?;
             state.contexts.visit(&visit)?;
@@ -854,7 +862,7 @@ impl DatagramTransport {
                 }
             }
         }
-        if let Some(cache) = self.last_source.try_lock() {
+        if let Some(cache) = self.last_source.lock_in_traverse(&visit) {
             if let Some((_, value)) = cache.as_ref() {
                 visit.call(value)?;
             }
@@ -863,17 +871,13 @@ impl DatagramTransport {
     }
 
     fn __clear__(&self) {
-        let taken = {
-            let Some(mut state) = self.state.try_lock() else {
-                return;
-            };
+        self.state.take_for_clear(|state| {
             (
                 state.wrapper.take(),
                 state.protocol.take(),
                 state.contexts.take(),
             )
-        };
-        drop(taken);
+        });
     }
 }
 

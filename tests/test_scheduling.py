@@ -660,6 +660,74 @@ def test_call_soon_threadsafe_hammered_from_many_threads(loop):
         assert per == list(range(per_thread))  # FIFO per producing thread
 
 
+def test_threads_and_the_loop_interleaving_at_every_bytecode(loop):
+    """The GIL handed over at (nearly) every bytecode, while threads schedule
+    callbacks into a loop that runs timers, futures and a socket transport.
+
+    ferroloop's loop and transport state is locked by the GIL alone
+    (src/gil_locked.rs): a thread switch while the loop held that state
+    would let a second thread in, which this would show as an exception
+    (or lost and duplicated callbacks).
+    """
+    n_threads, per_thread, echoes = 4, 1500, 300
+    seen: list[tuple[int, int]] = []
+    echoed = bytearray()
+    done = loop.create_future()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    class Client(asyncio.Protocol):
+        def data_received(self, data):
+            echoed.extend(data)
+            if len(echoed) == echoes and not done.done():
+                done.set_result(None)
+
+    def record(tid: int, i: int) -> None:
+        seen.append((tid, i))
+        # Work of the loop's own between the threads' callbacks.
+        loop.call_later(0.0001, lambda: None).cancel()
+        loop.call_soon(lambda: None)
+
+    def producer(tid: int) -> None:
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(record, tid, i)
+
+    async def main() -> None:
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(Client, "127.0.0.1", port)
+        threads = [threading.Thread(target=producer, args=(t,)) for t in range(n_threads)]
+        for t in threads:
+            t.start()
+        for _ in range(echoes):
+            transport.write(b"x")
+            await asyncio.sleep(0)
+        await asyncio.wait_for(done, 30)
+        for t in threads:
+            await loop.run_in_executor(None, t.join)
+        while len(seen) < n_threads * per_thread:
+            await asyncio.sleep(0.01)
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 60))
+    finally:
+        sys.setswitchinterval(interval)
+    assert bytes(echoed) == b"x" * echoes
+    assert len(seen) == len(set(seen)) == n_threads * per_thread
+    for tid in range(n_threads):
+        assert [i for t, i in seen if t == tid] == list(range(per_thread))
+
+
 def test_call_soon_threadsafe_wakeups_are_never_lost(loop_factory):
     """Round trips from several threads to an otherwise idle loop.
 
