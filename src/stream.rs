@@ -851,7 +851,7 @@ impl StreamTransport {
                 state.protocol.take(),
             )
         };
-        Python::attach(|py| self.loop_.get().native_unwatch(py, self.fd));
+        self.loop_.get().native_unwatch(py, self.fd);
         drop((owner, wrapper, protocol));
     }
 
