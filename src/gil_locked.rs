@@ -52,34 +52,17 @@ impl<T> GilLocked<T> {
     /// documentation): a bug in the loop, never a user's error.
     #[inline]
     pub fn lock<'py>(&'py self, _py: Python<'py>) -> GilGuard<'py, T> {
-        assert!(
-            !self.borrowed.replace(true),
-            "ferroloop: GIL-locked state re-entered"
-        );
-        GilGuard {
-            owner: self,
-            not_send: PhantomData,
-        }
-    }
-
-    /// `lock`, or None if a guard is live (for `__clear__`, which may run
-    /// while the loop holds one: the collector can start at any allocation).
-    pub fn try_lock<'py>(&'py self, _py: Python<'py>) -> Option<GilGuard<'py, T>> {
-        if self.borrowed.replace(true) {
-            return None;
-        }
-        Some(GilGuard {
-            owner: self,
-            not_send: PhantomData,
-        })
+        self.acquire()
+            .expect("ferroloop: GIL-locked state re-entered")
     }
 
     /// For `__clear__`: moves out what `take` returns, unless a guard is
-    /// live, and drops it once the guard is gone (a destructor may run
+    /// live (the collector can start at any allocation, inside code holding
+    /// one), and drops it once the guard is gone (a destructor may run
     /// Python code). The collector holds the GIL; attaching only proves it.
     pub fn take_for_clear<R>(&self, take: impl FnOnce(&mut T) -> R) {
-        Python::attach(|py| {
-            let taken = self.try_lock(py).map(|mut guard| take(&mut guard));
+        Python::attach(|_py| {
+            let taken = self.acquire().map(|mut guard| take(&mut guard));
             drop(taken);
         });
     }
@@ -88,6 +71,12 @@ impl<T> GilLocked<T> {
     /// token) but runs with the GIL held; None if a guard is live, as when
     /// the collector runs inside code holding one.
     pub fn lock_in_traverse<'a>(&'a self, _visit: &PyVisit<'a>) -> Option<GilGuard<'a, T>> {
+        self.acquire()
+    }
+
+    /// A guard, or None if one is live. Callers prove they hold the GIL.
+    #[inline]
+    fn acquire(&self) -> Option<GilGuard<'_, T>> {
         if self.borrowed.replace(true) {
             return None;
         }

@@ -26,7 +26,6 @@
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
-
 use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;

@@ -28,7 +28,6 @@ use std::cell::RefCell;
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
-
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{
     PyBlockingIOError, PyBufferError, PyConnectionError, PyInterruptedError, PyTypeError,

@@ -31,7 +31,6 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
-
 use pyo3::exceptions::{
     PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError,
 };
