@@ -314,6 +314,32 @@ impl Loop {
         self.state.lock(py).ready.push_back(job);
     }
 
+    /// `create_task(coro, *, name=None, context=None, **kwargs)`: schedule
+    /// `coro` as an `asyncio.Task` (or through the task factory); the method
+    /// itself is a raw fast call (see `fast_calls`).
+    pub fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let context = context.unwrap_or(&none);
+        if this.task_factory.lock(py).is_some() || kwargs.is_some() {
+            let kwargs = kwargs.unwrap_or_else(|| PyDict::new(py));
+            return slf.call_method1(
+                pyo3::intern!(py, "_create_task_slow"),
+                (coro, name, context, kwargs),
+            );
+        }
+        python_api::new_task(py, coro, slf.as_any(), name, context)
+    }
+
     /// `call_soon(callback, *args, context=context)`; the method itself is a
     /// raw fast call (see `fast_calls`).
     pub fn call_soon(
@@ -930,41 +956,6 @@ impl Loop {
     /// A new `asyncio.Future` bound to this loop.
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         python_api::new_future(slf.py(), slf.as_any())
-    }
-
-    /// Schedule `coro` as an `asyncio.Task` (or through the task factory).
-    // The text signature is asyncio's up to 3.13.2, which takes no other
-    // keywords (`_create_task_slow` rejects them there).
-    #[pyo3(
-        signature = (coro, *, name=None, context=None, **kwargs),
-        text_signature = "($self, coro, *, name=None, context=None)"
-    )]
-    fn create_task<'py>(
-        slf: &Bound<'py, Self>,
-        coro: &Bound<'py, PyAny>,
-        name: Option<&Bound<'py, PyAny>>,
-        context: Option<&Bound<'py, PyAny>>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        let none = py.None().into_bound(py);
-        let name = name.unwrap_or(&none);
-        let context = context.unwrap_or(&none);
-        let has_factory = this.task_factory.lock(py).is_some();
-        let has_kwargs = kwargs.is_some_and(|kwargs| !kwargs.is_empty());
-        if has_factory || has_kwargs {
-            let kwargs = match kwargs {
-                Some(kwargs) => kwargs.clone(),
-                None => PyDict::new(py),
-            };
-            return slf.call_method1(
-                pyo3::intern!(py, "_create_task_slow"),
-                (coro, name, context, kwargs),
-            );
-        }
-        python_api::new_task(py, coro, slf.as_any(), name, context)
     }
 
     /// Set the factory `create_task` uses; None restores the default.

@@ -254,3 +254,30 @@ def test_create_task_rejects_unknown_keywords(loop):
     with pytest.raises(TypeError, match="unexpected keyword argument 'eager_start'"):
         loop.create_task(coro, eager_start=True)
     coro.close()
+
+
+def test_create_task_takes_its_arguments_as_a_python_def_would(loop):
+    """`coro` by position or by name, `name` and `context` by name only; the
+    wrong shapes raise TypeError before anything is scheduled."""
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in ctx")
+
+    async def read() -> str:
+        return var.get()
+
+    by_name = loop.create_task(coro=read(), name="kw", context=ctx)
+    assert by_name.get_name() == "kw"
+    assert loop.run_until_complete(by_name) == "in ctx"
+    assert loop.run_until_complete(loop.create_task(read(), context=None)) == "default"
+
+    def rejected(call) -> None:
+        coro = value()
+        with pytest.raises(TypeError):
+            call(coro)
+        coro.close()
+
+    rejected(lambda coro: loop.create_task())
+    rejected(lambda coro: loop.create_task(coro, "name"))
+    rejected(lambda coro: loop.create_task(coro, coro=coro))
+    rejected(lambda coro: loop.create_task(coro, **{"name": "x", "unknown": 1}))
+    assert not asyncio.all_tasks(loop)
