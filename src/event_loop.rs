@@ -330,7 +330,9 @@ impl Loop {
         let none = py.None().into_bound(py);
         let name = name.unwrap_or(&none);
         let context = context.unwrap_or(&none);
-        if this.task_factory.lock(py).is_some() || kwargs.is_some() {
+        // The guard ends with this statement: the slow path runs Python.
+        let has_factory = this.task_factory.lock(py).is_some();
+        if has_factory || kwargs.is_some() {
             let kwargs = kwargs.unwrap_or_else(|| PyDict::new(py));
             return slf.call_method1(
                 pyo3::intern!(py, "_create_task_slow"),

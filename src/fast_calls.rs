@@ -33,6 +33,8 @@ use crate::stream::StreamTransport;
 const CALL_SOON_DOC: &CStr = c"call_soon($self, callback, *args, context=None)\n--\n\n\
 Arrange for callback(*args) to be called soon, in context (a copy of the current one by default).";
 
+// The signature shown is asyncio's up to 3.13.2, which takes no other
+// keywords (`_create_task_slow` rejects them there).
 const CREATE_TASK_DOC: &CStr = c"create_task($self, coro, *, name=None, context=None)\n--\n\n\
 Schedule coro as an asyncio.Task (or through the task factory).";
 
