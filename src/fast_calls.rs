@@ -136,48 +136,72 @@ fn run_fast_call(
     })
 }
 
-unsafe extern "C" fn create_task_fastcall(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    run_fast_call("create_task", |py| {
-        // SAFETY: CPython passes `nargs` positional arguments followed by
-        // one value per keyword name, all alive for the call.
-        unsafe { create_task(py, slf, args, nargsf, kwnames) }
-    })
+/// Defines `$fastcall`, the `METH_FASTCALL | METH_KEYWORDS` function of the
+/// `Loop` method `$name`, which runs `$body(py, loop, positional arguments,
+/// keyword values, keyword names or NULL)`; the body may rely on one value
+/// per keyword name, all alive for the call. A macro rather than a shared
+/// function taking the body: through a function pointer `call_soon` cost ~28
+/// instructions more per call (docs/performance.md, session 25).
+macro_rules! loop_fast_call {
+    ($fastcall:ident, $name:literal, $body:ident) => {
+        unsafe extern "C" fn $fastcall(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargsf: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            run_fast_call($name, |py| {
+                // SAFETY: the descriptor only binds to instances of `Loop`
+                // (CPython checks the type of `self` before calling a method
+                // descriptor's function), and CPython passes `nargs`
+                // positional arguments followed by one value per keyword
+                // name, all alive for the call.
+                unsafe {
+                    let this = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Loop>();
+                    let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+                    // A caller may pass NULL for no arguments, which a Rust
+                    // slice must not hold.
+                    let positional = match nargs {
+                        0 => &[],
+                        _ => std::slice::from_raw_parts(args, nargs),
+                    };
+                    $body(py, &this, positional, args.add(nargs), kwnames)
+                }
+            })
+        }
+    };
 }
+
+loop_fast_call!(create_task_fastcall, "create_task", create_task);
 
 /// `create_task(coro, *, name=None, context=None, **kwargs)`, with the
 /// `TypeError`s Python raises for a def with that signature.
 ///
 /// # Safety
-/// `args` holds `nargs` positional arguments and then one value per name in
-/// `kwnames` (a tuple, or NULL), as the vectorcall protocol guarantees.
+/// As for every body of [`loop_fast_call`].
 unsafe fn create_task(
     py: Python<'_>,
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
+    this: &Bound<'_, Loop>,
+    positional: &[*mut ffi::PyObject],
+    keyword_values: *const *mut ffi::PyObject,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Py<PyAny>> {
-    // SAFETY: the descriptor only binds to instances of `Loop`.
-    let this = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Loop>() };
-    let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
+    let nargs = positional.len();
     if nargs > 1 {
         return Err(PyTypeError::new_err(format!(
             "create_task() takes 2 positional arguments but {} were given",
             nargs + 1
         )));
     }
-    let mut coro = (nargs == 1).then(|| unsafe { Bound::from_borrowed_ptr(py, *args) });
+    let mut coro = positional
+        .first()
+        .map(|&coro| unsafe { Bound::from_borrowed_ptr(py, coro) });
     let (mut name, mut context, mut extra) = (None, None, None);
     if !kwnames.is_null() {
         let names =
             unsafe { Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>() };
         for (index, keyword) in names.iter().enumerate() {
-            let value = unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs + index)) };
+            let value = unsafe { Bound::from_borrowed_ptr(py, *keyword_values.add(index)) };
             let slot = if keyword.is(pyo3::intern!(py, "name")) {
                 &mut name
             } else if keyword.is(pyo3::intern!(py, "context")) {
@@ -206,7 +230,7 @@ unsafe fn create_task(
     let coro = coro.ok_or_else(|| {
         PyTypeError::new_err("create_task() missing 1 required positional argument: 'coro'")
     })?;
-    Loop::create_task(&this, &coro, name.as_ref(), context.as_ref(), extra).map(Bound::unbind)
+    Loop::create_task(this, &coro, name.as_ref(), context.as_ref(), extra).map(Bound::unbind)
 }
 
 unsafe extern "C" fn write_fastcall(
@@ -327,39 +351,20 @@ unsafe fn only_argument<'py>(
     })
 }
 
-unsafe extern "C" fn call_soon_fastcall(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    run_fast_call("call_soon", |py| {
-        // SAFETY: CPython passes `nargs` positional arguments followed by
-        // one value per keyword name, all alive for the call.
-        unsafe { call_soon(py, slf, args, nargsf, kwnames) }
-    })
-}
+loop_fast_call!(call_soon_fastcall, "call_soon", call_soon);
 
+/// `call_soon(callback, *args, context=None)`.
+///
 /// # Safety
-/// `args` holds `nargs` positional arguments and then one value per name in
-/// `kwnames` (a tuple, or NULL), as the vectorcall protocol guarantees.
+/// As for every body of [`loop_fast_call`].
 unsafe fn call_soon(
     py: Python<'_>,
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargsf: ffi::Py_ssize_t,
+    this: &Bound<'_, Loop>,
+    positional: &[*mut ffi::PyObject],
+    keyword_values: *const *mut ffi::PyObject,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Py<PyAny>> {
-    // SAFETY: the descriptor only binds to instances of `Loop` (CPython checks
-    // the type of `self` before calling a method descriptor's function).
-    let this = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Loop>() };
-    let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
-    // A caller may pass NULL for no arguments, which a Rust slice must not hold.
-    let positional = match nargs {
-        0 => &[],
-        _ => unsafe { std::slice::from_raw_parts(args, nargs) },
-    };
-    let keywords = unsafe { Keywords::parse(py, args.add(nargs), kwnames)? };
+    let keywords = unsafe { Keywords::parse(py, keyword_values, kwnames)? };
     let callback = match (positional.first(), keywords.callback) {
         (Some(&callback), None) => unsafe { Bound::from_borrowed_ptr(py, callback) },
         (None, Some(callback)) => callback,
